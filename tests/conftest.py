@@ -1,0 +1,80 @@
+"""Shared fixtures: random-weight CLIP models of the real architectures, the shared data folder."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from clipviz.model import CLIP, OFFICIAL_CONFIGS
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+VOCAB = SHARED / "clip" / "bpe_simple_vocab_16e6.txt.gz"
+IMAGES = SHARED / "images"
+
+# a ResNet CLIP small enough for fast tests, with every kind of block the official ones have
+SMALL_RESNET = dict(embed_dim=256, image_resolution=96, vision_layers=(1, 2, 1, 1), vision_width=32,
+                    vision_patch_size=None, context_length=77, vocab_size=49408,
+                    transformer_width=128, transformer_heads=2, transformer_layers=2)
+# a tiny ViT for tests that need many forward passes
+TINY_VIT = dict(embed_dim=64, image_resolution=64, vision_layers=3, vision_width=128, vision_patch_size=16,
+                context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=2)
+
+
+def perturbed(model, seed=0, scale=0.02):
+    """Adds noise to every parameter (official init leaves biases at zero, which hides bugs) and
+    gives BatchNorm layers non-trivial running statistics."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name != "logit_scale":
+                param.add_(scale * torch.randn(param.shape, generator=generator))
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.copy_(0.1 * torch.randn(buffer.shape, generator=generator))
+            elif name.endswith("running_var"):
+                buffer.copy_(0.5 + torch.rand(buffer.shape, generator=generator))
+    return model.eval()
+
+
+def make_model(config, seed=0):
+    torch.manual_seed(seed)
+    return perturbed(CLIP(**config), seed)
+
+
+@pytest.fixture(scope="session")
+def vit_b32():
+    return make_model(OFFICIAL_CONFIGS["ViT-B/32"], seed=1)
+
+
+@pytest.fixture(scope="session")
+def vit_b16():
+    return make_model(OFFICIAL_CONFIGS["ViT-B/16"], seed=2)
+
+
+@pytest.fixture(scope="session")
+def small_resnet():
+    return make_model(SMALL_RESNET, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit():
+    return make_model(TINY_VIT, seed=4)
+
+
+@pytest.fixture(autouse=True)
+def _vocab_from_shared(monkeypatch):
+    """Every test reads the BPE vocabulary from ../shared (never from the network)."""
+    if VOCAB.exists():
+        monkeypatch.setenv("CLIPVIZ_VOCAB", str(VOCAB))
+
+
+def random_ids(count, seed=0, length=77):
+    """Token ids [count, length] shaped like tokenizer output: SOT, words, EOT, zero padding."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(count, length, dtype=torch.long)
+    for row in range(count):
+        n_words = int(torch.randint(1, 12, (1,), generator=generator))
+        ids[row, 0] = 49406
+        ids[row, 1:1 + n_words] = torch.randint(1, 49000, (n_words,), generator=generator)
+        ids[row, 1 + n_words] = 49407
+    return ids
