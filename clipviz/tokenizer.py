@@ -1,0 +1,274 @@
+"""CLIP's byte-level BPE tokenizer: prompts -> ids [N, 77], and back.
+
+    ids = tokenize(["a photo of a cat"])   # LongTensor [1, 77]: 49406 320 1125 539 320 2368 49407 0 ...
+    token_strings("a photo of a cat")      # ['a', 'photo', 'of', 'a', 'cat']
+
+Same ids as openai/CLIP's ``clip.tokenize``. The text is cleaned first: ``ftfy.fix_text``,
+``html.unescape`` twice, runs of whitespace -> one space, strip, lower-case. Then a regex splits
+it into words ('s 't 're 've 'm 'll 'd contractions, runs of letters, single digits, runs of other
+non-space characters); each word's UTF-8 bytes are mapped to printable characters and merged by
+BPE ranks from ``bpe_simple_vocab_16e6.txt.gz``. Vocabulary: 256 bytes, 256 bytes + "</w>"
+(end of word), 48,894 merges, then <|startoftext|> = 49406 and <|endoftext|> = 49407.
+
+Documented choices:
+- ``""`` and whitespace-only prompts give [SOT, EOT] as in the reference; rejecting empty
+  prompts is the explain layer's job.
+- Lone surrogates become U+FFFD (ftfy's fix); should one ever survive cleaning, its bytes are
+  taken with ``surrogatepass``, so it tokenizes like any other bytes. ftfy drops control
+  characters. Neither raises.
+- The literal strings "<|startoftext|>" / "<|endoftext|>" inside a prompt are plain text here,
+  not special ids (openai/CLIP maps them to 49406/49407): a prompt must not be able to end its
+  own text early, since CLIP reads the text feature at the EOT position.
+- The vocabulary's sha256 is checked when it comes from the cache dir or a package. A corrupt
+  cached copy is passed over and re-fetched (``clipviz.hub.download`` warns and replaces it);
+  offline, the ClipvizError says where to put the file by hand.
+"""
+
+import functools
+import gzip
+import hashlib
+import html
+import importlib.util
+import os
+from pathlib import Path
+
+import ftfy
+import regex
+import torch
+
+from .errors import ClipvizError
+from .hub import cache_dir, download
+
+VOCAB_NAME = "bpe_simple_vocab_16e6.txt.gz"
+VOCAB_URL = "https://github.com/openai/CLIP/raw/main/clip/bpe_simple_vocab_16e6.txt.gz"
+VOCAB_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
+NUM_MERGES = 49152 - 256 - 2  # 48,894: the vocab is 512 byte tokens + merges + 2 specials = 49,408
+SOT, EOT = "<|startoftext|>", "<|endoftext|>"
+SOT_ID, EOT_ID = 49406, 49407
+CONTEXT_LENGTH = 77
+
+WORD_PATTERN = regex.compile(
+    r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE
+)
+WHITESPACE = regex.compile(r"\s+")
+
+
+def byte_to_char():
+    """The 256 UTF-8 byte values -> printable stand-in characters (dict of 256).
+
+    Printable Latin-1 bytes stand for themselves; the other 68 (space, controls, ...) are moved to
+    U+0100 and up, in byte order, so every BPE symbol is a visible, non-space character.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in printable}
+    moved = [b for b in range(256) if b not in table]
+    table.update({b: chr(256 + i) for i, b in enumerate(moved)})
+    return table
+
+
+def clean_text(text):
+    """What the reference does before splitting: fix mojibake, unescape HTML twice, squash whitespace, lower-case."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text)))
+    return WHITESPACE.sub(" ", text).strip().lower()
+
+
+class Tokenizer:
+    """CLIP's BPE over bytes. Build it with ``get_tokenizer()`` (cached); ``merges`` are BPE pairs in rank order."""
+
+    def __init__(self, merges):
+        self.byte_to_char = byte_to_char()
+        self.char_to_byte = {c: b for b, c in self.byte_to_char.items()}
+        symbols = list(self.byte_to_char.values())
+        vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [SOT, EOT]
+        self.encoder = {token: i for i, token in enumerate(vocab)}
+        self.decoder = vocab  # id -> token string (byte stand-ins, maybe ending in "</w>")
+        self.ranks = {pair: rank for rank, pair in enumerate(merges)}
+        self.word_cache = {}
+
+    def bpe(self, word):
+        """One word (byte stand-in characters) -> its BPE tokens, the last one ending in "</w>"."""
+        if word in self.word_cache:
+            return self.word_cache[word]
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(parts) > 1:
+            pairs = list(zip(parts, parts[1:]))
+            best = min(pairs, key=lambda pair: self.ranks.get(pair, NUM_MERGES))
+            if best not in self.ranks:
+                break
+            merged, i = [], 0
+            while i < len(parts):  # merge every occurrence of `best`, left to right
+                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
+                    merged.append(parts[i] + parts[i + 1])
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            parts = merged
+        self.word_cache[word] = parts
+        return parts
+
+    def bpe_tokens(self, text):
+        """Prompt -> BPE token strings (byte stand-ins) of its cleaned text, no SOT/EOT."""
+        tokens = []
+        for word in WORD_PATTERN.findall(clean_text(text)):
+            utf8 = word.encode("utf-8", "surrogatepass")
+            tokens.extend(self.bpe("".join(self.byte_to_char[b] for b in utf8)))
+        return tokens
+
+    def encode(self, text):
+        """Prompt -> list of token ids, without SOT/EOT."""
+        return [self.encoder[token] for token in self.bpe_tokens(text)]
+
+    def token_text(self, token):
+        """A token string (byte stand-ins) -> readable text; bytes of a split character show as U+FFFD."""
+        raw = bytes(self.char_to_byte[c] for c in token.removesuffix("</w>"))
+        return raw.decode("utf-8", errors="replace")
+
+    def decode(self, ids):
+        """Ids (ints in range) -> text, words (BPE's "</w>" ends) joined by one space."""
+        text = "".join(self.decoder[i] for i in ids)
+        words = (bytes(self.char_to_byte[c] for c in word) for word in text.split("</w>"))
+        return b" ".join(words).decode("utf-8", errors="replace").strip()
+
+
+def package_vocab_paths():
+    """Copies of the vocabulary shipped by an installed ``open_clip`` or ``clip`` package, found without importing them."""
+    for name in ("open_clip", "clip"):
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            if (Path(folder) / VOCAB_NAME).is_file():
+                yield Path(folder) / VOCAB_NAME
+
+
+def _sha256(data):
+    """Hex sha256 of bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_vocab():
+    """Find the BPE vocabulary; returns (path, gzip file bytes).
+
+    Order: $CLIPVIZ_VOCAB (must exist; the user's choice, so not hash-checked), the cache dir's copy,
+    an installed open_clip / clip package's copy, and last a download into the cache dir by
+    ``clipviz.hub.download``. Cache and package copies count only with the right sha256; a corrupt
+    cached copy is passed over, and the download replaces it.
+    """
+    env = os.environ.get("CLIPVIZ_VOCAB")
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise ClipvizError(f"CLIPVIZ_VOCAB is set to {path}, but no such file exists. Point it at a copy of "
+                               f"{VOCAB_NAME} (from {VOCAB_URL}) or unset it.")
+        return path, path.read_bytes()
+    cached = cache_dir() / VOCAB_NAME
+    for path in [cached, *package_vocab_paths()]:
+        data = path.read_bytes() if path.is_file() else b""
+        if _sha256(data) == VOCAB_SHA256:
+            return path, data
+    try:
+        download(VOCAB_URL, cached, sha256=VOCAB_SHA256, progress=True)
+        return cached, cached.read_bytes()
+    except (ClipvizError, OSError) as error:
+        if str(cached) in str(error):  # the hub's message already says where the file goes
+            hint = f"Or set CLIPVIZ_VOCAB to the path of a copy of {VOCAB_NAME}."
+        else:
+            hint = f"Download {VOCAB_URL} by hand and save it as {cached}, or set CLIPVIZ_VOCAB to its path."
+        raise ClipvizError(f"Could not get CLIP's BPE vocabulary: {str(error).rstrip('.')}. {hint}") from error
+
+
+def parse_merges(path, data):
+    """Gzip bytes of a CLIP vocabulary file -> the 48,894 merge pairs [(str, str), ...] in rank order."""
+    try:
+        lines = gzip.decompress(data).decode("utf-8").split("\n")
+    except (OSError, EOFError, UnicodeDecodeError) as error:
+        raise ClipvizError(f"{path} is not a gzipped CLIP vocabulary ({error}). Replace it with {VOCAB_URL}.") from error
+    merges = [tuple(line.split()) for line in lines[1:NUM_MERGES + 1]]  # line 0 is a version header
+    if len(merges) != NUM_MERGES or any(len(pair) != 2 for pair in merges):
+        raise ClipvizError(f"{path} is not CLIP's BPE vocabulary (want {NUM_MERGES} lines of two symbols after the "
+                           f"header). Replace it with {VOCAB_URL}.")
+    return merges
+
+
+@functools.lru_cache(maxsize=None)
+def get_tokenizer():
+    """The Tokenizer, built on first use and then reused (``get_tokenizer.cache_clear()`` rebuilds it)."""
+    return Tokenizer(parse_merges(*read_vocab()))
+
+
+def _check_prompt(text):
+    if not isinstance(text, str):
+        raise ClipvizError(f"A prompt must be a string, got {type(text).__name__} {text!r:.60}. Pass text.")
+    return text
+
+
+def _shorten(text, limit=60):
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def tokenize(texts, context_length=CONTEXT_LENGTH, truncate=False):
+    """Prompt(s) -> ids, LongTensor [N, context_length]: SOT, BPE ids, EOT, then zeros.
+
+    ``texts`` is one string (N = 1) or a non-empty list/tuple of strings. A prompt needing more than
+    ``context_length`` ids (SOT and EOT included) raises ClipvizError, unless ``truncate=True``: then
+    its ids are cut and the last one is EOT. "" gives [SOT, EOT] like the reference.
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, (list, tuple)) or not texts:
+        raise ClipvizError(f"tokenize takes a string or a non-empty list of strings, got {texts!r:.60}.")
+    if context_length < 2:
+        raise ClipvizError(f"context_length must be at least 2 (room for SOT and EOT), got {context_length}.")
+    tokenizer = get_tokenizer()
+    ids = torch.zeros(len(texts), context_length, dtype=torch.long)
+    for row, text in enumerate(texts):
+        tokens = [SOT_ID, *tokenizer.encode(_check_prompt(text)), EOT_ID]
+        if len(tokens) > context_length:
+            if not truncate:
+                which = f"Prompt {row} " if len(texts) > 1 else "Prompt "
+                raise ClipvizError(f"{which}{_shorten(text)!r} is {len(tokens)} tokens long (counting start and end "
+                                   f"tokens), more than the {context_length} that fit. Shorten it or pass truncate=True.")
+            tokens = tokens[:context_length - 1] + [EOT_ID]
+        ids[row, :len(tokens)] = torch.tensor(tokens)
+    return ids
+
+
+def encode(text):
+    """One prompt -> its BPE ids, list[int], without SOT/EOT and without a length limit."""
+    return get_tokenizer().encode(_check_prompt(text))
+
+
+def decode(ids):
+    """Ids -> text. ``ids``: [T] (list, tensor or array) -> str; [N, T] tensor/array -> list[str].
+
+    A leading SOT is dropped and everything from the first EOT on (EOT and padding) is ignored.
+    BPE does not remember spacing: "a cat." decodes to "a cat ." (the regex split "cat" from ".").
+    """
+    if hasattr(ids, "ndim") and ids.ndim == 2:
+        return [decode(row) for row in ids]
+    ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
+    if ids and ids[0] == SOT_ID:
+        ids = ids[1:]
+    if EOT_ID in ids:
+        ids = ids[:ids.index(EOT_ID)]
+    bad = [i for i in ids if not 0 <= i <= EOT_ID]
+    if bad:
+        raise ClipvizError(f"Token id {bad[0]} is outside CLIP's vocabulary (0..{EOT_ID}); pass ids from clipviz.tokenize.")
+    return get_tokenizer().decode(ids)
+
+
+def token_strings(text):
+    """Readable text of each BPE token of one prompt, in order, without SOT/EOT: list[str] of length T.
+
+    "a photo of a cat" -> ['a', 'photo', 'of', 'a', 'cat']. Token i is id ``tokenize(text)[0, i + 1]``.
+    The end-of-word mark is dropped; a token holding only part of a multi-byte character shows U+FFFD.
+    """
+    tokenizer = get_tokenizer()
+    return [tokenizer.token_text(token) for token in tokenizer.bpe_tokens(_check_prompt(text))]
+
+
+def count_tokens(text):
+    """How many ids ``tokenize(text)`` needs, SOT and EOT included: it fits iff count_tokens(text) <= 77."""
+    return len(encode(text)) + 2
