@@ -1,0 +1,335 @@
+"""Image loading and CLIP preprocessing with PIL + numpy (no torchvision), and crop-box mapping.
+
+    rgb = load_image("photo.jpg")               # uint8 [H, W, 3], EXIF orientation applied
+    x, box = preprocess_image(rgb, 224)         # float32 [3, 224, 224] and the CropBox
+    heat = map_to_photo(patch_map, box)         # [g, g] -> float32 [1, H, W], NaN outside the crop
+
+The transform is openai/CLIP's
+
+    Resize(S, BICUBIC) -> CenterCrop(S) -> convert("RGB") -> ToTensor() -> Normalize(MEAN, STD)
+
+done with the same PIL call torchvision makes (Image.resize with BICUBIC, which antialiases when
+it shrinks) and torchvision's size and crop arithmetic, so an RGB photo gives bit for bit the
+tensor the reference gives with the same Pillow (Pillow 13 changed the order of its two
+resampling passes for tall images, which moves some pixels by one level).
+
+One deliberate difference: we convert to RGB *first*, so that every mode is resized as colours.
+For RGB and L photos this changes nothing. For other modes the reference does worse: PIL
+resizes palette (P) and bilevel (1) images with NEAREST whatever is asked, resizes RGBA with
+premultiplied alpha (fully transparent pixels turn black before alpha is dropped), and converts
+CMYK after resizing (rounding differs by a level or so).
+"""
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .errors import ClipvizError
+
+MEAN = (0.48145466, 0.4578275, 0.40821073)  # per RGB channel, as in openai/CLIP
+STD = (0.26862954, 0.26130258, 0.27577711)
+
+# Refuse images with more pixels than this, judged from the file header before any pixel is
+# decoded. The default is where PIL raises DecompressionBombError (2 * Image.MAX_IMAGE_PIXELS).
+# Raise it for a trusted huge file; above PIL's own limit also raise PIL.Image.MAX_IMAGE_PIXELS.
+MAX_PIXELS = 178_956_970
+
+_MEAN = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
+_STD = torch.tensor(STD, dtype=torch.float32).view(3, 1, 1)
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """Where the model's S×S input square sits in the original photo.
+
+    Coordinates are continuous photo pixels: pixel (x, y) covers [x, x+1) × [y, y+1), so its
+    centre is (x + 0.5, y + 0.5) and the photo spans [0, photo_width] × [0, photo_height].
+
+    How it is derived: the photo (W×H) is resized to W'×H' (short side = S, long side =
+    int(S * long / short), truncated), then the S×S square at (crop_left, crop_top) of the
+    resized image is kept. PIL's resize maps resized coordinate x' to photo coordinate
+    x' * W / W' (pixel edges aligned, centres at half pixels), so
+
+        left = crop_left * W / W'    width  = S * W / W'
+        top  = crop_top  * H / H'    height = S * H / H'
+
+    Because the long side is truncated, W / W' and H / H' differ slightly; hence a width and a
+    height rather than one side length. The short axis is covered exactly (0 to its full length).
+    """
+
+    left: float
+    top: float
+    width: float
+    height: float
+    size: int  # S, the model input side in pixels
+    photo_width: int
+    photo_height: int
+
+    @property
+    def photo_size(self):
+        """(photo_width, photo_height), as PIL's Image.size."""
+        return (self.photo_width, self.photo_height)
+
+    def to_photo(self, u, v):
+        """Model-input coordinates (u, v) in [0, S] -> photo coordinates (x, y). Works on arrays."""
+        return (self.left + u * self.width / self.size, self.top + v * self.height / self.size)
+
+    def to_model(self, x, y):
+        """Photo coordinates (x, y) -> model-input coordinates (u, v); inverse of to_photo."""
+        return ((x - self.left) * self.size / self.width, (y - self.top) * self.size / self.height)
+
+
+def load_image(source):
+    """Load an image as RGB uint8 [H, W, 3], upright (EXIF orientation applied).
+
+    source: a path (str or Path), a binary file object, a PIL image, or a numpy array
+    [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] of uint8, uint16 (scaled by 1/257, rounded),
+    float in [0, 1] (scaled by 255, rounded) or bool.
+
+    Alpha is dropped, as PIL's convert("RGB") does and as CLIP's reference transform does; the
+    colour stored under transparent pixels is kept. Palette images (with or without transparency)
+    become their palette colours. 16-bit images (modes I;16*, and I, which older Pillow gives
+    for 16-bit PNGs, clipped to 0..65535) are scaled to 8 bits by /257 with rounding, not PIL's
+    clipping convert. Float images (mode F) must hold values in [0, 1], like float arrays.
+    Animated GIF / WebP / PNG files give their first frame. Files with more than MAX_PIXELS
+    pixels are refused from their header alone.
+    """
+    if isinstance(source, np.ndarray):
+        return _array_to_rgb(source, "the array")
+    if isinstance(source, Image.Image):
+        return _decode(source, "the PIL image")
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source).expanduser()
+        if path.is_dir():
+            raise ClipvizError(f"'{path}' is a directory, not an image file. Pass the path of one image file.")
+        if not path.exists():
+            raise ClipvizError(
+                f"No image file at '{path}'. Check the spelling and the working directory ({os.getcwd()})."
+            )
+        return _open(path, f"'{path}'")
+    if hasattr(source, "read"):
+        return _open(source, "the file object")
+    raise ClipvizError(
+        f"Cannot load an image from a {type(source).__name__}. Pass a file path, a PIL image, "
+        "a binary file object, or a numpy array [H, W], [H, W, 3] or [H, W, 4]."
+    )
+
+
+def _open(fp, name):
+    """Open a file (path or file object) with PIL and decode it: RGB uint8 [H, W, 3]."""
+    try:
+        with warnings.catch_warnings():  # our own MAX_PIXELS check below replaces PIL's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+    except Image.DecompressionBombError as e:
+        raise ClipvizError(
+            f"{name} is too large to load safely ({e}). Downscale it first, or, if you trust it, raise "
+            "PIL.Image.MAX_IMAGE_PIXELS and clipviz.preprocess.MAX_PIXELS."
+        ) from None
+    except OSError as e:  # includes PIL.UnidentifiedImageError and PermissionError
+        raise ClipvizError(
+            f"Cannot read {name} as an image ({e}). Check that it is an image file (PNG, JPEG, GIF, WebP, "
+            "TIFF, BMP, ...) and that you may read it."
+        ) from None
+    with img:
+        return _decode(img, name)
+
+
+def _decode(img, name):
+    """Check the size of a (possibly not yet decoded) PIL image, decode it, rotate it upright and
+    convert it: RGB uint8 [H, W, 3]."""
+    width, height = img.size
+    if width * height == 0:
+        raise ClipvizError(f"{name} is empty ({width}×{height} pixels). Pass an image with at least one pixel.")
+    if width * height > MAX_PIXELS:
+        raise ClipvizError(
+            f"{name} claims to be {width}×{height} = {width * height:,} pixels, more than the limit of "
+            f"{MAX_PIXELS:,} (a guard against decompression bombs). Downscale it first, or, if you trust "
+            "it, raise clipviz.preprocess.MAX_PIXELS."
+        )
+    try:
+        img.load()  # force the full decode here, so truncated data fails inside this try
+        img = ImageOps.exif_transpose(img)
+    except MemoryError:
+        raise
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, EOFError, ... on bad data
+        raise ClipvizError(
+            f"Cannot decode {name}: it is corrupt, truncated or not a supported image ({type(e).__name__}: {e}). "
+            "Re-download or re-export it (e.g. as PNG or JPEG)."
+        ) from None
+    return _pil_to_rgb(img, name)
+
+
+def _pil_to_rgb(img, name):
+    """Decoded PIL image of any mode -> RGB uint8 [H, W, 3] (see load_image for the rules)."""
+    mode = img.mode
+    if mode == "I":
+        return _array_to_rgb(np.clip(np.asarray(img), 0, 65535).astype(np.uint16), name)
+    if mode == "F" or mode.startswith("I;16"):
+        return _array_to_rgb(np.asarray(img), name)
+    if mode in ("P", "PA"):
+        img = img.convert("RGBA")  # palette colours; transparency goes to alpha, which we drop
+    try:
+        return np.array(img.convert("RGB"))
+    except ValueError as e:
+        raise ClipvizError(
+            f"{name} has pixel mode {mode!r}, which cannot be converted to RGB ({e}). Convert it to RGB first."
+        ) from None
+
+
+def _array_to_rgb(arr, name):
+    """numpy image [H, W], [H, W, 1|3|4] of uint8 / uint16 / float in [0, 1] / bool -> RGB uint8 [H, W, 3]."""
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 3, 4))):
+        hint = ""
+        if arr.ndim == 3 and arr.shape[0] in (1, 3, 4):
+            hint = " It looks channels-first: use arr.transpose(1, 2, 0)."
+        raise ClipvizError(
+            f"{name} has shape {arr.shape}; an image array must be [H, W], [H, W, 3] or [H, W, 4].{hint}"
+        )
+    if arr.size == 0:
+        raise ClipvizError(f"{name} is empty (shape {arr.shape}). Pass an image with at least one pixel.")
+    if arr.dtype == np.uint8:
+        pass
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype.kind == "u" and arr.dtype.itemsize == 2:
+        arr = ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)  # round(x / 257): 65535 -> 255
+    elif arr.dtype.kind == "f":
+        values = arr.astype(np.float64)
+        if not np.isfinite(values).all():
+            raise ClipvizError(f"{name} holds NaN or infinite values. Replace them, e.g. with np.nan_to_num.")
+        if values.min() < 0 or values.max() > 1:
+            raise ClipvizError(
+                f"{name} holds floats outside [0, 1] (min {values.min():g}, max {values.max():g}). "
+                "Scale it to [0, 1] (divide by 255 if it holds 0..255), or pass uint8."
+            )
+        arr = np.round(values * 255).astype(np.uint8)
+    else:
+        raise ClipvizError(
+            f"{name} has dtype {arr.dtype}; use uint8 (0..255), uint16 (0..65535) or float in [0, 1], "
+            "e.g. arr.astype(np.uint8)."
+        )
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    return np.ascontiguousarray(arr[:, :, :3])  # a copy when alpha is dropped; never a view of PIL memory
+
+
+def _resized_size(width, height, size):
+    """torchvision's Resize(size) output (W', H'): short side -> size, long side int()-truncated."""
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
+def preprocess_image(image, size):
+    """CLIP's preprocessing: image -> (float32 tensor [3, S, S], CropBox), S = size.
+
+    image: anything load_image takes. The tensor equals openai/CLIP's preprocess(image) for RGB
+    and L images (see the module docstring for other modes); the CropBox says where the S×S square
+    sits in the photo.
+    """
+    size = _check_size(size)
+    rgb = load_image(image)
+    height, width = rgb.shape[:2]
+    new_w, new_h = _resized_size(width, height, size)
+    if new_w * new_h > MAX_PIXELS:
+        raise ClipvizError(
+            f"The image is {width}×{height}: so elongated that resizing its short side to {size} px would "
+            f"make {new_w}×{new_h} pixels. Crop it to a less elongated region first."
+        )
+    resized = np.asarray(Image.fromarray(rgb).resize((new_w, new_h), Image.Resampling.BICUBIC))
+    # torchvision CenterCrop; Python's round() rounds halves to even, e.g. round(0.5) == 0.
+    top = int(round((new_h - size) / 2.0))
+    left = int(round((new_w - size) / 2.0))
+    crop = np.array(resized[top : top + size, left : left + size])  # writable copy for torch
+    # ToTensor then Normalize, in float32 exactly as torchvision computes them
+    x = torch.from_numpy(crop).permute(2, 0, 1).float().div(255).sub(_MEAN).div(_STD).contiguous()
+    box = CropBox(
+        left=left * width / new_w,
+        top=top * height / new_h,
+        width=size * width / new_w,
+        height=size * height / new_h,
+        size=size,
+        photo_width=width,
+        photo_height=height,
+    )
+    return x, box
+
+
+def _check_size(size):
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ClipvizError(f"The model input size must be a positive integer such as 224; got {size!r}.")
+    return int(size)
+
+
+class Preprocess:
+    """openai/CLIP-style preprocess: ``Preprocess(224)(image) -> float32 tensor [3, 224, 224]``.
+
+    image: anything load_image takes (path, PIL image, numpy array, file object).
+    with_box(image) also returns the CropBox that maps the model input back onto the photo.
+    """
+
+    def __init__(self, size):
+        self.size = _check_size(size)
+
+    def __call__(self, image):
+        return preprocess_image(image, self.size)[0]
+
+    def with_box(self, image):
+        """image -> (float32 tensor [3, S, S], CropBox)."""
+        return preprocess_image(image, self.size)
+
+    def __repr__(self):
+        return f"Preprocess(size={self.size})"
+
+
+def map_to_photo(grid_map, box):
+    """Upsample patch-grid maps onto the original photo: [g, g] or [P, g, g] -> float32 [P, H, W].
+
+    grid_map: values per patch, row-major like the image ([P, gh, gw] also works); a numpy array
+    or a CPU torch tensor. Cell (i, j) covers model-input pixels [j*S/gw, (j+1)*S/gw) ×
+    [i*S/gh, (i+1)*S/gh) and its value sits at that patch's centre (align_corners=False
+    semantics; beyond the outermost centres the edge value is held, as torch's interpolate does).
+
+    Each photo pixel's centre is mapped into model-input coordinates through the CropBox and the
+    grid is sampled there bilinearly, so sub-pixel box offsets are exact. Photo pixels whose
+    centre lies outside the crop box were not seen by the model and are NaN.
+    """
+    if isinstance(grid_map, torch.Tensor):
+        grid_map = grid_map.detach().cpu().numpy()
+    grid = np.asarray(grid_map, dtype=np.float32)
+    if grid.ndim == 2:
+        grid = grid[None]
+    if grid.ndim != 3 or 0 in grid.shape:
+        raise ClipvizError(f"A patch map must be [g, g] or [P, g, g] and non-empty; got shape {grid.shape}.")
+    row_weights, row_seen = _bilinear_weights(box.photo_height, box.top, box.height, grid.shape[1])
+    col_weights, col_seen = _bilinear_weights(box.photo_width, box.left, box.width, grid.shape[2])
+    photo = row_weights @ grid @ col_weights.T  # [H, gh] @ [P, gh, gw] @ [gw, W] -> [P, H, W]
+    photo[:, ~row_seen, :] = np.nan
+    photo[:, :, ~col_seen] = np.nan
+    return photo
+
+
+def _bilinear_weights(n_pixels, start, length, cells):
+    """Interpolation along one photo axis: weights float32 [n_pixels, cells] and seen bool [n_pixels].
+
+    start, length: the crop box along this axis in photo pixels; cells: grid cells across it.
+    """
+    t = (np.arange(n_pixels) + 0.5 - start) / length  # pixel centre as a fraction across the box
+    seen = (t >= 0) & (t < 1)
+    g = np.clip(t * cells - 0.5, 0, cells - 1)  # grid coordinate: cell i's centre is at i
+    low = np.floor(g).astype(np.int64)
+    high = np.minimum(low + 1, cells - 1)
+    frac = g - low
+    weights = np.zeros((n_pixels, cells), dtype=np.float64)
+    pixels = np.arange(n_pixels)
+    np.add.at(weights, (pixels, low), 1 - frac)
+    np.add.at(weights, (pixels, high), frac)
+    return weights.astype(np.float32), seen
