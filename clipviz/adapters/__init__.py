@@ -1,0 +1,111 @@
+"""One interface over the CLIP model families clipviz explains.
+
+``adapt(model)`` returns an object with what ``explain`` needs (listed on ``ClipAdapter``). The
+built-in adapter serves clipviz's own models and anything with OpenAI's module layout
+(``visual.transformer.resblocks``, text ``transformer``, ``encode_image``/``encode_text``,
+``logit_scale``), which includes the official OpenAI code. Other families register a matcher.
+"""
+
+import torch
+
+from ..errors import ClipvizError
+
+_FAMILIES = []  # (matches(model) -> bool, adapter class)
+
+
+def register_family(matches, adapter_class):
+    """Teach ``adapt`` a new model family; later registrations are tried first."""
+    _FAMILIES.insert(0, (matches, adapter_class))
+
+
+def adapt(model):
+    """The adapter for ``model`` (an adapter passes through unchanged)."""
+    if isinstance(model, ClipAdapter):
+        return model
+    for matches, adapter_class in _FAMILIES:
+        if matches(model):
+            return adapter_class(model)
+    if hasattr(model, "visual") and hasattr(model, "encode_text") and hasattr(model, "logit_scale"):
+        return ClipAdapter(model)
+    raise ClipvizError(
+        f"clipviz cannot explain a {type(model).__name__}: pass a model from clipviz.load() "
+        "(official names, checkpoint paths, 'openclip:...' or 'hf:...' specs)")
+
+
+class ClipAdapter:
+    """OpenAI-layout CLIP (clipviz's own, OpenAI's code).
+
+    image_encoder / text_encoder: modules whose ResidualAttentionBlocks the recorder hooks.
+    family: "vit" or "resnet". patch_grid: g (tokens N = 1 + g*g). input_resolution: S.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        visual = model.visual
+        self.image_encoder = visual
+        self.text_encoder = model.transformer
+        self.family = "vit" if hasattr(visual, "transformer") else "resnet"
+        self.input_resolution = _resolution(visual)
+        if self.family == "vit":
+            patch = visual.conv1.kernel_size[0]
+            self.patch_grid = self.input_resolution // patch
+            self.num_layers = len(visual.transformer.resblocks)
+        else:
+            self.patch_grid = self.input_resolution // 32
+            self.num_layers = 0
+        self.text_layers = len(model.transformer.resblocks)
+        self.context_length = getattr(model, "context_length", 77)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self):
+        return next(self.model.visual.parameters()).dtype
+
+    def tokenize(self, prompts):
+        """Prompts → ids [P, context_length] (raises ClipvizError for over-long prompts)."""
+        from ..tokenizer import tokenize
+        return tokenize(prompts, context_length=self.context_length)
+
+    def eot_positions(self, ids):
+        """Index of the EOT token of each row of ``ids`` [P, Lt] → [P]."""
+        return ids.argmax(dim=-1)
+
+    def encode_image(self, pixels):
+        """[B, 3, S, S] → [B, E]."""
+        return self.model.encode_image(pixels)
+
+    def encode_text(self, ids):
+        """[P, Lt] → [P, E]."""
+        return self.model.encode_text(ids)
+
+    def logit_scale(self):
+        return self.model.logit_scale.exp()
+
+
+def _resolution(visual):
+    size = getattr(visual, "input_resolution", None) or getattr(visual, "image_size", None)
+    if isinstance(size, (tuple, list)):
+        size = size[0]
+    if not size:
+        raise ClipvizError("cannot tell the model's input resolution (no visual.input_resolution)")
+    return int(size)
+
+
+def load_spec(spec, device):
+    """Load an 'openclip:...' or 'hf:...' model spec; the family modules come with their extras."""
+    if spec.startswith("openclip:"):
+        from .openclip import load_openclip
+        return load_openclip(spec[len("openclip:"):], device)
+    if spec.startswith("hf:"):
+        from .huggingface import load_hf
+        return load_hf(spec[len("hf:"):], device)
+    raise ClipvizError(f"unknown model spec {spec!r}: use 'openclip:ARCH/PRETRAINED' or 'hf:REPO_ID'")
+
+
+def scores_from_embeddings(image_emb, text_emb, logit_scale):
+    """cosine [B, P] and logit_scale · cosine [B, P] (CLIP's logits_per_image)."""
+    cosine = torch.nn.functional.normalize(image_emb.float(), dim=-1) @ torch.nn.functional.normalize(text_emb.float(), dim=-1).t()
+    return cosine, logit_scale.float() * cosine

@@ -1,0 +1,323 @@
+"""``explain()``: one image (or many) and one prompt (or many) → an Explanation per image.
+
+    image ─► load_image ─► preprocess (crop box) ─┐
+    prompts ─► tokenize ──────────────────────────┤
+                                                  ▼
+          AttentionRecorder on the image (and text) blocks, one forward pass
+          S[b, t] = logit_scale · cos(image_b, text_t)       (or S_A − S_B for a contrast)
+          one backward per target through the recorded blocks only (gradient methods)
+                                                  ▼
+          method.compute(records) ─► token maps [B, T, g, g] ─► maps on the photo [T, H, W]
+
+All prompts share one image forward pass; the image is never repeated per prompt.
+"""
+
+import inspect
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .adapters import adapt, scores_from_embeddings
+from .errors import ClipvizError
+from .hooks import AttentionRecorder
+from .methods import get_method, is_prompt_specific
+from .methods.base import Records
+from .preprocess import load_image, map_to_photo, preprocess_image
+
+
+@dataclass
+class Explanation:
+    """The result of ``explain`` for one photo.
+
+    photo:          uint8 [H, W, 3], the original photo (EXIF-rotated, RGB)
+    prompts:        the T prompts explained (for a contrast: "A − B" pairs are in ``against``)
+    scores:         float [T] cosine similarity of the photo with each prompt
+    probs:          float [T] softmax over the prompts of logit_scale · cosine
+    token_maps:     float [T, g, g] raw method output, before any normalisation
+    maps:           float [T, H, W] in [0, 1] on the photo; NaN where the model saw nothing
+    crop_box:       where the model's square input sits in the photo (clipviz.preprocess.CropBox)
+    method, options: what produced the maps
+    layer_maps:     [T, L', g, g] per-block maps (blocks in ``layer_indices``) or None
+    head_maps:      [T, H, g, g] per-head maps of the last block, or None
+    text_tokens:    per prompt, its BPE tokens as strings (for text relevance)
+    text_relevance: per prompt, float [len(text_tokens)] relevance of each token, or None
+    """
+
+    photo: np.ndarray
+    prompts: list
+    scores: np.ndarray
+    probs: np.ndarray
+    token_maps: np.ndarray
+    maps: np.ndarray
+    crop_box: object
+    method: str
+    options: dict = field(default_factory=dict)
+    against: list = None
+    layer_maps: np.ndarray = None
+    layer_indices: tuple = None
+    head_maps: np.ndarray = None
+    text_tokens: list = None
+    text_relevance: list = None
+    source: str = None
+
+    def figure(self, **kwargs):
+        """A matplotlib Figure: the photo and one overlay per prompt (see clipviz.render)."""
+        from .render import explanation_figure
+        return explanation_figure(self, **kwargs)
+
+    def save(self, path, **kwargs):
+        """Save the figure to ``path`` (.png, .pdf or .svg); returns the path written."""
+        from .render import save_explanation
+        return save_explanation(self, path, **kwargs)
+
+    def overlay(self, index=0, **kwargs):
+        """uint8 [H, W, 3]: prompt ``index``'s map blended over the photo (see clipviz.render.overlay)."""
+        from .render import overlay
+        return overlay(self.photo, self.maps[index], **kwargs)
+
+    def _repr_png_(self):
+        from .render import figure_png_bytes
+        return figure_png_bytes(self.figure())
+
+    def to_dict(self):
+        """JSON-ready summary (no pixel arrays)."""
+        return {
+            "source": self.source, "method": self.method, "options": _jsonable(self.options),
+            "prompts": list(self.prompts), "against": self.against,
+            "scores": [float(s) for s in self.scores], "probs": [float(p) for p in self.probs],
+            "patch_grid": int(self.token_maps.shape[-1]),
+            "peak_xy": [_peak_xy(m) for m in self.maps],
+            "text_relevance": None if self.text_relevance is None else [
+                dict(zip(tokens, map(float, weights))) for tokens, weights in zip(self.text_tokens, self.text_relevance)],
+        }
+
+
+def explain(model, image, prompts, method="relevance", *, against=None, batch_size=8, **options):
+    """Explain which regions of ``image`` drove the model's match with each prompt.
+
+    model:   from ``clipviz.load`` (or any supported CLIP; see clipviz.adapters)
+    image:   a path, PIL image or uint8 array — or a list of them (then a list of Explanations)
+    prompts: one string or a list of T strings; all share one image forward pass
+    method:  a name from ``clipviz.available_methods()``
+    against: a contrastive target: one prompt (or one per prompt); the score explained is
+             S_prompt − S_against
+    batch_size: images per forward pass; halved automatically when memory runs out
+    options: method options, e.g. start_layer, head_fusion, discard_ratio, text
+
+    Returns an ``Explanation`` (a list of them when ``image`` is a list).
+    """
+    adapter = adapt(model)
+    module = get_method(method)
+    _check_options(module, method, options)
+    prompt_list = _prompt_list(prompts)
+    against_list = _against_list(against, len(prompt_list))
+    single = not isinstance(image, (list, tuple))
+    images = [image] if single else list(image)
+    if not images:
+        raise ClipvizError("no image given: pass a path, a PIL image, an array, or a list of them")
+    results, start, size = [], 0, max(1, int(batch_size))
+    while start < len(images):
+        chunk = images[start:start + size]
+        try:
+            results += explain_batch(adapter, chunk, prompt_list, module, method, against_list, options)
+        except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as error:
+            if not _out_of_memory(error) or size == 1:
+                raise
+            size = max(1, size // 2)  # retry this chunk in smaller pieces
+            _free_memory()
+            continue
+        start += len(chunk)
+    return results[0] if single else results
+
+
+def explain_batch(adapter, images, prompts, module, method, against, options):
+    """Explain B images in one forward pass; returns B Explanations."""
+    photos, pixels, boxes = [], [], []
+    for image in images:
+        photo = load_image(image)
+        tensor, box = preprocess_image(photo, adapter.input_resolution)
+        photos.append(photo)
+        pixels.append(tensor)
+        boxes.append(box)
+    pixels = torch.stack(pixels).to(adapter.device, adapter.dtype)
+
+    encoded = prompts + [a for a in (against or []) if a not in prompts]
+    ids = adapter.tokenize(encoded).to(adapter.device)
+    target_weights, target_prompt = _targets(prompts, against, encoded)
+
+    records, cosine, logits, output = run_method(adapter, pixels, ids, target_weights, target_prompt, module, options)
+    probs = logits[:, :len(prompts)].softmax(dim=-1)
+
+    token_maps = output.token_maps.float().cpu().numpy()
+    text_tokens = text_relevance = None
+    if output.text_relevance is not None:
+        from .tokenizer import token_strings
+        text_tokens = [token_strings(p) for p in prompts]
+        eot = records.eot.tolist()
+        text_relevance = [[output.text_relevance[b, t, 1:eot[t]].numpy() for t in range(len(prompts))]
+                          for b in range(len(images))]
+    explanations = []
+    for b, (photo, box) in enumerate(zip(photos, boxes)):
+        explanations.append(Explanation(
+            photo=photo, prompts=list(prompts), against=against,
+            scores=cosine[b, :len(prompts)].cpu().numpy(), probs=probs[b].cpu().numpy(),
+            token_maps=token_maps[b], maps=map_to_photo(normalise_maps(token_maps[b]), box),
+            crop_box=box, method=method, options=dict(options),
+            layer_maps=_numpy(output.layer_maps, b), layer_indices=output.layer_indices,
+            head_maps=_numpy(output.head_maps, b), text_tokens=text_tokens,
+            text_relevance=None if text_relevance is None else text_relevance[b],
+            source=images[b] if isinstance(images[b], str) else getattr(images[b], "filename", None) or None))
+    return explanations
+
+
+def run_method(adapter, pixels, ids, target_weights, target_prompt, module, options):
+    """Record, score, backpropagate and compute: the core of ``explain`` on tensors.
+
+    pixels [B, 3, S, S]; ids [P, Lt]; target_weights [T, P] (target t's score is
+    Σ_p W[t, p] · S[:, p]); target_prompt [T]. Returns (Records, cosine [B, P],
+    logits [B, P], MethodOutput).
+    """
+    if adapter.family != "vit" and not getattr(module, "SUPPORTS_RESNET", False):
+        raise ClipvizError(
+            f"method {module.__name__.rsplit('.', 1)[-1]!r} explains ViT models; this is a ResNet CLIP: "
+            "use method='gradcam' or 'attention_pool'")
+    needs = module.needs(adapter.num_layers, text_layers=adapter.text_layers, **options)
+    batch, targets = pixels.shape[0], target_weights.shape[0]
+    records = Records(num_layers=adapter.num_layers, patch_grid=adapter.patch_grid, batch=batch,
+                      targets=targets, text_layers=adapter.text_layers,
+                      eot=adapter.eot_positions(ids)[target_prompt].cpu(), target_prompt=target_prompt)
+    wants_gradient = needs.gradient is not None
+    image_recorder = AttentionRecorder(adapter.image_encoder, layers=needs.layers, gradients=needs.gradient,
+                                       tokens=needs.tokens) if needs.layers is not None else _NoRecorder()
+    text_recorder = AttentionRecorder(adapter.text_encoder, layers=needs.text, gradients=needs.gradient) \
+        if needs.text is not None else _NoRecorder()
+    with torch.set_grad_enabled(wants_gradient), image_recorder, text_recorder:
+        image_emb = adapter.encode_image(pixels)
+        text_emb = adapter.encode_text(ids)
+        cosine, logits = scores_from_embeddings(image_emb, text_emb, adapter.logit_scale())
+        image_recorder.check_recorded()
+        text_recorder.check_recorded()
+        if wants_gradient:
+            target_scores = logits @ target_weights.to(logits).t()  # [B, T]
+            for t in range(targets):
+                # images are independent, so one backward of the batch sum serves every image
+                image_recorder.backward(target_scores[:, t].sum(), slot=t)
+                for b in range(batch if needs.text is not None else 0):
+                    text_recorder.backward(target_scores[b, t], slot=(b, t))
+    _collect(records, image_recorder, text_recorder)
+    output = module.compute(records, **options)
+    return records, cosine.detach(), logits.detach(), output
+
+
+def normalise_maps(token_maps):
+    """Min-max each map to [0, 1]: [T, g, g] → [T, g, g]. A constant map becomes all zeros."""
+    flat = token_maps.reshape(token_maps.shape[0], -1).astype(np.float64)
+    low = flat.min(axis=1, keepdims=True)
+    span = flat.max(axis=1, keepdims=True) - low
+    scaled = np.where(span > 0, (flat - low) / np.where(span > 0, span, 1), 0.0)
+    return scaled.reshape(token_maps.shape).astype(np.float32)
+
+
+def _collect(records, image_recorder, text_recorder):
+    for index, layer in image_recorder.layers.items():
+        records.probs[index] = layer.probs
+        records.grads[index] = layer.grads
+        if layer.tokens is not None:
+            records.tokens[index], records.token_grads[index] = image_recorder.batch_first_tokens(layer)
+    for index, layer in text_recorder.layers.items():
+        records.text_probs[index] = layer.probs
+        records.text_grads[index] = layer.grads
+
+
+class _NoRecorder:
+    layers = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def check_recorded(self):
+        pass
+
+
+def _prompt_list(prompts):
+    items = [prompts] if isinstance(prompts, str) else list(prompts) if prompts is not None else []
+    if not items:
+        raise ClipvizError("no prompt given: pass a text query such as \"a photo of a dog\"")
+    cleaned = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ClipvizError(f"prompts must be strings, got {type(item).__name__}: {item!r}")
+        if not item.strip():
+            raise ClipvizError("a prompt is empty: write what to look for, e.g. \"a photo of a dog\"")
+        cleaned.append(item.strip())
+    return cleaned
+
+
+def _against_list(against, count):
+    if against is None:
+        return None
+    items = _prompt_list(against)
+    if len(items) == 1:
+        return items * count
+    if len(items) != count:
+        raise ClipvizError(f"against= needs one prompt, or one per prompt ({count}); got {len(items)}")
+    return items
+
+
+def _targets(prompts, against, encoded):
+    """Target weights W [T, P_encoded] and each target's own prompt index [T]."""
+    weights = torch.zeros(len(prompts), len(encoded))
+    for t, prompt in enumerate(prompts):
+        weights[t, t] = 1.0
+        if against is not None:
+            weights[t, encoded.index(against[t])] -= 1.0
+    return weights, torch.arange(len(prompts))
+
+
+def _check_options(module, method, options):
+    accepted = set()
+    for function in (module.needs, module.compute):
+        accepted |= {name for name, p in inspect.signature(function).parameters.items()
+                     if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty)}
+    accepted.discard("text_layers")
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ClipvizError(f"method {method!r} has no option {', '.join(unknown)}; "
+                           f"its options are: {', '.join(sorted(accepted)) or 'none'}")
+
+
+def _out_of_memory(error):
+    text = str(error).lower()
+    return isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in text or "can't allocate memory" in text
+
+
+def _free_memory():
+    import gc
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _numpy(tensor, index):
+    return None if tensor is None else tensor[index].float().cpu().numpy()
+
+
+def _peak_xy(photo_map):
+    """(x, y) photo pixel of a map's maximum, ignoring NaN."""
+    if np.all(np.isnan(photo_map)):
+        return None
+    y, x = np.unravel_index(np.nanargmax(photo_map), photo_map.shape)
+    return [int(x), int(y)]
+
+
+def _jsonable(options):
+    return {k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v) for k, v in options.items()}
+
+
+def prompt_agnostic(method):
+    """True if ``method`` gives every prompt the same map (rollout, attention)."""
+    return not is_prompt_specific(method)

@@ -1,0 +1,228 @@
+"""AttentionRecorder: forward hooks on every ResidualAttentionBlock of an unmodified model.
+
+    with AttentionRecorder(model.visual, layers=[10, 11], gradients=reduce) as recorder:
+        scores = ...                       # any forward pass through the encoder
+        recorder.backward(scores[0, 2], slot=2)
+    recorder.layers[11].probs             # [B, H, N, N] attention probabilities
+    recorder.layers[11].grads[2]          # reduce(probs, ∂score/∂probs) for slot 2
+
+How attention probabilities are obtained: OpenAI's and open_clip's blocks call
+``nn.MultiheadAttention`` with ``need_weights=False`` (a fused kernel that never materialises
+the probabilities). A forward pre-hook flips that call to ``need_weights=True,
+average_attn_weights=False`` for the recorded blocks only, so torch computes
+``softmax(QKᵀ/√d)`` explicitly and returns it. The output is numerically the same attention.
+The returned weights are a ``.view`` made after the product with V; its ``_base`` is the tensor
+the product used, so gradients are taken with respect to that base.
+
+Gradients are reduced as they arrive: a tensor hook on each recorded probability tensor calls
+``gradients(probs, grad)`` and keeps only its result, so a method that needs, say, the head
+mean of ∂S/∂A ⊙ A never holds every layer's full ``[B, H, N, N]`` gradient at once.
+
+On exit (normal or exception) every hook is removed and the model is exactly as before.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import ClipvizError
+
+
+@dataclass
+class LayerRecord:
+    """What one block recorded. B images, H heads, N tokens, D width, slots = backward targets."""
+
+    index: int
+    probs: torch.Tensor = None           # [B, H, N, N], detached
+    grads: dict = field(default_factory=dict)         # slot -> reduce(probs, ∂score/∂probs)
+    tokens: torch.Tensor = None          # block input [B, N, D], detached (when tokens=True)
+    token_grads: dict = field(default_factory=dict)   # slot -> ∂score/∂tokens [B, N, D]
+    _live_probs: torch.Tensor = None     # the in-graph tensor, for backward()
+    _live_tokens: torch.Tensor = None
+
+
+def find_blocks(encoder):
+    """The ResidualAttentionBlocks of an encoder, in forward order.
+
+    A block is any module whose class is named ``ResidualAttentionBlock`` (OpenAI's, open_clip's
+    and ours) and whose ``attn`` is an ``nn.MultiheadAttention``.
+    """
+    blocks = [m for m in encoder.modules()
+              if type(m).__name__ == "ResidualAttentionBlock" and isinstance(getattr(m, "attn", None), nn.MultiheadAttention)]
+    if not blocks:
+        raise ClipvizError(
+            f"found no ResidualAttentionBlock with nn.MultiheadAttention in {type(encoder).__name__}; "
+            "clipviz explains OpenAI-style CLIP ViTs (clipviz, OpenAI, open_clip) and Hugging Face CLIPModel")
+    return blocks
+
+
+class AttentionRecorder:
+    """Records attention probabilities (and reduced gradients) of chosen blocks of an encoder.
+
+    encoder:   the image tower (``model.visual``) or the text tower (``model.transformer``).
+    layers:    block indices to record (negative counts from the end); None = all blocks.
+    gradients: None for forward-only recording, or ``reduce(probs [B,H,N,N], grad [B,H,N,N])``
+               whose result is stored per backward slot (use ``keep_gradient`` to keep it raw).
+    tokens:    also record each recorded block's input tokens (and their gradients when
+               ``gradients`` is set), normalised to [B, N, D].
+    """
+
+    def __init__(self, encoder, layers=None, gradients=None, tokens=False):
+        self.blocks = find_blocks(encoder)
+        count = len(self.blocks)
+        chosen = range(count) if layers is None else layers
+        try:
+            self.indices = sorted({i % count if -count <= i < count else _out_of_range(i, count) for i in chosen})
+        except TypeError:
+            raise ClipvizError(f"layers must be block indices, got {layers!r}") from None
+        self.gradients = gradients
+        self.tokens = tokens
+        self.layers = {}
+        self._handles = []
+        self._slot = None
+        self._asked = {}
+
+    # -- context manager ----------------------------------------------------------------------
+    def __enter__(self):
+        self.layers = {i: LayerRecord(i) for i in self.indices}
+        try:
+            for i in self.indices:
+                block = self.blocks[i]
+                self._handles.append(block.attn.register_forward_pre_hook(self._ask_for_weights, with_kwargs=True))
+                self._handles.append(block.attn.register_forward_hook(self._attention_hook(i), with_kwargs=True))
+                if self.tokens:
+                    self._handles.append(block.register_forward_pre_hook(self._tokens_hook(i)))
+            if self.gradients is not None:
+                # frozen weights (requires_grad=False) would leave nothing to differentiate: let
+                # the residual stream entering the first block carry a gradient (values unchanged)
+                self._handles.insert(0, self.blocks[0].register_forward_pre_hook(_track_gradient))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+        return False
+
+    def remove(self):
+        """Detach every hook; the model is as it was before ``__enter__``."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for record in self.layers.values():  # drop graph references so memory can be freed
+            record._live_probs = record._live_tokens = None
+
+    @property
+    def hook_count(self):
+        return len(self._handles)
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def _attention_hook(self, index):
+        def hook(module, args, kwargs, output):
+            weights = output[1]
+            if weights is None or weights.dim() != 4:
+                raise ClipvizError(
+                    f"block {index} returned no per-head attention probabilities (a fused attention path?); "
+                    "clipviz needs nn.MultiheadAttention to honour need_weights=True")
+            live = _tensor_used_in_graph(weights)
+            record = self.layers[index]
+            record.probs = weights.detach()
+            if self.gradients is not None and live.requires_grad:
+                record._live_probs = live
+                live.register_hook(self._gradient_hook(record, weights.shape))
+            # give the caller exactly what it asked for
+            need_weights, average = self._asked.pop(id(module), (False, True))
+            if not need_weights:
+                return output[0], None
+            return output[0], weights.mean(dim=1) if average else weights
+        return hook
+
+    def _ask_for_weights(self, module, args, kwargs):
+        self._asked[id(module)] = (kwargs.get("need_weights", True), kwargs.get("average_attn_weights", True))
+        kwargs = dict(kwargs)
+        kwargs["need_weights"] = True
+        kwargs["average_attn_weights"] = False
+        return args, kwargs
+
+    def _tokens_hook(self, index):
+        def hook(module, args):
+            tokens = args[0]
+            record = self.layers[index]
+            record._live_tokens = tokens
+            record.tokens = tokens.detach()
+            if self.gradients is not None and tokens.requires_grad:
+                tokens.register_hook(self._token_gradient_hook(record))
+        return hook
+
+    def _gradient_hook(self, record, shape):
+        def hook(grad):
+            if self._slot is not None:
+                probs = record._live_probs.detach().view(shape)
+                record.grads[self._slot] = self.gradients(probs, grad.view(shape))
+        return hook
+
+    def _token_gradient_hook(self, record):
+        def hook(grad):
+            if self._slot is not None:
+                record.token_grads[self._slot] = grad.detach()
+        return hook
+
+    # -- backward ------------------------------------------------------------------------------
+    def backward(self, score, slot, retain_graph=True):
+        """Backpropagate a scalar ``score`` through the recorded blocks, storing results under ``slot``.
+
+        Only the part of the graph between the score and the earliest recorded tensor is
+        traversed; the model's parameters get no ``.grad``.
+        """
+        targets = [r._live_probs for r in self.layers.values() if r._live_probs is not None]
+        targets += [r._live_tokens for r in self.layers.values() if r._live_tokens is not None and r._live_tokens.requires_grad]
+        if not targets:
+            raise ClipvizError(
+                "nothing was recorded with gradients: run the forward pass inside the recorder, "
+                "with gradients enabled (not under torch.no_grad())")
+        self._slot = slot
+        try:
+            torch.autograd.grad(score, targets, retain_graph=retain_graph, allow_unused=True)
+        finally:
+            self._slot = None
+
+    def check_recorded(self):
+        """Raise a clear error if a forward pass recorded nothing (e.g. it bypassed the blocks)."""
+        missing = [i for i, r in self.layers.items() if r.probs is None]
+        if missing:
+            raise ClipvizError(
+                f"no attention was recorded for block(s) {missing}: the forward pass did not go through "
+                "nn.MultiheadAttention (a fused or custom attention path?), so no map can be computed")
+
+    def batch_first_tokens(self, record):
+        """Block input of ``record`` and its gradients as [B, N, D], whatever the model's layout
+        (the block's ``nn.MultiheadAttention.batch_first`` says which it is)."""
+        if self.blocks[record.index].attn.batch_first:
+            return record.tokens, record.token_grads
+        return record.tokens.transpose(0, 1), {k: g.transpose(0, 1) for k, g in record.token_grads.items()}
+
+
+def keep_gradient(probs, grad):
+    """Gradient reducer that keeps ∂S/∂A unchanged: [B, H, N, N]."""
+    return grad.detach()
+
+
+def _track_gradient(module, args):
+    tokens = args[0]
+    if torch.is_grad_enabled() and tokens.is_floating_point() and not tokens.requires_grad:
+        return (tokens.detach().requires_grad_(True),) + tuple(args[1:])
+    return None
+
+
+def _tensor_used_in_graph(weights):
+    """The tensor whose gradient is ∂S/∂A: MultiheadAttention returns a view of it."""
+    base = weights._base
+    if base is not None and base.data_ptr() == weights.data_ptr() and base.numel() == weights.numel():
+        return base
+    return weights
+
+
+def _out_of_range(index, count):
+    raise ClipvizError(f"layer {index} does not exist: this encoder has {count} blocks (0 … {count - 1}, or -1 … -{count})")

@@ -1,0 +1,20 @@
+"""Raw attention: the last block's CLS→patch attention probabilities.
+
+    map = mean_h A_L[h, CLS, patches]          (head maps: A_L[h, CLS, patches])
+
+The simplest baseline; prompt-agnostic.
+"""
+
+from .base import MethodOutput, Needs, cls_to_patches, per_target, resolve_layer
+
+
+def needs(num_layers, layer=-1, **_):
+    return Needs(layers=(resolve_layer(layer, num_layers, "layer"),))
+
+
+def compute(records, layer=-1, **_):
+    """records.probs[layer] [B, H, N, N] → token_maps [B, T, g, g], head_maps [B, T, H, g, g]."""
+    probs = records.probs[resolve_layer(layer, records.num_layers, "layer")]
+    heads = cls_to_patches(probs, records.patch_grid)  # [B, H, g, g]
+    return MethodOutput(token_maps=per_target(heads.mean(dim=1), records.targets),
+                        head_maps=per_target(heads, records.targets))

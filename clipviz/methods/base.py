@@ -1,0 +1,90 @@
+"""What every method shares: the recording it asks for, the records it reads, the maps it returns.
+
+Shapes: B images, T targets (one per prompt, or a contrast), L blocks, H heads, N = 1 + g*g
+tokens (CLS first), g = patch grid side, D width. Text: Lt tokens per prompt (77).
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class Needs:
+    """The recording a method asks for.
+
+    layers:     image blocks whose attention probabilities to record (None = all)
+    gradient:   reduce(probs [B,H,N,N], ∂S/∂probs [B,H,N,N]) kept per target, or None (forward only)
+    tokens:     record the input tokens of the recorded blocks (and their gradients if ``gradient``)
+    text:       text blocks to record for text-token relevance (None = no text recording)
+    """
+
+    layers: tuple = None
+    gradient: object = None
+    tokens: bool = False
+    text: tuple = None
+
+
+@dataclass
+class Records:
+    """Everything a method may read. All tensors are detached.
+
+    probs:        {layer: [B, H, N, N]}
+    grads:        {layer: {target: reduce(probs, ∂S_target/∂probs)}}
+    tokens:       {layer: [B, N, D]}           block inputs, batch-first
+    token_grads:  {layer: {target: [B, N, D]}}
+    text_probs:   {layer: [P, H, Lt, Lt]}      P = prompts actually encoded
+    text_grads:   {layer: {(image, target): reduce(probs, grad)}}
+    eot:          [T] position of each target's EOT token in its prompt
+    target_prompt:[T] index of each target's prompt in the encoded prompts
+    """
+
+    num_layers: int
+    patch_grid: int
+    batch: int
+    targets: int
+    probs: dict = field(default_factory=dict)
+    grads: dict = field(default_factory=dict)
+    tokens: dict = field(default_factory=dict)
+    token_grads: dict = field(default_factory=dict)
+    text_layers: int = 0
+    text_probs: dict = field(default_factory=dict)
+    text_grads: dict = field(default_factory=dict)
+    eot: torch.Tensor = None
+    target_prompt: torch.Tensor = None
+
+
+@dataclass
+class MethodOutput:
+    """token_maps [B, T, g, g] (raw, before any normalisation); optional extras.
+
+    layer_maps: [B, T, L', g, g] one map per recorded block (its contribution)
+    head_maps:  [B, T, H, g, g] one map per head of the last block
+    text_relevance: [B, T, Lt] weight per prompt token (zero outside SOT+1 … EOT-1)
+    """
+
+    token_maps: torch.Tensor
+    layer_maps: torch.Tensor = None
+    layer_indices: tuple = None
+    head_maps: torch.Tensor = None
+    text_relevance: torch.Tensor = None
+
+
+def cls_to_patches(matrix, patch_grid):
+    """The CLS row over patch tokens: [..., N, N] → [..., g, g]."""
+    row = matrix[..., 0, 1:]
+    return row.reshape(*row.shape[:-1], patch_grid, patch_grid)
+
+
+def per_target(map_bgg, targets):
+    """A prompt-agnostic map [B, ...] repeated for every target: [B, T, ...]."""
+    return map_bgg.unsqueeze(1).expand(map_bgg.shape[0], targets, *map_bgg.shape[1:]).contiguous()
+
+
+def resolve_layer(layer, num_layers, name="start_layer"):
+    """A block index in [0, L); negative indices count from the end (-1 = last block)."""
+    from ..errors import ClipvizError
+    if not isinstance(layer, int) or not -num_layers <= layer < num_layers:
+        raise ClipvizError(f"{name}={layer!r} is out of range: the encoder has {num_layers} blocks "
+                           f"(use 0 … {num_layers - 1}, or -1 for the last)")
+    return layer % num_layers

@@ -1,0 +1,84 @@
+"""Gradient-weighted relevance: Chefer, Gur & Wolf 2021 (ICCV), the bi-modal rule used for CLIP.
+
+    Ā_l = E_h[(∇A_l ⊙ A_l)⁺]                 eq. (5): gradient-weighted, head-averaged, positive part
+    R  ← I;   R ← R + Ā_l · R  for l ≥ start_layer     eq. (6), self-attention update
+    map = R[CLS, patches]
+
+with ∇A_l = ∂S/∂A_l and S = logits_per_image of the image–prompt pair (logit_scale · cosine),
+or S_A − S_B for a contrastive target. ``start_layer`` defaults to -1 (the last block only), as
+in the authors' CLIP notebook after its ViT-B/16 artifact fix; 0 uses every block.
+
+Text-token relevance applies the same rule to the text encoder and reads the EOT row:
+``R_text[EOT, 1:EOT]`` (SOT and EOT excluded).
+
+Layer maps are each block's contribution (Ā_l · R_{l-1})[CLS, patches]; head maps are the
+last block's per-head (∇A ⊙ A)⁺[CLS, patches].
+"""
+
+import torch
+
+from .base import MethodOutput, Needs, cls_to_patches, resolve_layer
+
+
+def positive_weighted(probs, grad):
+    """(∇A ⊙ A)⁺ kept per head on the CLS row, and its head mean everywhere.
+
+    Returns a dict: ``mean`` [B, N, N] = E_h[(∇A ⊙ A)⁺]; ``cls_heads`` [B, H, N] its CLS row per head.
+    Reducing as soon as the gradient exists keeps memory at one [B, N, N] per layer.
+    """
+    weighted = (grad * probs).clamp(min=0)
+    return {"mean": weighted.mean(dim=1), "cls_heads": weighted[:, :, 0, :]}
+
+
+def needs(num_layers, start_layer=-1, text_start_layer=-1, text_layers=None, text=True, **_):
+    first = resolve_layer(start_layer, num_layers)
+    text_blocks = None
+    if text and text_layers:
+        text_blocks = tuple(range(resolve_layer(text_start_layer, text_layers, "text_start_layer"), text_layers))
+    return Needs(layers=tuple(range(first, num_layers)), gradient=positive_weighted, text=text_blocks)
+
+
+def propagate(weighted_means):
+    """R = Π (I + Ā_l) applied in order: list of [B, N, N] → (R [B, N, N], contributions list)."""
+    n = weighted_means[0].shape[-1]
+    relevance = torch.eye(n, dtype=weighted_means[0].dtype, device=weighted_means[0].device)
+    relevance = relevance.expand_as(weighted_means[0])
+    contributions = []
+    for a_bar in weighted_means:
+        step = a_bar @ relevance
+        contributions.append(step)
+        relevance = relevance + step
+    return relevance, contributions
+
+
+def compute(records, start_layer=-1, text_start_layer=-1, **_):
+    """records.grads {l: {t: positive_weighted(...)}} → token_maps [B, T, g, g] and extras."""
+    layers = list(range(resolve_layer(start_layer, records.num_layers), records.num_layers))
+    g = records.patch_grid
+    maps, layer_maps, head_maps = [], [], []
+    for target in range(records.targets):
+        relevance, contributions = propagate([records.grads[l][target]["mean"] for l in layers])
+        maps.append(cls_to_patches(relevance, g))
+        layer_maps.append(torch.stack([cls_to_patches(c, g) for c in contributions], dim=1))
+        cls_heads = records.grads[layers[-1]][target]["cls_heads"][..., 1:]  # [B, H, g*g]
+        head_maps.append(cls_heads.reshape(*cls_heads.shape[:-1], g, g))
+    return MethodOutput(
+        token_maps=torch.stack(maps, dim=1),
+        layer_maps=torch.stack(layer_maps, dim=1),
+        layer_indices=tuple(layers),
+        head_maps=torch.stack(head_maps, dim=1),
+        text_relevance=text_relevance(records, text_start_layer) if records.text_grads else None)
+
+
+def text_relevance(records, text_start_layer=-1):
+    """R_text[EOT, 1:EOT] per (image, target): [B, T, Lt], zero outside the prompt's word tokens."""
+    layers = list(range(resolve_layer(text_start_layer, records.text_layers, "text_start_layer"), records.text_layers))
+    length = next(iter(records.text_probs.values())).shape[-1]
+    out = torch.zeros(records.batch, records.targets, length)
+    for b in range(records.batch):
+        for t in range(records.targets):
+            row = int(records.target_prompt[t])  # the target's own prompt among those encoded
+            relevance, _ = propagate([records.text_grads[l][(b, t)]["mean"][row:row + 1] for l in layers])
+            eot = int(records.eot[t])
+            out[b, t, 1:eot] = relevance[0, eot, 1:eot]
+    return out
