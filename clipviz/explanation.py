@@ -80,6 +80,16 @@ class Explanation:
         from .render import figure_png_bytes
         return figure_png_bytes(self.figure())
 
+    def _repr_html_(self):
+        """Jupyter: the figure inline, then each prompt's tokens coloured by relevance (if any)."""
+        from .render import explanation_html
+        return explanation_html(self)
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        # one drawing for both formats; without it IPython draws the figure once per _repr_*_
+        from .render import explanation_bundle
+        return explanation_bundle(self)
+
     def to_dict(self):
         """JSON-ready summary (no pixel arrays)."""
         return {

@@ -1,0 +1,333 @@
+"""Rendering: overlays against hand-computed blends, the two colour scales, coloured tokens,
+figures laid out without overlaps, and PNG / PDF / SVG files that open."""
+
+import base64
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import clipviz
+from clipviz import render
+from clipviz.errors import ClipvizError
+from clipviz.explanation import Explanation, normalise_maps
+from clipviz.preprocess import map_to_photo, preprocess_image
+
+from conftest import VOCAB
+
+PROMPTS = ["a dog on the <b>beach</b>", "two cats"]
+
+
+def photo(height=90, width=130, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def exp(tiny_vit):
+    """A real explanation (relevance, with per-block, per-head and text-token maps) of a wide photo."""
+    if not VOCAB.exists():
+        pytest.skip("needs ../shared/clip vocabulary")
+    return clipviz.explain(tiny_vit, photo(), PROMPTS, start_layer=0)
+
+
+def hand_explanation(token_maps, image=None):
+    """An Explanation built by hand from raw patch maps [T, g, g] (64-pixel model input)."""
+    image = photo() if image is None else image
+    _, box = preprocess_image(image, 64)
+    token_maps = np.asarray(token_maps, dtype=np.float32)
+    count = token_maps.shape[0]
+    return Explanation(photo=image, prompts=[f"prompt {t}" for t in range(count)], scores=np.linspace(0.1, 0.3, count),
+                       probs=np.full(count, 1.0 / count), token_maps=token_maps,
+                       maps=map_to_photo(normalise_maps(token_maps), box), crop_box=box, method="hand")
+
+
+# --- golden overlay ---------------------------------------------------------------------------
+
+def jet_by_hand(x):
+    """matplotlib's jet at x, from its segment data, exactly (Fractions): (r, g, b) in [0, 1]."""
+    def piece(knots):
+        for (x0, y0), (x1, y1) in zip(knots, knots[1:]):
+            if x0 <= x <= x1:
+                return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    F = Fraction
+    red = [(F(0), F(0)), (F(35, 100), F(0)), (F(66, 100), F(1)), (F(89, 100), F(1)), (F(1), F(1, 2))]
+    green = [(F(0), F(0)), (F(125, 1000), F(0)), (F(375, 1000), F(1)), (F(64, 100), F(1)), (F(91, 100), F(0)), (F(1), F(0))]
+    blue = [(F(0), F(1, 2)), (F(11, 100), F(1)), (F(34, 100), F(1)), (F(65, 100), F(0)), (F(1), F(0))]
+    return piece(red), piece(green), piece(blue)
+
+
+def test_overlay_equals_hand_computed_blend():
+    # value v is coloured by table entry k = min(floor(256 v), 255), i.e. jet at x = k / 255
+    values = [0.0, 51 / 256, 153 / 256, 1.0, 1.7, np.nan]  # x = 0, 0.2, 0.6, 1, 1 (clipped), unseen
+    xs = [Fraction(0), Fraction(1, 5), Fraction(3, 5), Fraction(1), Fraction(1)]
+    # by hand: jet(0) = (0, 0, ½); jet(0.2) = (0, 0.3, 1); jet(0.6) = (25/31, 1, 5/31); jet(1) = (½, 0, 0)
+    assert jet_by_hand(Fraction(3, 5)) == (Fraction(25, 31), 1, Fraction(5, 31))
+    assert jet_by_hand(Fraction(1, 5)) == (0, Fraction(3, 10), 1)
+    image = np.array([[[10, 200, 31], [255, 0, 128], [77, 77, 77], [0, 255, 3], [201, 99, 12], [5, 6, 7]]], np.uint8)
+    heat = np.array([values])
+    for alpha in (Fraction(1, 2), Fraction(3, 10)):
+        out = render.overlay(image, heat, cmap="jet", alpha=float(alpha))
+        assert out.dtype == np.uint8 and out.shape == image.shape
+        for i, x in enumerate(xs):
+            colour = [255 * c for c in jet_by_hand(x)]
+            expected = [int((1 - alpha) * int(p) + alpha * c + Fraction(1, 2)) for p, c in zip(image[0, i], colour)]
+            assert out[0, i].tolist() == expected, (i, alpha)
+        assert out[0, 5].tolist() == [5, 6, 7]  # NaN: the photo, untouched
+    assert (render.overlay(image, heat, alpha=0.0) == image).all()
+
+
+def test_colour_tables_and_levels_match_matplotlib():
+    import matplotlib
+    values = np.concatenate([np.linspace(0, 1, 1001), [0.5 - 1e-9, 1 / 256, 255 / 256, 1.0]])
+    for name in render.BUILTIN_CMAPS:
+        drawn = matplotlib.colormaps[name](values)[:, :3] * 255  # what imshow would paint
+        ours = render.colorize(values, name)
+        assert np.abs(ours - drawn).max() <= (1e-9 if name == "jet" else 0.5), name
+    assert np.allclose(render.colormap_table("magma"), matplotlib.colormaps["magma"](np.linspace(0, 1, 256))[:, :3])
+    with pytest.raises(ClipvizError, match="unknown colormap 'nope'.*jet, viridis"):
+        render.colormap_table("nope")
+
+
+def test_overlay_on_a_real_explanation_keeps_unseen_pixels(exp):
+    import matplotlib
+    out = render.overlay(exp.photo, exp.maps[0], alpha=0.4)
+    assert out.shape == exp.photo.shape  # the photo's full resolution
+    unseen = np.isnan(exp.maps[0])
+    assert unseen.any() and (out[unseen] == exp.photo[unseen]).all()  # the wide photo's sides
+    colour = matplotlib.colormaps["jet"](exp.maps[0][~unseen])[:, :3] * 255
+    expected = np.floor(0.6 * exp.photo[~unseen] + 0.4 * colour + 0.5)
+    assert np.abs(out[~unseen].astype(float) - expected).max() <= 1  # rounding at exact ties only
+    assert (exp.overlay(0, alpha=0.4) == out).all()
+
+
+def test_overlay_rejects_what_it_cannot_draw():
+    image = photo(4, 5)
+    with pytest.raises(ClipvizError, match="map_to_photo"):
+        render.overlay(image, np.zeros((2, 2)))
+    with pytest.raises(ClipvizError, match="alpha"):
+        render.overlay(image, np.zeros((4, 5)), alpha=1.5)
+    with pytest.raises(ClipvizError, match="uint8"):
+        render.overlay(image.astype(np.float32), np.zeros((4, 5)))
+
+
+def test_overlay_and_save_overlay_do_not_import_matplotlib(tmp_path):
+    code = (
+        "import sys, numpy as np\n"
+        "import clipviz.render as r\n"
+        "p = np.zeros((6, 8, 3), np.uint8); h = np.full((6, 8), 0.5); h[0] = np.nan\n"
+        "for c in ('jet', 'viridis', 'inferno', 'turbo'): r.overlay(p, h, cmap=c)\n"
+        f"r.save_overlay({str(tmp_path / 'o.png')!r}, p, h)\n"
+        "assert 'matplotlib' not in sys.modules, sorted(m for m in sys.modules if 'matplotlib' in m)\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    with Image.open(tmp_path / "o.png") as written:
+        assert written.size == (8, 6)
+
+
+# --- scaling ----------------------------------------------------------------------------------
+
+def ramp(top):
+    """A 4×4 patch map rising from 0 to ``top`` at the top-left corner (edge cells hold their
+    value to the photo's edge, so the photo map reaches the grid's maximum exactly)."""
+    i, j = np.mgrid[0:4, 0:4]
+    return top * (6 - i - j) / 6
+
+
+def test_per_map_scaling_reaches_one_in_every_map():
+    e = hand_explanation([ramp(1.0), ramp(0.5) + 0.25])
+    maps = render.photo_maps(e)
+    assert [float(np.nanmax(m)) for m in maps] == [1.0, 1.0]
+    assert [float(np.nanmin(m)) for m in maps] == [0.0, 0.0]
+    (grids,), scale = render.scale_grids([e.token_maps])  # what figures draw
+    assert scale == (0.0, 1.0) and np.allclose(grids, [ramp(1.0), ramp(1.0)])
+
+
+def test_shared_scale_of_figures_spans_every_map():
+    (first,), scale = render.scale_grids([[ramp(2.0), ramp(1.0) + 0.5]], shared=True)
+    assert scale == (0.0, 2.0) and np.allclose(first, [ramp(1.0), ramp(0.5) + 0.25])
+    assert np.allclose(render.scale_grids([np.ones((2, 3, 3))], shared=True)[0][0], 0)  # constant: no colour
+
+
+def test_shared_scale_lets_only_the_larger_map_reach_one():
+    e = hand_explanation([ramp(1.0), ramp(0.5)])
+    first, second = render.photo_maps(e, shared=True)
+    assert np.nanmax(first) == pytest.approx(1.0) and np.nanmax(second) == pytest.approx(0.5)
+    assert np.allclose(second, first / 2, equal_nan=True)  # one scale: the ratio survives
+    assert (np.isnan(first) == np.isnan(e.maps[0])).all()
+    # across explanations: the second photo's maps are half as strong
+    a, b = hand_explanation([ramp(2.0)]), hand_explanation([ramp(1.0)], photo(70, 50, seed=1))
+    maps = render.photo_maps([a, b], shared=True)
+    assert [m.shape for m in maps] == [(90, 130), (70, 50)]
+    assert np.nanmax(maps[0]) == pytest.approx(1.0) and np.nanmax(maps[1]) == pytest.approx(0.5)
+
+
+def figure_texts(fig):
+    """Every visible string of a figure: figure texts, axis labels and tick labels."""
+    fig.canvas.draw()
+    strings = [t.get_text() for t in fig.texts]
+    for ax in fig.axes:
+        strings += [ax.get_xlabel(), ax.get_ylabel()] + [t.get_text() for t in ax.get_xticklabels()]
+    return strings
+
+
+def test_every_figure_names_its_scaling():
+    e = hand_explanation([ramp(1.0), ramp(0.5)])
+    assert any("per-map min–max" in s for s in figure_texts(render.explanation_figure(e)))
+    e = hand_explanation([ramp(2.0), ramp(1.0)])
+    shared = figure_texts(render.explanation_figure(e, shared=True))
+    assert any("shared scale" in s for s in shared)
+    assert {"0", "1", "2"} <= set(shared)  # shared: ticks in raw units, from the grids' min 0 to max 2
+    uncoloured = figure_texts(render.explanation_figure(e, colorbar=False))
+    assert any(s.startswith("colours:") and "per-map min–max" in s for s in uncoloured)
+
+
+# --- coloured text tokens ---------------------------------------------------------------------
+
+def test_text_tokens_html_escapes_markup():
+    out = render.text_tokens_html(["a", "<script>", "alert('x')", "&"], [0.1, 0.9, 0.2, 0.0])
+    assert "<script>" not in out and "&lt;script&gt;" in out and "&amp;" in out
+    assert out.count("<span") == 4
+    assert 'background:#800000' in out  # the heaviest token: jet(1) = (½, 0, 0)
+
+
+def test_ansi_tokens_have_one_colour_code_each():
+    tokens, weights = ["a", "red", "car"], [0.0, 2.0, 1.0]
+    out = render.text_tokens_ansi(tokens, weights)
+    codes = re.findall(r"\x1b\[([0-9;]*)m", out)
+    backgrounds = [c for c in codes if "48;2;" in c]
+    assert len(backgrounds) == len(tokens) and codes.count("0") == len(tokens)
+    # weights ÷ max: 0 → jet(0) = (0, 0, 127.5), 1 → (127.5, 0, 0), 0.5 → table entry 128
+    assert backgrounds[0].endswith("48;2;0;0;128") and backgrounds[1].endswith("48;2;128;0;0")
+    assert backgrounds[2].endswith("48;2;%d;%d;%d" % tuple(np.floor(render.colorize(0.5) + 0.5).astype(int)))
+    assert re.sub(r"\x1b\[[0-9;]*m", "", out) == "a red car"
+    with pytest.raises(ClipvizError, match="one weight per token"):
+        render.text_tokens_ansi(tokens, [1.0])
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+def image_axes(fig):
+    return [ax for ax in fig.axes if ax.images]
+
+
+def assert_no_overlapping_text(fig):
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in fig.texts if t.get_text()]
+    width, height = fig.bbox.width, fig.bbox.height
+    for k, (text, box) in enumerate(boxes):
+        assert box.x0 >= -1 and box.y0 >= -1 and box.x1 <= width + 1 and box.y1 <= height + 1, f"{text!r} leaves the figure"
+        for other, second in boxes[k + 1:]:
+            overlap_w = min(box.x1, second.x1) - max(box.x0, second.x0)
+            overlap_h = min(box.y1, second.y1) - max(box.y0, second.y0)
+            assert overlap_w <= 0.5 or overlap_h <= 0.5, f"{text!r} overlaps {other!r}"
+
+
+@pytest.mark.parametrize("width, inches", [("single", 3.5), ("double", 7.16)])
+def test_explanation_figure_titles_sizes_and_layout(exp, width, inches):
+    fig = exp.figure(width=width)
+    assert fig.get_size_inches()[0] == pytest.approx(inches)
+    assert len(image_axes(fig)) == 1 + len(PROMPTS)
+    texts = " ".join(t.get_text() for t in fig.texts)
+    for t in range(len(PROMPTS)):
+        assert f"cos {exp.scores[t]:.3f} · p {exp.probs[t]:.2f}" in texts
+    assert "two cats" in texts and "method: relevance" in texts
+    assert sum(t.get_text() in ("dog", "cats", "<", "beach") for t in fig.texts) >= 4  # the token strips
+    assert_no_overlapping_text(fig)
+
+
+def test_comparison_layer_and_head_figures(exp, tiny_vit):
+    rollout = clipviz.explain(tiny_vit, exp.photo, PROMPTS, method="rollout")
+    grid = render.comparison_grid({"relevance": exp, "rollout": rollout}, width="single")
+    assert len(image_axes(grid)) == len(PROMPTS) * 3
+    assert {"relevance", "rollout"} <= {t.get_text() for t in grid.texts}
+    assert_no_overlapping_text(grid)
+
+    strip = render.layer_strip(exp, prompt=1)
+    titles = [t.get_text() for t in strip.texts]
+    assert [f"block {i}" for i in exp.layer_indices] == [t for t in titles if t.startswith("block")]
+    assert len(exp.layer_indices) == 3 and len(image_axes(strip)) == 1 + 3
+    assert_no_overlapping_text(strip)
+
+    heads = render.head_grid(exp, width="single")
+    assert len(image_axes(heads)) == 1 + exp.head_maps.shape[1]
+    assert_no_overlapping_text(heads)
+    with pytest.raises(ClipvizError, match="no per-head maps"):
+        render.head_grid(rollout)
+    with pytest.raises(ClipvizError, match="out of range"):
+        render.layer_strip(exp, prompt=5)
+
+
+# --- files ------------------------------------------------------------------------------------
+
+def test_png_pdf_and_svg_are_written_and_open(exp, tmp_path):
+    fig = exp.figure()
+    w_in, h_in = fig.get_size_inches()
+    for dpi in (100, 200):
+        path = render.save_figure(fig, tmp_path / f"fig{dpi}.png", dpi=dpi)
+        with Image.open(path) as png:
+            assert png.format == "PNG" and png.size == (int(w_in * dpi), int(h_in * dpi))  # Agg truncates
+    pdf = render.save_figure(fig, tmp_path / "fig.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page\b", pdf)) == 1
+    if shutil.which("pdftoppm"):
+        subprocess.run(["pdftoppm", "-png", "-r", "50", str(tmp_path / "fig.pdf"), str(tmp_path / "page")], check=True)
+    root = ET.parse(render.save_figure(fig, tmp_path / "fig.svg")).getroot()
+    assert root.tag.endswith("svg") and root.get("width", "").startswith(f"{w_in * 72:.0f}")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary files left
+
+
+def test_saving_refuses_bad_paths(exp, tmp_path):
+    fig = exp.figure()
+    with pytest.raises(ClipvizError, match=r"\.png, \.pdf, \.svg"):
+        render.save_figure(fig, tmp_path / "fig.jpg")
+    with pytest.raises(ClipvizError, match="is a folder"):
+        render.save_figure(fig, tmp_path)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    with pytest.raises(ClipvizError, match="cannot create the output folder"):
+        render.save_figure(fig, blocker / "out.png")
+    made = render.save_figure(fig, tmp_path / "new" / "deeper" / "out.svg")
+    assert made.exists()
+    # never overwrite the input photo
+    source = tmp_path / "photo.png"
+    Image.fromarray(exp.photo).save(source)
+    before = source.read_bytes()
+    mine = Explanation(**{**exp.__dict__, "source": str(source)})
+    with pytest.raises(ClipvizError, match="input photo"):
+        mine.save(tmp_path / "." / "photo.png")
+    assert source.read_bytes() == before
+
+
+def test_saving_into_a_read_only_folder_says_so(exp, tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with monkeypatch.context() as patch:
+            if os.geteuid() == 0:  # root writes anywhere: let the permission check see what a user would
+                patch.setattr(render.os, "access", lambda *args, **kwargs: False)
+            with pytest.raises(ClipvizError, match="locked' is not writable"):
+                render.save_figure(exp.figure(), locked / "out.png")
+    finally:
+        locked.chmod(0o700)
+    assert list(locked.iterdir()) == []
+
+
+def test_notebook_display_is_one_inline_png_plus_token_html(exp):
+    bundle = exp._repr_mimebundle_()
+    html_text = bundle["text/html"]
+    inline = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html_text).group(1)
+    assert inline == bundle["image/png"]
+    with Image.open(io.BytesIO(base64.b64decode(inline))) as png:
+        assert png.format == "PNG" and png.size[0] == 350  # single column at 100 dpi
+    assert "&lt;b&gt;beach" in html_text and "<b>beach" not in html_text  # the prompt is escaped
+    assert html_text.count('<div class="clipviz-tokens"') == len(PROMPTS)
+    with Image.open(io.BytesIO(exp._repr_png_())) as png:
+        assert png.format == "PNG"
