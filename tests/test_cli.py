@@ -1,0 +1,330 @@
+"""The `clipviz` command end to end, through `python -m clipviz` in a subprocess.
+
+Numbers printed or written by the CLI are checked against clipviz.explain / clipviz.classify run
+here on the same checkpoint; every user error must exit 2 with exactly one line on stderr.
+"""
+
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import clipviz
+from clipviz import cli
+from clipviz.model import CLIP
+
+from conftest import TINY_VIT, VOCAB, perturbed
+
+pytestmark = pytest.mark.skipif(not VOCAB.exists(), reason="needs ../shared/clip vocabulary")
+
+
+def run_cli(*args, cwd, env=None):
+    # one torch thread: the tiny model gains nothing from more, and on a busy shared CPU
+    # OpenMP threads waiting on each other made these runs up to 9x slower
+    environment = dict(os.environ, CLIPVIZ_VOCAB=str(VOCAB), OMP_NUM_THREADS="1", **(env or {}))
+    environment.pop("CLIPVIZ_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "clipviz", *map(str, args)], cwd=cwd, env=environment,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_user_error(result, *words):
+    """Exit 2, nothing on stdout, exactly one stderr line 'clipviz: error: ...' containing words."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("clipviz: error: ") and "Traceback" not in result.stderr
+    assert result.stdout == ""
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def sha(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def files_under(folder):
+    return {p for p in Path(folder).rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A folder with tiny.pt (a random TINY_VIT CLIP) and photos/ holding three small images."""
+    root = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(7)
+    torch.save(perturbed(CLIP(**TINY_VIT), seed=7).state_dict(), root / "tiny.pt")
+    photos = root / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8)).save(photos / "a.png")
+    Image.fromarray(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)).save(photos / "b.jpg", quality=95)
+    Image.fromarray(rng.integers(0, 256, (50, 70), dtype=np.uint8)).save(photos / "c.png")
+    (photos / "notes.txt").write_text("not an image, and not listed: no image suffix")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model(work):
+    return clipviz.load(str(work / "tiny.pt"), device="cpu")[0]
+
+
+# ----------------------------------------------------------------------------- explain: results
+
+def test_one_prompt_json_equals_explain_and_force(work, model):
+    """--json scores/probs/peak equal clipviz.explain; the file is overlay(photo, map) exactly;
+    an existing output is refused without --force (left untouched) and replaced with it."""
+    photo = work / "photos" / "a.png"
+    before = sha(photo)
+    target = work / "out1" / f"a--{cli.slug('a red dog')}.png"
+    target.parent.mkdir()
+    target.write_bytes(b"an earlier result")
+
+    refused = run_cli("explain", photo, "a red dog", "--model", "tiny.pt", "--out", "out1", cwd=work)
+    assert_user_error(refused, str(target.relative_to(work)), "--force")
+    assert target.read_bytes() == b"an earlier result"
+
+    result = run_cli("explain", photo, "a red dog", "--model", "tiny.pt", "--out", "out1", "--json", "--force", cwd=work)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)  # stdout holds the JSON document and nothing else
+    exp = clipviz.explain(model, str(photo), ["a red dog"])
+    (entry,) = report["results"]
+    np.testing.assert_allclose(entry["scores"], exp.scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(entry["probs"], exp.probs, rtol=1e-5, atol=1e-6)
+    assert entry["peak_xy"] == exp.to_dict()["peak_xy"]
+    assert entry["files"] == report["files"] == [str(target.relative_to(work))]
+    from clipviz.render import overlay
+    np.testing.assert_array_equal(np.asarray(Image.open(target)), overlay(exp.photo, exp.maps[0]))
+    assert sha(photo) == before and report["failures"] == []
+
+
+def test_three_prompts_table_and_unsafe_prompt_stays_in_folder(work, model):
+    """Printed table matches explain; '../../x' becomes a plain name inside --out."""
+    prompts = ["a dog", "../../x", "a red car"]
+    everything_before = files_under(work.parent)
+    result = run_cli("explain", "photos/b.jpg", *prompts, "--model", "tiny.pt", "--out", "deep/out2", cwd=work)
+    assert result.returncode == 0, result.stderr
+    new = files_under(work.parent) - everything_before
+    out = work / "deep" / "out2"
+    assert new == {out / f"b--{cli.slug(p)}.png" for p in prompts}
+    assert re.fullmatch(r"x-[0-9a-f]{6}", cli.slug("../../x"))
+
+    exp = clipviz.explain(model, str(work / "photos" / "b.jpg"), prompts)
+    for t, prompt in enumerate(prompts):
+        row = next(line for line in result.stdout.splitlines() if line.strip().startswith(prompt + " "))
+        score, prob = row.split()[-4:-2]
+        assert float(score) == pytest.approx(exp.scores[t], abs=1e-4)
+        assert float(prob.rstrip("%")) == pytest.approx(100 * exp.probs[t], abs=0.05)
+        assert f"-> deep/out2/b--{cli.slug(prompt)}.png" in result.stdout
+        image = np.asarray(Image.open(out / f"b--{cli.slug(prompt)}.png"))
+        assert image.shape == exp.photo.shape  # full photo resolution
+    assert "text tokens:" in result.stdout and "\x1b[" not in result.stdout  # no colour codes when piped
+
+
+def test_folder_of_images_json(work, model):
+    result = run_cli("explain", "--images", "photos", "a dog", "--prompt", "a cat.jpg", "--model", "tiny.pt",
+                     "--out", "out3", "--json", cwd=work)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    names = ["a.png", "b.jpg", "c.png"]  # notes.txt has no image suffix: not listed
+    assert [Path(r["image"]).name for r in report["results"]] == names
+    assert report["prompts"] == ["a dog", "a cat.jpg"]  # --prompt keeps an image-like prompt a prompt
+    exps = clipviz.explain(model, [str(work / "photos" / n) for n in names], ["a dog", "a cat.jpg"])
+    for entry, exp in zip(report["results"], exps):
+        np.testing.assert_allclose(entry["scores"], exp.scores, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(entry["probs"], exp.probs, rtol=1e-5, atol=1e-6)
+    assert len(report["files"]) == 6 and all((work / f).is_file() for f in report["files"])
+
+
+def test_folder_with_bad_files_keeps_going_and_exits_1(work):
+    folder = work / "mixed"
+    folder.mkdir()
+    for name in ["a.png", "b.jpg", "c.png"]:
+        (folder / name).write_bytes((work / "photos" / name).read_bytes())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 these bytes are no JPEG")
+    (folder / "cut.png").write_bytes((work / "photos" / "a.png").read_bytes()[:150])
+    result = run_cli("explain", "--images", folder, "a dog", "--model", "tiny.pt", "--out", "out4", "--json", cwd=work)
+    assert result.returncode == 1, result.stderr
+    assert "2 of 5 images failed" in result.stderr and "broken.jpg:" in result.stderr and "cut.png:" in result.stderr
+    assert "Traceback" not in result.stderr
+    report = json.loads(result.stdout)
+    assert sorted(Path(f["image"]).name for f in report["failures"]) == ["broken.jpg", "cut.png"]
+    written = sorted(p.name for p in (work / "out4").iterdir())
+    assert written == sorted(f"{stem}--{cli.slug('a dog')}.png" for stem in "abc")
+
+
+def test_pdf_figure_layers_heads(work):
+    result = run_cli("explain", "photos/c.png", "a dog", "--model", "tiny.pt", "--out", "out5", "--format", "pdf",
+                     "--layers", "--heads", "--quiet", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""  # --quiet
+    stem = f"c--{cli.slug('a dog')}"
+    expected = {"c.pdf", f"{stem}--layers.pdf", f"{stem}--heads.pdf"}
+    assert {p.name for p in (work / "out5").iterdir()} == expected
+    for name in expected:
+        assert (work / "out5" / name).read_bytes().startswith(b"%PDF")
+
+
+# ----------------------------------------------------------------------------- explain: user errors
+
+def test_user_errors_exit_2_with_one_line(work):
+    (work / "file.txt").write_text("a regular file")
+    (work / "fake.png").write_text("text pretending to be a PNG")
+    cases = [
+        (["photos/nope.jpg", "a dog"], ["no image file", "photos/nope.jpg"]),            # missing file
+        (["photos/a.png", "a dog", "--model", "ViT-B/33"], ["unknown model", "ViT-B/16"]),
+        (["photos/a.png", "a dog", "--method", "smoothgrad"], ["unknown method", "relevance"]),
+        (["photos/a.png", "  "], ["prompt is empty"]),
+        (["photos/a.png", "--prompt", ""], ["prompt is empty"]),
+        (["photos/a.png"], ["no prompt"]),
+        (["a dog"], ["no image"]),
+        (["photos", "a dog"], ["--images photos"]),                                       # a folder, positionally
+        (["photos/a.png", "a dog", "--out", "file.txt/sub"], ["cannot write into", "file.txt"]),
+        (["photos/a.png", "a dog", "--out", "file.txt/x.png"], ["cannot write into"]),
+        (["photos/a.png", "a dog", "--out", "photos/a.png", "--force"], ["input image"]),  # never the input
+        (["photos/a.png", "photos/b.jpg", "a dog", "--out", "one.png"], ["one file", "2 images"]),
+        (["photos/a.png", "a dog", "--alpha", "2"], ["--alpha"]),                         # argparse, one line too
+        (["photos/a.png", "a dog", "--bogus"], ["--bogus"]),
+    ]
+    for args, words in cases:
+        assert_user_error(run_cli("explain", *args, "--model", "tiny.pt", cwd=work)
+                          if "--model" not in args else run_cli("explain", *args, cwd=work), *words)
+    # these two load torch (tokenizer, model): one run each
+    assert_user_error(run_cli("explain", "photos/a.png", "word " * 80, "--model", "tiny.pt", cwd=work), "tokens")
+    assert_user_error(run_cli("explain", "fake.png", "a dog", "--model", "tiny.pt", "--out", "o", cwd=work), "fake.png")
+    assert not (work / "o").exists() or not any((work / "o").iterdir())
+
+
+def test_output_folder_never_overwrites_an_input(work):
+    """--out is the images folder and an input has the name an output would get: refused even with --force."""
+    folder = work / "same"
+    folder.mkdir()
+    (folder / "a.png").write_bytes((work / "photos" / "a.png").read_bytes())
+    victim = folder / f"a--{cli.slug('a dog')}.png"
+    victim.write_bytes((work / "photos" / "c.png").read_bytes())
+    before = {p: sha(p) for p in folder.iterdir()}
+    result = run_cli("explain", "--images", folder, "a dog", "--out", folder, "--force", "--model", "tiny.pt", cwd=work)
+    assert_user_error(result, "input image", victim.name)
+    assert {p: sha(p) for p in folder.iterdir()} == before
+
+
+# ----------------------------------------------------------------------------- other commands
+
+def test_classify_prints_sorted_probabilities(work, model):
+    prompts = ["a diagram", "a dog", "a cat"]
+    result = run_cli("classify", "photos/a.png", *prompts, "--model", "tiny.pt", cwd=work)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "photos/a.png"
+    printed = [(line.split(maxsplit=1)[1], float(line.split()[0].rstrip("%"))) for line in lines[1:]]
+    expected = clipviz.classify(model, str(work / "photos" / "a.png"), prompts).ranked()
+    assert [p for p, _ in printed] == [p for p, _ in expected]
+    for (_, shown), (_, prob) in zip(printed, expected):
+        assert shown == pytest.approx(100 * prob, abs=0.006)
+
+
+def test_models_marks_cached_files(work):
+    cache = work / "cache"
+    cache.mkdir()
+    (cache / "ViT-B-32.pt").write_bytes(b"x")
+    result = run_cli("models", "--json", cwd=work, env={"CLIPVIZ_CACHE": str(cache)})
+    assert result.returncode == 0, result.stderr
+    rows = {r["name"]: r["status"] for r in json.loads(result.stdout)["models"]}
+    assert set(clipviz.available_models()) <= set(rows)
+    assert rows["ViT-B/32"] == "cached" and rows["ViT-B/16"] == "download on first use"
+    if cli.DEFAULT_MODEL in rows:  # the small offline model ships inside the package
+        assert rows[cli.DEFAULT_MODEL] == "bundled"
+    text = run_cli("models", cwd=work, env={"CLIPVIZ_CACHE": str(cache)}).stdout
+    assert re.search(r"^ViT-B/32\s+cached", text, re.M) and "ViT-L/14@336px" in text
+
+
+def test_demo_draws_the_synthetic_scene(work):
+    from clipviz.synth import object_prompt, scene_from_index
+
+    result = run_cli("demo", "--model", "tiny.pt", "--out", "demo.png", cwd=work)
+    assert result.returncode == 0, result.stderr
+    scene = scene_from_index(0, 0, n_objects=(2, 3))
+    for obj in scene.objects:
+        assert object_prompt(obj.shape, obj.colour) in result.stdout
+    with Image.open(work / "demo.png") as figure:
+        assert figure.format == "PNG" and figure.width > 300
+    assert_user_error(run_cli("demo", "--model", "tiny.pt", "--out", "demo.png", cwd=work), "already exists")
+    if cli.DEFAULT_MODEL not in clipviz.available_models():
+        assert_user_error(run_cli("demo", "--out", "demo2.png", cwd=work), "--model")
+
+
+def test_help_version_and_bench(work):
+    result = run_cli("explain", "--help", cwd=work)
+    assert result.returncode == 0 and "examples:" in result.stdout and "--images DIR" in result.stdout
+    assert "image suffix" in result.stdout  # the image-or-prompt rule is documented
+    assert run_cli("--version", cwd=work).stdout.strip() == f"clipviz {clipviz.__version__}"
+    bench = run_cli("bench", "--help", cwd=work)
+    if (Path(cli.__file__).parent / "bench.py").exists():
+        assert bench.returncode == 0
+    else:
+        assert_user_error(bench, "clipviz.bench")
+
+
+# ----------------------------------------------------------------------------- in-process pieces
+
+def test_unexpected_errors_exit_1_and_ask_for_a_report(monkeypatch, capsys):
+    def broken(args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli, "run_models", broken)
+    monkeypatch.delenv("CLIPVIZ_DEBUG", raising=False)
+    assert cli.main(["models"]) == 1
+    err = capsys.readouterr().err
+    assert "RuntimeError: boom" in err and "please report" in err and "Traceback" not in err
+    assert cli.main(["--debug", "models"]) == 1  # before the command, not undone by its default
+    assert "Traceback" in capsys.readouterr().err
+    monkeypatch.setenv("CLIPVIZ_DEBUG", "1")
+    assert cli.main(["models"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_printed_text_is_terminal_safe(monkeypatch):
+    """Prompts and tokens reach the terminal on one line with escape sequences defused; in a
+    terminal the tokens are render.text_tokens_ansi's colours, elsewhere plain weights."""
+    assert cli._one_line("a \x1b[2Jdog\n\tcat \udcff") == "a \\x1b[2Jdog cat \\udcff"
+    from clipviz.render import text_tokens_ansi
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert cli._tokens_text(["a", "dog"], [0.5, 2.0]) == text_tokens_ansi(["a", "dog"], [0.5, 2.0])
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    assert cli._tokens_text(["a", "dog"], [0.5, 2.0]) == "a(0.25) dog(1.00)"
+
+
+def test_slug_and_split_rule(tmp_path):
+    assert cli.slug("A Photo of a Café!")[:-7] == "a-photo-of-a-cafe"
+    assert cli.slug("a dog") != cli.slug("a dog ") and cli.slug("/").startswith("x-")
+    long = cli.slug("word " * 50)
+    assert len(long) <= cli.SLUG_LENGTH + 7 and re.fullmatch(r"[a-z0-9-]+", long)
+    existing = tmp_path / "README"
+    existing.write_text("x")
+    images, prompts = cli.split_inputs([str(existing), "a dog", "a cat"])
+    assert images == [str(existing)] and prompts == ["a dog", "a cat"]
+    with pytest.raises(clipviz.ClipvizError, match="with --prompt"):
+        cli.split_inputs(["a photo of a cat.jpg", "a dog"])
+    assert cli.image_labels(["x/a.png", "y/a.png", "b.jpg"])[2] == "b"
+    assert len(set(cli.image_labels(["x/a.png", "y/a.png"]))) == 2
+
+
+def test_progress_bar_fallback(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as if tqdm were not installed
+    stream = io.StringIO()
+    bar = cli.Progress(3, enabled=True, stream=stream)
+    for name in ["a.png", "b.png", "c.png"]:
+        bar.update(name)
+    bar.close()
+    assert "3/3 c.png" in stream.getvalue() and "[" + "#" * 30 + "]" in stream.getvalue()
+    quiet = io.StringIO()
+    cli.Progress(3, enabled=False, stream=quiet).update("a.png")
+    assert quiet.getvalue() == ""
