@@ -677,3 +677,13 @@ def _load_with_adapter(spec: str, device):
                            "available in this clipviz install; use an official name "
                            f"({', '.join(available_models())}) or a checkpoint path")
     return load_spec(spec, device)
+
+
+# ----------------------------------------------------------------------------- bundled offline model
+# Owned by clipviz/synth/train.py: the small CLIP trained on synthetic scenes, shipped as package
+# data (see docs/model_card_synth.md). Retraining changes the digest: update it with the file.
+register_model(
+    "synth-vit-t16", path="synth-vit-t16.pt",
+    sha256="9d7c6e4cc85fab4788264ac9babc8bfc0b629467631c4b682a72536581fda30b",
+    description="small CLIP (ViT, 16 px patches, 14x14 grid) trained offline on clipviz.synth "
+                "scenes: 8 shapes x 8 colours, knows nothing of real photos")

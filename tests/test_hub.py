@@ -54,15 +54,15 @@ def test_registry_holds_the_nine_openai_models_with_their_digests():
 
 def test_register_model_adds_a_name_and_checks_its_arguments(registry):
     digest = hashlib.sha256(b"weights").hexdigest()
-    entry = hub.register_model("synth-vit-t16", path="synth-vit-t16.pt", sha256=digest.upper(),
+    entry = hub.register_model("bundled-demo", path="bundled-demo.pt", sha256=digest.upper(),
                                description="bundled")
-    assert hub.available_models()[-1] == "synth-vit-t16"
-    assert entry.path == hub.WEIGHTS_DIR / "synth-vit-t16.pt" and entry.sha256 == digest
-    assert hub.register_model("synth-vit-t16", path="synth-vit-t16.pt", sha256=digest,
+    assert hub.available_models()[-1] == "bundled-demo"
+    assert entry.path == hub.WEIGHTS_DIR / "bundled-demo.pt" and entry.sha256 == digest
+    assert hub.register_model("bundled-demo", path="bundled-demo.pt", sha256=digest,
                               description="bundled") == entry  # same entry again: harmless
 
     with pytest.raises(ClipvizError, match="already registered"):
-        hub.register_model("synth-vit-t16", path="other.pt")
+        hub.register_model("bundled-demo", path="other.pt")
     with pytest.raises(ClipvizError, match="no SHA256 path component"):
         hub.register_model("mine", url="https://example.com/weights/mine.pt")
     with pytest.raises(ClipvizError, match="not a SHA256 digest"):
