@@ -362,10 +362,14 @@ def build_model(state_dict, dtype=torch.float32):
     so fp16 checkpoints run on CPU) and in eval mode. Missing or unexpected keys raise
     ``ClipvizError`` naming the first mismatches.
     """
-    state_dict = {k: v for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
-    model = CLIP(**model_config(state_dict))
+    # own copies in the target dtype: the model must never share storage with the caller's dict
+    state_dict = {k: v.to(dtype, copy=True) if v.is_floating_point() else v.clone()
+                  for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+    config = model_config(state_dict)
+    with torch.device("meta"):  # no random initialisation: every weight comes from the state dict
+        model = CLIP(**config)
     try:
-        result = model.load_state_dict(state_dict, strict=False)
+        result = model.load_state_dict(state_dict, strict=False, assign=True)
     except RuntimeError as error:  # shape mismatches
         first = str(error).split("\n\t")[1] if "\n\t" in str(error) else str(error)
         raise ClipvizError(f"the state dict does not match the CLIP architecture: {first.strip()}") from None
@@ -379,7 +383,10 @@ def build_model(state_dict, dtype=torch.float32):
             "the state dict does not match the CLIP architecture: " + "; ".join(problems)
             + ". Is it an OpenAI-format CLIP checkpoint? open_clip and Hugging Face models load "
             "through the 'openclip:' and 'hf:' specs instead")
-    return model.to(dtype).eval()
+    mask = causal_mask(config["context_length"])  # a plain attribute, so not in the state dict
+    for block in model.transformer.resblocks:
+        block.attn_mask = mask
+    return model.eval()
 
 
 # Constructor arguments of the nine official OpenAI checkpoints (as build_model reads them).

@@ -77,3 +77,15 @@ def test_wrong_shapes_and_foreign_dicts_are_clear_errors(tiny_vit):
         build_model(sd)
     with pytest.raises(ClipvizError, match="not an OpenAI-format CLIP state dict"):
         build_model({"fc.weight": torch.zeros(2, 2)})
+
+
+def test_built_model_owns_its_weights(tiny_vit):
+    """build_model copies: changing the built model never changes the caller's state dict."""
+    state_dict = tiny_vit.state_dict()
+    before = state_dict["visual.proj"].clone()
+    model = build_model(state_dict)
+    with torch.no_grad():
+        model.visual.proj.add_(1.0)
+    assert torch.equal(state_dict["visual.proj"], before)
+    assert model.transformer.resblocks[0].attn_mask.device.type == "cpu"
+    assert torch.equal(model.transformer.resblocks[0].attn_mask, torch.full((77, 77), float("-inf")).triu(1))
