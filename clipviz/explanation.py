@@ -188,10 +188,9 @@ def run_method(adapter, pixels, ids, target_weights, target_prompt, module, opti
     Σ_p W[t, p] · S[:, p]); target_prompt [T]. Returns (Records, cosine [B, P],
     logits [B, P], MethodOutput).
     """
-    if adapter.family != "vit" and not getattr(module, "SUPPORTS_RESNET", False):
-        raise ClipvizError(
-            f"method {module.__name__.rsplit('.', 1)[-1]!r} explains ViT models; this is a ResNet CLIP: "
-            "use method='gradcam' or 'attention_pool'")
+    if adapter.family != "vit":
+        from .methods.resnet import run_resnet  # ResNets have no attention blocks to record
+        return run_resnet(adapter, pixels, ids, target_weights, target_prompt, module, options)
     needs = module.needs(adapter.num_layers, text_layers=adapter.text_layers, **options)
     batch, targets = pixels.shape[0], target_weights.shape[0]
     records = Records(num_layers=adapter.num_layers, patch_grid=adapter.patch_grid, batch=batch,
@@ -199,7 +198,8 @@ def run_method(adapter, pixels, ids, target_weights, target_prompt, module, opti
                       eot=adapter.eot_positions(ids)[target_prompt].cpu(), target_prompt=target_prompt)
     wants_gradient = needs.gradient is not None
     image_recorder = AttentionRecorder(adapter.image_encoder, layers=needs.layers, gradients=needs.gradient,
-                                       tokens=needs.tokens) if needs.layers is not None else _NoRecorder()
+                                       tokens=needs.tokens, outputs=needs.readout is not None, qk=needs.qk) \
+        if needs.layers is not None else _NoRecorder()
     text_recorder = AttentionRecorder(adapter.text_encoder, layers=needs.text, gradients=needs.gradient) \
         if needs.text is not None else _NoRecorder()
     with torch.set_grad_enabled(wants_gradient), image_recorder, text_recorder:
@@ -208,7 +208,9 @@ def run_method(adapter, pixels, ids, target_weights, target_prompt, module, opti
         cosine, logits = scores_from_embeddings(image_emb, text_emb, adapter.logit_scale())
         image_recorder.check_recorded()
         text_recorder.check_recorded()
-        if wants_gradient:
+        if wants_gradient and needs.readout is not None:
+            _readout_backward(image_recorder, needs.readout, adapter, text_emb, target_weights)
+        elif wants_gradient:
             target_scores = logits @ target_weights.to(logits).t()  # [B, T]
             for t in range(targets):
                 # images are independent, so one backward of the batch sum serves every image
@@ -218,6 +220,18 @@ def run_method(adapter, pixels, ids, target_weights, target_prompt, module, opti
     _collect(records, image_recorder, text_recorder)
     output = module.compute(records, **options)
     return records, cosine.detach(), logits.detach(), output
+
+
+def _readout_backward(recorder, readout, adapter, text_emb, target_weights):
+    """For each recorded block l and target t: ∂s^l_t/∂A^l, s^l_t = Σ_p W[t, p] · cos(readout(Z^l), text_p)
+    (see Needs.readout), stored under slot t of block l only."""
+    text = torch.nn.functional.normalize(text_emb.float(), dim=-1)
+    for index in recorder.layers:
+        image = readout(recorder.block_output(index), adapter.image_head)
+        cosine = torch.nn.functional.normalize(image.float(), dim=-1) @ text.t()  # [B, P]
+        scores = cosine @ target_weights.to(cosine).t()  # [B, T]
+        for t in range(scores.shape[1]):
+            recorder.backward(scores[:, t].sum(), slot=t, layers=(index,))
 
 
 def normalise_maps(token_maps):
@@ -235,6 +249,8 @@ def _collect(records, image_recorder, text_recorder):
         records.grads[index] = layer.grads
         if layer.tokens is not None:
             records.tokens[index], records.token_grads[index] = image_recorder.batch_first_tokens(layer)
+        if layer.queries is not None:
+            records.queries[index], records.keys[index] = layer.queries, layer.keys
     for index, layer in text_recorder.layers.items():
         records.text_probs[index] = layer.probs
         records.text_grads[index] = layer.grads

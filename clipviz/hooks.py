@@ -18,6 +18,10 @@ Gradients are reduced as they arrive: a tensor hook on each recorded probability
 ``gradients(probs, grad)`` and keeps only its result, so a method that needs, say, the head
 mean of ∂S/∂A ⊙ A never holds every layer's full ``[B, H, N, N]`` gradient at once.
 
+Hugging Face ``CLIPEncoderLayer``s are recorded too: their ``self_attn`` returns the per-head
+probabilities itself on the eager attention path (the HF adapter switches to it while encoding),
+and the recorder reads them without changing what the layer receives.
+
 On exit (normal or exception) every hook is removed and the model is exactly as before.
 """
 
@@ -38,23 +42,38 @@ class LayerRecord:
     grads: dict = field(default_factory=dict)         # slot -> reduce(probs, ∂score/∂probs)
     tokens: torch.Tensor = None          # block input [B, N, D], detached (when tokens=True)
     token_grads: dict = field(default_factory=dict)   # slot -> ∂score/∂tokens [B, N, D]
+    queries: torch.Tensor = None         # [B, N, D] attention queries, heads side by side (qk=True)
+    keys: torch.Tensor = None            # [B, N, D] attention keys (qk=True)
     _live_probs: torch.Tensor = None     # the in-graph tensor, for backward()
     _live_tokens: torch.Tensor = None
+    _live_output: torch.Tensor = None    # block output as the model laid it out (outputs=True)
 
 
 def find_blocks(encoder):
-    """The ResidualAttentionBlocks of an encoder, in forward order.
+    """The attention blocks of an encoder, in forward order.
 
     A block is any module whose class is named ``ResidualAttentionBlock`` (OpenAI's, open_clip's
-    and ours) and whose ``attn`` is an ``nn.MultiheadAttention``.
+    and ours) and whose ``attn`` is an ``nn.MultiheadAttention``, or a Hugging Face
+    ``*EncoderLayer`` whose ``self_attn`` has q/k/v/out projections (see ``attention_of``).
     """
-    blocks = [m for m in encoder.modules()
-              if type(m).__name__ == "ResidualAttentionBlock" and isinstance(getattr(m, "attn", None), nn.MultiheadAttention)]
+    blocks = [m for m in encoder.modules() if attention_of(m) is not None]
     if not blocks:
         raise ClipvizError(
             f"found no ResidualAttentionBlock with nn.MultiheadAttention in {type(encoder).__name__}; "
             "clipviz explains OpenAI-style CLIP ViTs (clipviz, OpenAI, open_clip) and Hugging Face CLIPModel")
     return blocks
+
+
+def attention_of(block):
+    """The attention module of a block (``attn`` or Hugging Face's ``self_attn``), or None."""
+    attn = getattr(block, "attn", None)
+    if type(block).__name__ == "ResidualAttentionBlock" and isinstance(attn, nn.MultiheadAttention):
+        return attn
+    attn = getattr(block, "self_attn", None)
+    if type(block).__name__.endswith("EncoderLayer") and all(
+            isinstance(getattr(attn, name, None), nn.Linear) for name in ("q_proj", "k_proj", "v_proj", "out_proj")):
+        return attn
+    return None
 
 
 class AttentionRecorder:
@@ -66,9 +85,12 @@ class AttentionRecorder:
                whose result is stored per backward slot (use ``keep_gradient`` to keep it raw).
     tokens:    also record each recorded block's input tokens (and their gradients when
                ``gradients`` is set), normalised to [B, N, D].
+    outputs:   keep each recorded block's output in the graph (``block_output``), so a score
+               read off an intermediate block can be backpropagated (LeGrad).
+    qk:        also record each recorded block's attention queries and keys, [B, N, D].
     """
 
-    def __init__(self, encoder, layers=None, gradients=None, tokens=False):
+    def __init__(self, encoder, layers=None, gradients=None, tokens=False, outputs=False, qk=False):
         self.blocks = find_blocks(encoder)
         count = len(self.blocks)
         chosen = range(count) if layers is None else layers
@@ -78,6 +100,8 @@ class AttentionRecorder:
             raise ClipvizError(f"layers must be block indices, got {layers!r}") from None
         self.gradients = gradients
         self.tokens = tokens
+        self.outputs = outputs
+        self.qk = qk
         self.layers = {}
         self._handles = []
         self._slot = None
@@ -89,10 +113,17 @@ class AttentionRecorder:
         try:
             for i in self.indices:
                 block = self.blocks[i]
-                self._handles.append(block.attn.register_forward_pre_hook(self._ask_for_weights, with_kwargs=True))
-                self._handles.append(block.attn.register_forward_hook(self._attention_hook(i), with_kwargs=True))
+                attention = attention_of(block)
+                native = isinstance(attention, nn.MultiheadAttention)
+                asks = self._ask_for_weights if native else _ask_hf_for_weights
+                self._handles.append(attention.register_forward_pre_hook(asks, with_kwargs=True))
+                self._handles.append(attention.register_forward_hook(self._attention_hook(i, native), with_kwargs=True))
+                if self.qk:
+                    self._handles.append(attention.register_forward_pre_hook(self._qk_hook(i), with_kwargs=True))
                 if self.tokens:
                     self._handles.append(block.register_forward_pre_hook(self._tokens_hook(i)))
+                if self.outputs:
+                    self._handles.append(block.register_forward_hook(self._output_hook(i)))
             if self.gradients is not None:
                 # frozen weights (requires_grad=False) would leave nothing to differentiate: let
                 # the residual stream entering the first block carry a gradient (values unchanged)
@@ -112,26 +143,29 @@ class AttentionRecorder:
             handle.remove()
         self._handles.clear()
         for record in self.layers.values():  # drop graph references so memory can be freed
-            record._live_probs = record._live_tokens = None
+            record._live_probs = record._live_tokens = record._live_output = None
 
     @property
     def hook_count(self):
         return len(self._handles)
 
     # -- hooks ---------------------------------------------------------------------------------
-    def _attention_hook(self, index):
+    def _attention_hook(self, index, native=True):
         def hook(module, args, kwargs, output):
             weights = output[1]
             if weights is None or weights.dim() != 4:
                 raise ClipvizError(
                     f"block {index} returned no per-head attention probabilities (a fused attention path?); "
-                    "clipviz needs nn.MultiheadAttention to honour need_weights=True")
+                    "clipviz needs nn.MultiheadAttention to honour need_weights=True, or a Hugging Face "
+                    "model on eager attention (encode through clipviz.adapters.adapt(model))")
             live = _tensor_used_in_graph(weights)
             record = self.layers[index]
             record.probs = weights.detach()
             if self.gradients is not None and live.requires_grad:
                 record._live_probs = live
                 live.register_hook(self._gradient_hook(record, weights.shape))
+            if not native:
+                return None  # Hugging Face attention: its output is left as it is
             # give the caller exactly what it asked for
             need_weights, average = self._asked.pop(id(module), (False, True))
             if not need_weights:
@@ -145,6 +179,20 @@ class AttentionRecorder:
         kwargs["need_weights"] = True
         kwargs["average_attn_weights"] = False
         return args, kwargs
+
+    def _qk_hook(self, index):
+        def hook(module, args, kwargs):
+            inputs = args[0] if args else kwargs.get("hidden_states", kwargs.get("query"))
+            with torch.no_grad():
+                queries, keys = _queries_keys(module, inputs)
+            record = self.layers[index]
+            record.queries, record.keys = queries.detach(), keys.detach()
+        return hook
+
+    def _output_hook(self, index):
+        def hook(module, args, output):
+            self.layers[index]._live_output = output[0] if isinstance(output, (tuple, list)) else output
+        return hook
 
     def _tokens_hook(self, index):
         def hook(module, args):
@@ -170,14 +218,16 @@ class AttentionRecorder:
         return hook
 
     # -- backward ------------------------------------------------------------------------------
-    def backward(self, score, slot, retain_graph=True):
+    def backward(self, score, slot, retain_graph=True, layers=None):
         """Backpropagate a scalar ``score`` through the recorded blocks, storing results under ``slot``.
 
         Only the part of the graph between the score and the earliest recorded tensor is
-        traversed; the model's parameters get no ``.grad``.
+        traversed; the model's parameters get no ``.grad``. ``layers`` restricts the gradients
+        taken (and stored) to those blocks.
         """
-        targets = [r._live_probs for r in self.layers.values() if r._live_probs is not None]
-        targets += [r._live_tokens for r in self.layers.values() if r._live_tokens is not None and r._live_tokens.requires_grad]
+        chosen = [r for i, r in self.layers.items() if layers is None or i in layers]
+        targets = [r._live_probs for r in chosen if r._live_probs is not None]
+        targets += [r._live_tokens for r in chosen if r._live_tokens is not None and r._live_tokens.requires_grad]
         if not targets:
             raise ClipvizError(
                 "nothing was recorded with gradients: run the forward pass inside the recorder, "
@@ -199,14 +249,44 @@ class AttentionRecorder:
     def batch_first_tokens(self, record):
         """Block input of ``record`` and its gradients as [B, N, D], whatever the model's layout
         (the block's ``nn.MultiheadAttention.batch_first`` says which it is)."""
-        if self.blocks[record.index].attn.batch_first:
+        if getattr(attention_of(self.blocks[record.index]), "batch_first", True):  # HF layers are batch-first
             return record.tokens, record.token_grads
         return record.tokens.transpose(0, 1), {k: g.transpose(0, 1) for k, g in record.token_grads.items()}
+
+
+    def block_output(self, index):
+        """Block ``index``'s output, in the graph, as [B, N, D] (recorded with outputs=True)."""
+        output = self.layers[index]._live_output
+        return output if getattr(attention_of(self.blocks[index]), "batch_first", True) else output.transpose(0, 1)
 
 
 def keep_gradient(probs, grad):
     """Gradient reducer that keeps ∂S/∂A unchanged: [B, H, N, N]."""
     return grad.detach()
+
+
+def _ask_hf_for_weights(module, args, kwargs):
+    """transformers < 5 returns the probabilities only when asked; 5.x always does on the eager path."""
+    import inspect
+    if "output_attentions" in inspect.signature(module.forward).parameters:
+        return args, {**kwargs, "output_attentions": True}
+    return None
+
+
+def _queries_keys(attention, inputs):
+    """q, k [B, N, D] (heads side by side) of an attention module for its input, laid out as the
+    module takes it (``nn.MultiheadAttention`` may be sequence-first)."""
+    if isinstance(attention, nn.MultiheadAttention):
+        x = inputs if attention.batch_first else inputs.transpose(0, 1)
+        d = attention.embed_dim
+        if attention.in_proj_weight is not None:
+            w_q, w_k = attention.in_proj_weight[:d], attention.in_proj_weight[d:2 * d]
+        else:
+            w_q, w_k = attention.q_proj_weight, attention.k_proj_weight
+        bias = attention.in_proj_bias
+        b_q, b_k = (None, None) if bias is None else (bias[:d], bias[d:2 * d])
+        return torch.nn.functional.linear(x, w_q, b_q), torch.nn.functional.linear(x, w_k, b_k)
+    return attention.q_proj(inputs), attention.k_proj(inputs)
 
 
 def _track_gradient(module, args):

@@ -84,6 +84,12 @@ class ClipAdapter:
     def logit_scale(self):
         return self.model.logit_scale.exp()
 
+    def image_head(self, tokens):
+        """The ViT's head on a token: ln_post, then proj. [..., D] → [..., E] (LeGrad reads block
+        outputs through it)."""
+        visual = self.model.visual
+        return visual.ln_post(tokens) @ visual.proj
+
 
 def _resolution(visual):
     size = getattr(visual, "input_resolution", None) or getattr(visual, "image_size", None)
@@ -92,6 +98,43 @@ def _resolution(visual):
     if not size:
         raise ClipvizError("cannot tell the model's input resolution (no visual.input_resolution)")
     return int(size)
+
+
+def import_extra(name, spec_prefix, extra):
+    """Import an optional model library, or raise a ClipvizError saying what to install.
+
+    A library that is installed but fails to import (a dependency missing, or a torchvision
+    build that does not match torch) gets its own message: reinstalling clipviz would not help.
+    """
+    from importlib import import_module
+    try:
+        return import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name and error.name.split(".")[0] == name:
+            raise ClipvizError(f"'{spec_prefix}' models need the {name} package: pip install clipviz[{extra}]") from None
+        raise ClipvizError(f"{name} is installed but cannot be imported: it needs {error.name!r}; "
+                           "install that, then retry") from None
+    except (ImportError, RuntimeError, OSError) as error:
+        raise ClipvizError(f"{name} is installed but cannot be imported ({type(error).__name__}: {error}); "
+                           "if it names torchvision, install the build that matches your torch") from None
+
+
+def _optional_family(module_name, class_name):
+    """An adapter factory that imports its module (and so its library) only when a model matches."""
+    def make(model):
+        from importlib import import_module
+        return getattr(import_module(module_name, __name__), class_name)(model)
+    return make
+
+
+def _library(model):
+    return type(model).__module__.split(".")[0]
+
+
+# matched by the model class's home, so that matching imports neither open_clip nor transformers
+register_family(lambda model: _library(model) == "open_clip", _optional_family(".openclip", "OpenClipAdapter"))
+register_family(lambda model: _library(model) == "transformers" and hasattr(model, "vision_model"),
+                _optional_family(".huggingface", "HuggingFaceAdapter"))
 
 
 def load_spec(spec, device):

@@ -12,7 +12,10 @@ _REGISTRY = {
     "relevance": ("relevance", "gradient-weighted attention relevance (Chefer et al. 2021)", True),
     "rollout": ("rollout", "attention rollout (Abnar & Zuidema 2020)", False),
     "attention": ("attention", "last-block CLS attention", False),
-    "gradcam": ("gradcam", "Grad-CAM on the tokens entering the last block", True),
+    "gradcam": ("gradcam", "Grad-CAM on the tokens entering the last block (ResNet: on the last stage)", True),
+    "legrad": ("legrad", "layer-wise gradient of each block's own prediction w.r.t. its attention (Bousselham et al. 2024)", True),
+    "gradeclip": ("gradeclip", "Grad-ECLIP: output-gradient channel weights x loosened attention on values (Zhao et al. 2024)", True),
+    "attention_pool": ("resnet", "ResNet CLIP: the attention pool's mean-token query over positions", False),
 }
 
 

@@ -17,12 +17,20 @@ class Needs:
     gradient:   reduce(probs [B,H,N,N], ∂S/∂probs [B,H,N,N]) kept per target, or None (forward only)
     tokens:     record the input tokens of the recorded blocks (and their gradients if ``gradient``)
     text:       text blocks to record for text-token relevance (None = no text recording)
+    qk:         record the attention queries and keys of the recorded blocks
+    readout:    None, or ``readout(block_output [B, N, D], head) → [B, E]``: how to read an image
+                embedding off each recorded block's output (``head`` = the model's ln_post + proj).
+                The gradients kept are then those of the per-block scores
+                s^l_t = Σ_p W[t, p] · cos(readout(Z^l), text_p) with respect to that block's own
+                attention A^l, instead of those of the model's score S (LeGrad)
     """
 
     layers: tuple = None
     gradient: object = None
     tokens: bool = False
     text: tuple = None
+    qk: bool = False
+    readout: object = None
 
 
 @dataclass
@@ -33,6 +41,7 @@ class Records:
     grads:        {layer: {target: reduce(probs, ∂S_target/∂probs)}}
     tokens:       {layer: [B, N, D]}           block inputs, batch-first
     token_grads:  {layer: {target: [B, N, D]}}
+    queries, keys:{layer: [B, N, D]}           attention q and k, heads side by side (Needs.qk)
     text_probs:   {layer: [P, H, Lt, Lt]}      P = prompts actually encoded
     text_grads:   {layer: {(image, target): reduce(probs, grad)}}
     eot:          [T] position of each target's EOT token in its prompt
@@ -47,6 +56,8 @@ class Records:
     grads: dict = field(default_factory=dict)
     tokens: dict = field(default_factory=dict)
     token_grads: dict = field(default_factory=dict)
+    queries: dict = field(default_factory=dict)
+    keys: dict = field(default_factory=dict)
     text_layers: int = 0
     text_probs: dict = field(default_factory=dict)
     text_grads: dict = field(default_factory=dict)

@@ -1,0 +1,126 @@
+"""Hugging Face ``CLIPModel`` (``pip install clipviz[hf]``): ``hf:REPO_ID`` specs and an adapter.
+
+The recorder hooks each ``CLIPEncoderLayer``'s ``self_attn`` (see clipviz.hooks). Its probabilities
+exist only on the eager attention path — SDPA and flash kernels never materialise them — so every
+forward pass the adapter runs switches the model's configs to eager attention and restores the
+previous setting afterwards, also when the pass raises. On the eager path the probabilities HF
+returns are the very tensor multiplied with the values (dropout is the identity in eval mode), so
+gradients taken with respect to them are ∂S/∂A.
+
+Text: clipviz's tokenizer produces the same ids as HF's CLIPTokenizer for the OpenAI vocabulary;
+padding is 0 and masked out with ``attention_mask``. The pooled token follows HF's own rule:
+the highest id (EOT) when ``eos_token_id == 2`` (older configs), else the first ``eos_token_id``.
+
+    model, preprocess = clipviz.load("hf:openai/clip-vit-base-patch32")
+"""
+
+from contextlib import contextmanager
+
+import torch
+
+from ..errors import ClipvizError
+from . import ClipAdapter, import_extra
+
+
+def load_hf(repo_id, device):
+    """Download (on first use) and build a Hugging Face CLIPModel: returns ``(model, preprocess)``."""
+    from ..preprocess import Preprocess
+
+    transformers = import_extra("transformers", "hf:", "hf")
+    repo_id = repo_id.strip()
+    if not repo_id:
+        raise ClipvizError("'hf:' needs a repository id, e.g. 'hf:openai/clip-vit-base-patch32'")
+    try:
+        model = transformers.CLIPModel.from_pretrained(repo_id)
+    except (OSError, ValueError) as error:  # unknown repo, no network, not a CLIP checkpoint
+        raise ClipvizError(f"could not load Hugging Face model {repo_id!r}: {error}") from None
+    model = model.to(device).eval()
+    adapter = HuggingFaceAdapter(model)
+    return model, Preprocess(adapter.input_resolution)
+
+
+class HuggingFaceAdapter(ClipAdapter):
+    """``transformers.CLIPModel`` behind clipviz's adapter interface (see ClipAdapter)."""
+
+    def __init__(self, model):
+        self.model = model
+        vision, text = model.config.vision_config, model.config.text_config
+        self.image_encoder = model.vision_model
+        self.text_encoder = model.text_model
+        self.family = "vit"
+        self.input_resolution = int(vision.image_size)
+        self.patch_grid = self.input_resolution // int(vision.patch_size)
+        self.num_layers = len(model.vision_model.encoder.layers)
+        self.text_layers = len(model.text_model.encoder.layers)
+        self.context_length = int(text.max_position_embeddings)
+        self.vocab_size = int(text.vocab_size)
+        self.eos_token_id = getattr(model.text_model, "eos_token_id", text.eos_token_id)
+
+    @property
+    def dtype(self):
+        return next(self.model.vision_model.parameters()).dtype
+
+    def tokenize(self, prompts):
+        if self.vocab_size != 49408:
+            raise ClipvizError(f"this Hugging Face model's text tower has a vocabulary of {self.vocab_size}; "
+                               "clipviz tokenizes with CLIP's BPE (49408 tokens)")
+        return super().tokenize(prompts)
+
+    def eot_positions(self, ids):
+        """HF CLIPTextModel's pooling rule (argmax for eos_token_id == 2, else the first eos)."""
+        if self.eos_token_id == 2:
+            return ids.argmax(dim=-1)
+        return (ids == self.eos_token_id).int().argmax(dim=-1)
+
+    def encode_image(self, pixels):
+        with eager_attention(self.model):
+            return _features(self.model.get_image_features(pixel_values=pixels))
+
+    def encode_text(self, ids):
+        positions = torch.arange(ids.shape[-1], device=ids.device)
+        mask = (positions[None, :] <= self.eot_positions(ids)[:, None]).long()  # SOT … EOT
+        with eager_attention(self.model):
+            return _features(self.model.get_text_features(input_ids=ids, attention_mask=mask))
+
+    def image_head(self, tokens):
+        """post_layernorm, then visual_projection: [..., D] → [..., E]."""
+        return self.model.visual_projection(self.model.vision_model.post_layernorm(tokens))
+
+
+def _features(output):
+    """transformers < 5 returns the projected features; 5.x a model output holding them."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+@contextmanager
+def eager_attention(model):
+    """Run ``model`` (any transformers model) with eager attention; restore every config after.
+
+    Each distinct config reachable from the model's modules is switched on its internal field,
+    so nothing recurses or validates behind our back and the restore is exact.
+    """
+    configs = {}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            configs[id(config)] = config
+            for name in getattr(config, "sub_configs", {}) or {}:
+                sub = getattr(config, name, None)
+                if sub is not None and hasattr(sub, "_attn_implementation"):
+                    configs[id(sub)] = sub
+    field = "_attn_implementation_internal"
+    saved = {key: getattr(c, field) if hasattr(c, field) else c._attn_implementation for key, c in configs.items()}
+    try:
+        for config in configs.values():
+            _set_implementation(config, "eager")
+        yield
+    finally:
+        for key, config in configs.items():
+            _set_implementation(config, saved[key])
+
+
+def _set_implementation(config, value):
+    if hasattr(config, "_attn_implementation_internal"):
+        config._attn_implementation_internal = value
+    else:
+        config._attn_implementation = value

@@ -1,0 +1,152 @@
+"""open_clip models (``pip install clipviz[openclip]``): ``openclip:ARCH/PRETRAINED`` specs and an adapter.
+
+open_clip's CLIP keeps OpenAI's module layout (``visual.transformer.resblocks`` of
+``ResidualAttentionBlock`` with ``nn.MultiheadAttention``, ``visual.ln_post``/``proj``, text
+``transformer``), so the recorder hooks it unmodified. What differs, and lives here: loading by
+architecture and pretrained tag, the text pooling rule (``argmax`` or ``eos``), the image
+normalisation a checkpoint was trained with, and which of its many towers clipviz can explain
+(ViT with CLS pooling, and ModifiedResNet; not timm or Hugging Face towers, attentional pooling
+or mean pooling).
+
+    model, preprocess = clipviz.load("openclip:ViT-B-16/laion2b_s34b_b88k")
+    model, preprocess = clipviz.load("openclip:hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
+"""
+
+import difflib
+from pathlib import Path
+
+import torch
+
+from ..errors import ClipvizError
+from ..preprocess import MEAN, STD
+from . import ClipAdapter, import_extra
+
+
+def parse_spec(spec):
+    """'ARCH/PRETRAINED' → (arch, pretrained); 'hf-hub:ORG/REPO' → (that, None)."""
+    spec = spec.strip()
+    if spec.startswith(("hf-hub:", "local-dir:")):
+        return spec, None
+    arch, _, pretrained = spec.partition("/")
+    if not arch or not pretrained:
+        raise ClipvizError(
+            f"'openclip:{spec}' names no weights: write 'openclip:ARCH/PRETRAINED', e.g. "
+            "'openclip:ViT-B-16/laion2b_s34b_b88k' (open_clip.list_pretrained() lists them)")
+    return arch, pretrained
+
+
+def load_openclip(spec, device):
+    """Build (and on first use download) an open_clip model: returns ``(model, preprocess)`` in eval mode.
+
+    spec: 'ARCH/PRETRAINED' (a tag or a checkpoint file) or 'hf-hub:ORG/REPO'.
+    """
+    from ..preprocess import Preprocess
+
+    open_clip = import_extra("open_clip", "openclip:", "openclip")
+    arch, pretrained = parse_spec(spec)
+    if pretrained is None:
+        model = _create(open_clip, arch, None, device)
+    else:
+        _check_names(open_clip, arch, pretrained)
+        model = _create(open_clip, arch, pretrained, device)
+    model.eval()
+    adapter = OpenClipAdapter(model)  # refuse towers clipviz cannot explain now, not mid-explanation
+    return model, Preprocess(adapter.input_resolution)
+
+
+def _check_names(open_clip, arch, pretrained):
+    models = open_clip.list_models()
+    if arch not in models:
+        close = difflib.get_close_matches(arch, models, n=5)
+        raise ClipvizError(f"open_clip has no architecture {arch!r}"
+                           + (f"; did you mean {', '.join(close)}?" if close else "; see open_clip.list_models()"))
+    if Path(pretrained).expanduser().is_file():
+        return
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if pretrained not in tags:
+        raise ClipvizError(f"open_clip has no weights {pretrained!r} for {arch}; "
+                           + (f"choose one of: {', '.join(tags)}" if tags else "it publishes none: pass a checkpoint file"))
+
+
+def _create(open_clip, arch, pretrained, device):
+    try:
+        return open_clip.create_model(arch, pretrained=pretrained, device=device)
+    except (OSError, RuntimeError, ValueError) as error:  # download, cache or checkpoint problems
+        raise ClipvizError(f"open_clip could not build {arch}{'/' + pretrained if pretrained else ''}: {error}") from None
+
+
+class OpenClipAdapter(ClipAdapter):
+    """An open_clip ``CLIP`` or ``CustomTextCLIP`` with a ViT (CLS pooling) or ModifiedResNet image tower."""
+
+    def __init__(self, model):
+        self.model = model
+        visual = model.visual
+        kind = type(visual).__name__
+        if kind == "VisionTransformer":
+            if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
+                raise ClipvizError(
+                    "this open_clip ViT pools its tokens by attentional or mean pooling, not the CLS token; "
+                    "clipviz explains CLS-pooled ViTs (CLIP, LAION, DataComp, MetaCLIP …) and ResNets")
+            self.family = "vit"
+            self.num_layers = len(visual.transformer.resblocks)
+        elif kind == "ModifiedResNet":
+            self.family = "resnet"
+            self.num_layers = 0
+        else:
+            raise ClipvizError(f"clipviz cannot explain open_clip's {kind} image tower (timm / Hugging Face towers); "
+                               "use a ViT or ModifiedResNet architecture")
+        self.image_encoder = visual
+        self.input_resolution = _side(visual.image_size)
+        self.patch_grid = (self.input_resolution // _side(visual.patch_size) if self.family == "vit"
+                           else self.input_resolution // 32)
+        text = getattr(model, "text", None)
+        self.text_encoder = model.transformer if hasattr(model, "transformer") else getattr(text, "transformer", None)
+        self.text_layers = len(self.text_encoder.resblocks) if self.text_encoder is not None else 0
+        self.context_length = model.context_length
+        self.vocab_size = model.vocab_size
+        owner = model if hasattr(model, "text_pool_type") else text
+        self.text_pool = getattr(owner, "text_pool_type", None) or getattr(owner, "pool_type", "argmax")
+        self.eos_id = getattr(owner, "text_eos_id", None) or getattr(owner, "eos_id", None)
+        cfg = getattr(visual, "preprocess_cfg", None) or {}
+        self.pixel_mean = tuple(cfg.get("mean", MEAN))
+        self.pixel_std = tuple(cfg.get("std", STD))
+
+    def tokenize(self, prompts):
+        if self.vocab_size != 49408:
+            raise ClipvizError(f"this open_clip model's text tower uses another tokenizer (vocabulary of {self.vocab_size}); "
+                               "clipviz tokenizes with CLIP's BPE (49408 tokens)")
+        return super().tokenize(prompts)
+
+    def eot_positions(self, ids):
+        """The token the text tower pools: EOT by argmax, the first eos id, or first/last position."""
+        if self.text_pool == "eos":
+            return (ids == self.eos_id).int().argmax(dim=-1)
+        if self.text_pool == "last":
+            return torch.full(ids.shape[:1], ids.shape[-1] - 1, dtype=torch.long, device=ids.device)
+        if self.text_pool == "first":
+            return torch.zeros(ids.shape[:1], dtype=torch.long, device=ids.device)
+        return ids.argmax(dim=-1)
+
+    def encode_image(self, pixels):
+        """[B, 3, S, S] normalised with CLIP's mean/std → [B, E]; re-normalised first if the
+        checkpoint was trained with other statistics (an exact affine map of the same pixels)."""
+        return self.model.encode_image(renormalise(pixels, self.pixel_mean, self.pixel_std))
+
+    def image_head(self, tokens):
+        """What the image tower does to its pooled token: ln_post, then proj. [..., D] → [..., E]."""
+        visual = self.model.visual
+        out = visual.ln_post(tokens)
+        return out if visual.proj is None else out @ visual.proj
+
+
+def renormalise(pixels, mean, std):
+    """Pixels normalised with CLIP's (MEAN, STD) → the same pixels normalised with (mean, std)."""
+    if tuple(mean) == tuple(MEAN) and tuple(std) == tuple(STD):
+        return pixels
+    view = dict(dtype=pixels.dtype, device=pixels.device)
+    raw = pixels * torch.tensor(STD, **view).view(3, 1, 1) + torch.tensor(MEAN, **view).view(3, 1, 1)
+    return (raw - torch.tensor(mean, **view).view(3, 1, 1)) / torch.tensor(std, **view).view(3, 1, 1)
+
+
+def _side(size):
+    return int(size[0] if isinstance(size, (tuple, list)) else size)

@@ -1,0 +1,50 @@
+"""LeGrad (Bousselham et al. 2024, "LeGrad: An Explainability Method for Vision Transformers via
+Feature Formation Sensitivity", arXiv:2404.03214): the gradient of a layer's own prediction
+with respect to that layer's attention map is the explanation signal, averaged over layers.
+
+For every block l ≥ start_layer, with Z^l [B, N, D] its output tokens and A^l [B, H, N, N] its
+attention probabilities:
+
+    e^l   = proj(ln_post(mean_i Z^l_i))          the embedding the model's head reads off block l
+    s^l_t = cos(e^l, text_t)                     (a contrast A − B: cos(e^l, text_A) − cos(e^l, text_B))
+    ∇A^l  = ∂s^l_t / ∂A^l                         [B, H, N, N]
+    Ê^l   = (1/(H·N)) Σ_h Σ_i (∇A^l_{h,i,·})⁺      §3, the layer map: positive part of the gradient,
+                                                  averaged over heads and over query tokens
+    Ē     = (1/L') Σ_l Ê^l                        §3, the merged map over the L' blocks used
+    map   = Ē[patches]                            (the paper then min-max normalises, as explain() does)
+
+Choices follow the authors' reference code for CLIP (github.com/WalBouss/LeGrad,
+``compute_legrad_clip``): the intermediate tokens are pooled by their mean over all N tokens
+before ln_post and proj, s^l is a cosine similarity (no logit scale), and by default only the
+last two blocks are used (their ``layer_index=-2``); ``start_layer=0`` uses every block, as in
+the paper's equations. Each Ê^l comes from its own backward pass, which stops at A^l.
+"""
+
+import torch
+
+from .base import MethodOutput, Needs, resolve_layer
+
+
+def token_mean_readout(block_output, head):
+    """The authors' CLIP readout: head(mean over all tokens). [B, N, D] → [B, E]."""
+    return head(block_output.mean(dim=1))
+
+
+def positive_mean(probs, grad):
+    """Ê^l before the patch selection: mean over heads and query rows of (∇A)⁺. [B, H, N, N] → [B, N]."""
+    return grad.clamp(min=0).mean(dim=(1, 2))
+
+
+def needs(num_layers, start_layer=-2, **_):
+    first = resolve_layer(start_layer, num_layers)
+    return Needs(layers=tuple(range(first, num_layers)), gradient=positive_mean, readout=token_mean_readout)
+
+
+def compute(records, start_layer=-2, **_):
+    """records.grads {l: {t: Ê^l [B, N]}} → token_maps [B, T, g, g] = Ē; layer_maps = each Ê^l."""
+    layers = list(range(resolve_layer(start_layer, records.num_layers), records.num_layers))
+    g = records.patch_grid
+    per_layer = torch.stack([torch.stack([records.grads[l][t][:, 1:] for t in range(records.targets)], dim=1)
+                             for l in layers], dim=2)  # [B, T, L', g*g]
+    per_layer = per_layer.reshape(*per_layer.shape[:3], g, g)
+    return MethodOutput(token_maps=per_layer.mean(dim=2), layer_maps=per_layer, layer_indices=tuple(layers))
