@@ -24,6 +24,7 @@ from .hooks import AttentionRecorder
 from .methods import get_method, is_prompt_specific
 from .methods.base import Records
 from .preprocess import load_image, map_to_photo, preprocess_image
+from .tokenizer import clean_text
 
 
 @dataclass
@@ -277,9 +278,12 @@ def _prompt_list(prompts):
     for item in items:
         if not isinstance(item, str):
             raise ClipvizError(f"prompts must be strings, got {type(item).__name__}: {item!r}")
-        if not item.strip():
-            raise ClipvizError("a prompt is empty: write what to look for, e.g. \"a photo of a dog\"")
-        cleaned.append(item.strip())
+        if not item.strip() or not clean_text(item):  # "\x00\x1b" tokenizes like "": nothing to explain
+            raise ClipvizError(f"a prompt is empty{' once control characters are dropped' if item.strip() else ''}"
+                               f" ({item!r:.40}): write what to look for, e.g. \"a photo of a dog\"")
+        # a lone surrogate (e.g. from undecodable argv bytes) cannot be drawn, printed or saved;
+        # tokenizing already reads it as U+FFFD, so the prompt says so too
+        cleaned.append("".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in item.strip()))
     return cleaned
 
 

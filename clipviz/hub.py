@@ -9,8 +9,8 @@ the URL itself), or to a file shipped inside the package. Downloads go to a temp
 the destination, are checked against the digest, and only then renamed into place, so the cache
 never holds a partial or wrong file. A lock file serialises processes fetching the same file.
 
-Checkpoints are read as weights only: TorchScript archives through ``torch.jit.load`` (we take the
-state dict and never run the archive's code), pickles through ``torch.load(weights_only=True)``,
+Checkpoints are read as weights only: TorchScript archives by our own restricted unpickler (never
+``torch.jit.load``, which runs the archive's code), pickles through ``torch.load(weights_only=True)``,
 and ``.safetensors``. The model itself is always rebuilt by ``clipviz.model.build_model``.
 
 torch and the model code are imported inside the functions that need them, so importing this
@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import glob
 import hashlib
 import http.client
 import io
 import os
+import pickle
 import pickletools
 import re
 import socket
@@ -225,11 +227,21 @@ def download(url: str, destination: str | os.PathLike, sha256: str, progress: bo
             if now is not None:
                 warnings.warn(f"{destination} exists but its SHA256 is not {expected} (damaged "
                               "or incomplete file); downloading it again", stacklevel=2)
+            _remove_orphans(destination)
             _fetch(url, destination, expected, progress, timeout, keep_alive)
     except OSError as e:  # _fetch raises only ClipvizError: this is the folder, lock or old file
         raise ClipvizError(f"cannot use {destination.parent} to store {url} ({e}); set "
                            "CLIPVIZ_CACHE (or download_root) to a writable folder") from e
     return destination
+
+
+def _remove_orphans(destination: Path) -> None:
+    """Delete temporary files that earlier downloads of ``destination`` left behind. Only the lock
+    holder writes one, and we hold the lock: any found belongs to a process that was killed
+    (SIGKILL, power loss) before its cleanup could run."""
+    for orphan in destination.parent.glob(glob.escape(f".{destination.name}.") + "*.part"):
+        with contextlib.suppress(OSError):
+            orphan.unlink()
 
 
 def _signature(path: Path):
@@ -506,15 +518,144 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _read_torchscript(path: Path) -> dict:
+    """A TorchScript archive's parameters and buffers, ``{dotted name: Tensor}``, read without
+    ``torch.jit.load``: that compiles the archive's code and runs any ``__setstate__`` it defines,
+    and TorchScript can create and write files (``torch.from_file(..., shared=True)``).
+
+    ``<root>/data.pkl`` is unpickled by _ScriptUnpickler, which builds only tensors (from the
+    ``<root>/data/<key>`` records) and inert _ScriptObject placeholders for modules; the names of
+    each module's parameters and buffers come from the ``__parameters__`` / ``__buffers__`` lines
+    of its class in ``<root>/code/`` (text, never compiled). A module that restores itself with its
+    own code (state that is not a plain attribute dict) is refused.
+    """
     import torch
 
     try:
-        with warnings.catch_warnings():  # TorchScript is deprecated, but the official files use it
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            archive = torch.jit.load(str(path), map_location="cpu")
-    except Exception as e:  # torch raises RuntimeError and friends for broken archives
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            root = next(n[:-len("data.pkl")] for n in names if n.endswith("/data.pkl") and n.count("/") == 1)
+            order = archive.read(root + "byteorder").strip() if root + "byteorder" in names else b"little"
+            if order != b"little":  # torch.jit.save has written "little" since the file existed
+                raise ClipvizError(f"{path} is a {order.decode(errors='replace')}-endian TorchScript "
+                                   "archive; re-save it on a little-endian machine")
+            module = _ScriptUnpickler(archive, root, torch).load()
+            return _script_weights(module, "", _ScriptClasses(archive, root), path)
+    except ClipvizError:
+        raise
+    except _ForbiddenGlobal as e:
+        raise _refusal(path, [e.args[0]], "torch.jit.load(path).state_dict()") from e
+    except Exception as e:  # zipfile, pickle, struct, torch and our own checks
         raise _damaged(path, e) from e
-    return dict(archive.state_dict())
+
+
+class _ScriptObject:
+    """Stands in for an object of a TorchScript class: keeps its pickled state, runs nothing.
+    The unpickler makes one subclass per class name, since pickle's NEWOBJ wants a type."""
+
+    qualified_name = ""
+    state = None
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+# torch.jit._pickle helpers the TorchScript pickler names for typed lists, done by hand
+_SCRIPT_HELPERS = {"build_intlist": list, "build_doublelist": list, "build_boollist": list,
+                   "build_tensorlist": list, "build_genericlist": list,
+                   "restore_type_tag": lambda value, type_name: value}
+_STORAGE_DTYPES = {"FloatStorage": "float32", "HalfStorage": "float16", "BFloat16Storage": "bfloat16",
+                   "DoubleStorage": "float64", "LongStorage": "int64", "IntStorage": "int32",
+                   "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8",
+                   "BoolStorage": "bool"}
+
+
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    """A TorchScript data.pkl asked for a Python object that weights never need (args[0]: its name)."""
+
+
+class _ScriptUnpickler(pickle.Unpickler):
+    """Unpickles a TorchScript ``data.pkl`` into _ScriptObjects and tensors; any other global
+    (os.system, builtins.exec, ...) raises _ForbiddenGlobal before anything is called."""
+
+    def __init__(self, archive: zipfile.ZipFile, root: str, torch):
+        super().__init__(io.BytesIO(archive.read(root + "data.pkl")))
+        self.archive, self.root, self.torch, self.storages, self.classes = archive, root, torch, {}, {}
+
+    def find_class(self, module: str, name: str):
+        if module == "__torch__" or module.startswith("__torch__."):
+            qualified_name = f"{module}.{name}"
+            if qualified_name not in self.classes:
+                self.classes[qualified_name] = type("_ScriptObject", (_ScriptObject,),
+                                                    {"qualified_name": qualified_name})
+            return self.classes[qualified_name]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return getattr(self.torch, _STORAGE_DTYPES[name])  # a dtype stands for the storage
+        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
+            return self._tensor
+        if module == "torch._utils" and name == "_rebuild_parameter":
+            return lambda tensor, requires_grad, hooks: tensor
+        if module == "torch.jit._pickle" and name in _SCRIPT_HELPERS:
+            return _SCRIPT_HELPERS[name]
+        if module == "collections" and name == "OrderedDict":
+            return dict
+        raise _ForbiddenGlobal(f"{module}.{name}")
+
+    def persistent_load(self, record):
+        """('storage', dtype, key, location, numel) -> a flat tensor over <root>/data/<key>."""
+        kind, dtype, key, _location, numel = record
+        if kind != "storage" or not isinstance(dtype, self.torch.dtype):
+            raise pickle.UnpicklingError(f"unexpected persistent record {record!r:.80}")
+        if key not in self.storages:
+            data = bytearray(self.archive.read(f"{self.root}data/{key}"))
+            flat = self.torch.frombuffer(data, dtype=self.torch.uint8) if data else \
+                self.torch.empty(0, dtype=self.torch.uint8)
+            self.storages[key] = flat.view(dtype)
+        if self.storages[key].numel() != numel:
+            raise pickle.UnpicklingError(f"storage {key} holds {self.storages[key].numel()} "
+                                         f"values, not {numel}")
+        return self.storages[key]
+
+    def _tensor(self, flat, offset, size, stride, *_requires_grad_hooks_metadata):
+        return flat.as_strided(tuple(size), tuple(stride), offset)
+
+
+class _ScriptClasses:
+    """Parameter and buffer names per TorchScript class, read from the archive's code as text."""
+
+    def __init__(self, archive: zipfile.ZipFile, root: str):
+        self.archive, self.root, self.found = archive, root, {}
+
+    def weight_names(self, qualified_name: str):
+        """Names of the class's parameters and buffers, or None when its code has no such lines."""
+        module, _, name = qualified_name.rpartition(".")
+        if module not in self.found:
+            source_file = f"{self.root}code/{module.replace('.', '/')}.py"
+            source = self.archive.read(source_file).decode("utf-8", "replace") \
+                if source_file in self.archive.namelist() else ""
+            self.found[module] = {
+                match[0]: set(re.findall(r'"([^"]*)"', match[1] + match[2]))
+                for match in re.findall(r"^class (\w+)\(Module\):\n  __parameters__ = \[(.*)\]\n"
+                                        r"  __buffers__ = \[(.*)\]$", source, flags=re.M)}
+        return self.found[module].get(name)
+
+
+def _script_weights(obj, prefix: str, classes: _ScriptClasses, path: Path) -> dict:
+    """Flatten a _ScriptObject tree into ``{dotted name: Tensor}`` of parameters and buffers."""
+    import torch
+
+    if not isinstance(obj, _ScriptObject) or not isinstance(obj.state, dict):
+        raise ClipvizError(f"{path} is a TorchScript archive whose module {prefix.rstrip('.') or '(root)'} "
+                           "restores itself with its own code; clipviz reads only archives of plain "
+                           "modules. If you trust it, take torch.jit.load(path).state_dict() yourself "
+                           "and pass it to clipviz.build_model")
+    names = classes.weight_names(obj.qualified_name)  # None: unknown class, keep every tensor
+    weights = {}
+    for attribute, value in obj.state.items():
+        if isinstance(value, _ScriptObject):
+            weights.update(_script_weights(value, f"{prefix}{attribute}.", classes, path))
+        elif torch.is_tensor(value) and (names is None or attribute in names):
+            weights[prefix + attribute] = value
+    return weights
 
 
 def _read_pickle(path: Path):
@@ -529,12 +670,15 @@ def _read_pickle(path: Path):
         if not names:
             raise _damaged(path, e) from e
         suspects = [n for n in names if not n.startswith(("torch.", "collections."))] or names
-        raise ClipvizError(
-            f"refusing to unpickle code from {path}: it refers to {', '.join(suspects[:5])}, "
-            "which weights-only loading does not allow, and unpickling it could run arbitrary "
-            "code. If you trust this file, load it yourself with "
-            "torch.load(path, weights_only=False) and pass the state dict to clipviz.build_model"
-        ) from e
+        raise _refusal(path, suspects, "torch.load(path, weights_only=False)") from e
+
+
+def _refusal(path: Path, names: list[str], trusted_reader: str) -> ClipvizError:
+    return ClipvizError(
+        f"refusing to unpickle code from {path}: it refers to {', '.join(names[:5])}, which "
+        "weights-only loading does not allow, and unpickling it could run arbitrary code. If you "
+        f"trust this file, load it yourself with {trusted_reader} and pass the state dict to "
+        "clipviz.build_model")
 
 
 def _pickle_globals(path: Path) -> list[str]:
@@ -633,11 +777,17 @@ def load(name_or_path: str | os.PathLike, device=None, download_root: str | os.P
     if isinstance(name_or_path, str) and name_or_path.startswith(ADAPTER_PREFIXES):
         return _load_with_adapter(name_or_path, device)
 
-    state_dict = read_checkpoint(_weights_file(name_or_path, download_root))
+    weights_file = _weights_file(name_or_path, download_root)
+    state_dict = read_checkpoint(weights_file)
     from .model import build_model
     from .preprocess import Preprocess
 
-    model = build_model(state_dict).to(device).eval()
+    try:
+        model = build_model(state_dict)
+    except (ValueError, TypeError, IndexError, ZeroDivisionError) as e:  # shapes no CLIP can have
+        raise ClipvizError(f"the weights in {weights_file} do not fit the CLIP architecture "
+                           f"({type(e).__name__}: {e}); pass an OpenAI-format CLIP checkpoint") from e
+    model = model.to(device).eval()
     if device.type == "cpu":
         model.float()  # fp16 matmuls are slow or missing on CPU
     return model, Preprocess(model.visual.input_resolution)
@@ -664,19 +814,13 @@ def _weights_file(name_or_path, download_root) -> Path:
 
 
 def _load_with_adapter(spec: str, device):
-    """Hand ``openclip:...`` / ``hf:...`` specs to ``clipviz.adapters.load_spec(spec, device)``."""
-    try:
-        from . import adapters
-    except ModuleNotFoundError as e:
-        if e.name != f"{__package__}.adapters":
-            raise  # a dependency of the adapter is missing: the adapter says which
-        adapters = None
-    load_spec = getattr(adapters, "load_spec", None)
-    if load_spec is None:
-        raise ClipvizError(f"cannot load {spec!r}: the open_clip / Hugging Face adapter is not "
-                           "available in this clipviz install; use an official name "
-                           f"({', '.join(available_models())}) or a checkpoint path")
-    return load_spec(spec, device)
+    """Hand ``openclip:...`` / ``hf:...`` specs to ``clipviz.adapters.load_spec(spec, device)``.
+
+    The adapters say which optional extra (``clipviz[openclip]``, ``clipviz[hf]``) is missing.
+    """
+    from . import adapters
+
+    return adapters.load_spec(spec, device)
 
 
 # ----------------------------------------------------------------------------- bundled offline model

@@ -122,22 +122,36 @@ def load_image(source):
 
 def _open(fp, name):
     """Open a file (path or file object) with PIL and decode it: RGB uint8 [H, W, 3]."""
-    try:
-        with warnings.catch_warnings():  # our own MAX_PIXELS check below replaces PIL's warning
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(fp)
-    except Image.DecompressionBombError as e:
-        raise ClipvizError(
-            f"{name} is too large to load safely ({e}). Downscale it first, or, if you trust it, raise "
-            "PIL.Image.MAX_IMAGE_PIXELS and clipviz.preprocess.MAX_PIXELS."
-        ) from None
-    except OSError as e:  # includes PIL.UnidentifiedImageError and PermissionError
-        raise ClipvizError(
-            f"Cannot read {name} as an image ({e}). Check that it is an image file (PNG, JPEG, GIF, WebP, "
-            "TIFF, BMP, ...) and that you may read it."
-        ) from None
-    with img:
-        return _decode(img, name)
+    with warnings.catch_warnings():
+        # Our MAX_PIXELS check replaces PIL's bomb warning. PIL's UserWarnings about damaged
+        # metadata (EXIF, TIFF tags) are dropped: the file either decodes or is a ClipvizError.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        try:
+            img = Image.open(fp, formats=_safe_formats())
+        except Image.DecompressionBombError as e:
+            raise ClipvizError(
+                f"{name} is too large to load safely ({e}). Downscale it first, or, if you trust it, raise "
+                "PIL.Image.MAX_IMAGE_PIXELS and clipviz.preprocess.MAX_PIXELS."
+            ) from None
+        except MemoryError:
+            raise
+        except Exception as e:  # OSError (UnidentifiedImageError, PermissionError), plugins' ValueError, ...
+            reason = e if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+            raise ClipvizError(
+                f"Cannot read {name} as an image ({reason}). Check that it is an image file (PNG, JPEG, GIF, "
+                "WebP, TIFF, BMP, ...) and that you may read it."
+            ) from None
+        with img:
+            return _decode(img, name)
+
+
+def _safe_formats():
+    """Every format PIL can open except EPS, which PIL renders by running Ghostscript on the file:
+    an external interpreter fed untrusted PostScript. Computed per call so plugins registered
+    later (e.g. HEIF) are included."""
+    Image.init()
+    return [fmt for fmt in Image.ID if fmt != "EPS"]
 
 
 def _decode(img, name):
@@ -154,7 +168,8 @@ def _decode(img, name):
         )
     try:
         img.load()  # force the full decode here, so truncated data fails inside this try
-        img = ImageOps.exif_transpose(img)
+        if img.getexif().get(0x0112, 1) != 1:  # exif_transpose copies even an upright image
+            img = ImageOps.exif_transpose(img)
     except MemoryError:
         raise
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, EOFError, ... on bad data
@@ -175,7 +190,7 @@ def _pil_to_rgb(img, name):
     if mode in ("P", "PA"):
         img = img.convert("RGBA")  # palette colours; transparency goes to alpha, which we drop
     try:
-        return np.array(img.convert("RGB"))
+        return np.array(img if mode == "RGB" else img.convert("RGB"))  # convert() copies even RGB
     except ValueError as e:
         raise ClipvizError(
             f"{name} has pixel mode {mode!r}, which cannot be converted to RGB ({e}). Convert it to RGB first."
@@ -228,6 +243,63 @@ def _resized_size(width, height, size):
     return int(size * width / height), size
 
 
+# Resized images up to this many pixels are made whole by PIL and then cropped (every ordinary
+# photo); beyond it only the crop is computed (see _resize_and_crop).
+_WHOLE_RESIZE_PIXELS = 1 << 22
+
+
+def _resize_and_crop(rgb, new_w, new_h, left, top, size):
+    """Image.resize((new_w, new_h), BICUBIC) of RGB uint8 [H, W, 3], then its [S, S] window at
+    (left, top): uint8 [S, S, 3], a writable copy. S = size.
+
+    A long thin image whose short side is below S is enlarged on both axes, and the whole resized
+    image can be ~S times the photo (a 100-byte 3500×1 PNG would make 784,000×224 pixels, 1.7 GB
+    of memory). There only the crop is computed: rows (or columns) of the photo that feed the
+    crop, PIL's horizontal pass (which it runs first when both axes grow, in every version)
+    restricted to the kept columns, then the vertical pass restricted to the kept rows, in PIL's
+    own fixed-point arithmetic, so the result is bit for bit PIL's.
+    """
+    height, width = rgb.shape[:2]
+    if new_w * new_h <= _WHOLE_RESIZE_PIXELS or min(width, height) >= size:
+        resized = np.asarray(Image.fromarray(rgb).resize((new_w, new_h), Image.Resampling.BICUBIC))
+        return np.array(resized[top : top + size, left : left + size])
+    row_taps, row_weights = _bicubic_coefficients(height, new_h, top, size)
+    first, stop = int(row_taps.min()), int(row_taps.max()) + 1
+    col_taps, col_weights = _bicubic_coefficients(width, new_w, left, size)
+    columns_done = _bicubic_pass(rgb[first:stop], col_taps, col_weights, axis=1)  # [rows, S, 3]
+    return _bicubic_pass(columns_done, row_taps - first, row_weights, axis=0)
+
+
+def _bicubic_coefficients(in_size, out_size, start, count):
+    """PIL's bicubic taps along one axis for outputs start .. start+count-1 (Resample.c:
+    precompute_coeffs, normalize_coeffs_8bpc). Returns input indices int64 [count, K] and
+    weights in 22-bit fixed point int64 [count, K]; taps outside an output's window weigh 0."""
+    scale = in_size / out_size
+    filter_scale = max(scale, 1.0)  # shrinking widens the kernel: that is the antialiasing
+    support = 2.0 * filter_scale
+    centre = (np.arange(start, start + count) + 0.5) * scale
+    low = np.maximum(np.trunc(centre - support + 0.5), 0).astype(np.int64)
+    high = np.minimum(np.trunc(centre + support + 0.5), in_size).astype(np.int64)
+    taps = low[:, None] + np.arange(2 * int(np.ceil(support)) + 1)
+    x = np.abs((taps - centre[:, None] + 0.5) * (1.0 / filter_scale))
+    weights = np.where(x < 1, (1.5 * x - 2.5) * x * x + 1, np.where(x < 2, ((x - 5) * x + 8) * x - 4, 0) * -0.5)
+    weights[taps >= high[:, None]] = 0.0
+    weights /= np.cumsum(weights, axis=1)[:, -1:]  # summed left to right, as the C loop does
+    fixed = np.trunc(weights * (1 << 22) + np.where(weights < 0, -0.5, 0.5)).astype(np.int64)
+    return np.minimum(taps, in_size - 1), fixed
+
+
+def _bicubic_pass(img, taps, weights, axis):
+    """One PIL resampling pass over uint8 [H, W, C] along axis (0: rows, 1: columns) with
+    coefficients from _bicubic_coefficients: round, shift out the 22 fraction bits, clip."""
+    shape = [1, 1, 1]
+    shape[axis] = len(taps)
+    total = np.int64(1 << 21)
+    for k in range(taps.shape[1]):
+        total = total + np.take(img, taps[:, k], axis=axis).astype(np.int64) * weights[:, k].reshape(shape)
+    return np.clip(total >> 22, 0, 255).astype(np.uint8)
+
+
 def preprocess_image(image, size):
     """CLIP's preprocessing: image -> (float32 tensor [3, S, S], CropBox), S = size.
 
@@ -244,11 +316,10 @@ def preprocess_image(image, size):
             f"The image is {width}×{height}: so elongated that resizing its short side to {size} px would "
             f"make {new_w}×{new_h} pixels. Crop it to a less elongated region first."
         )
-    resized = np.asarray(Image.fromarray(rgb).resize((new_w, new_h), Image.Resampling.BICUBIC))
     # torchvision CenterCrop; Python's round() rounds halves to even, e.g. round(0.5) == 0.
     top = int(round((new_h - size) / 2.0))
     left = int(round((new_w - size) / 2.0))
-    crop = np.array(resized[top : top + size, left : left + size])  # writable copy for torch
+    crop = _resize_and_crop(rgb, new_w, new_h, left, top, size)
     # ToTensor then Normalize, in float32 exactly as torchvision computes them
     x = torch.from_numpy(crop).permute(2, 0, 1).float().div(255).sub(_MEAN).div(_STD).contiguous()
     box = CropBox(

@@ -1,0 +1,43 @@
+"""Shared by the tests/test_hostile_*.py files: a per-category count of hostile cases tried and passed.
+
+    CASES, _report = tally("images")    # at module level; pytest finds the _report fixture
+    with CASES.case():                  # one hostile input: counted as tried, then as passed
+        ...                             # if the block ends without an exception
+
+Hypothesis examples count one by one (each runs the block). The module prints
+``hostile images: 412 cases tried, 412 passed`` on the terminal when its tests are done.
+"""
+
+import contextlib
+
+import pytest
+
+
+class Tally:
+    def __init__(self, category):
+        self.category, self.tried, self.passed = category, 0, 0
+
+    @contextlib.contextmanager
+    def case(self):
+        self.tried += 1
+        yield
+        self.passed += 1
+
+    def __str__(self):
+        return f"hostile {self.category}: {self.tried} cases tried, {self.passed} passed"
+
+
+def tally(category):
+    """(Tally, module-scoped autouse fixture that reports it): bind both at module level."""
+    counts = Tally(category)
+
+    @pytest.fixture(scope="module", autouse=True)
+    def report(request):
+        yield counts
+        plugins = request.config.pluginmanager
+        reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+        if reporter is not None:
+            with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+                reporter.write_line(f"\n{counts}")
+
+    return counts, report
