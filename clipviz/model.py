@@ -321,6 +321,13 @@ def _count_blocks(state_dict, prefix):
 
 def model_config(state_dict):
     """Read CLIP's constructor arguments off the tensor shapes of an OpenAI-format state dict."""
+    if "visual.proj" not in state_dict and "visual.layer1.0.conv1.weight" not in state_dict:
+        missing = "visual.proj" if "visual.conv1.weight" in state_dict and state_dict["visual.conv1.weight"].dim() == 4 \
+            and state_dict["visual.conv1.weight"].shape[1] == 3 and "visual.class_embedding" in state_dict \
+            else "visual.proj (ViT) or visual.layer1.0.conv1.weight (ResNet)"
+        raise ClipvizError(
+            f"this is not an OpenAI-format CLIP state dict (no {missing} entry); "
+            "pass the weights of an official CLIP checkpoint or one saved by clipviz")
     try:
         if "visual.proj" in state_dict:
             vision_width = state_dict["visual.conv1.weight"].shape[0]
@@ -349,7 +356,7 @@ def model_config(state_dict):
             transformer_heads=transformer_width // 64,
             transformer_layers=_count_blocks(state_dict, "transformer.resblocks"),
         )
-    except (KeyError, IndexError, AttributeError) as error:
+    except (KeyError, IndexError, AttributeError, TypeError, ValueError) as error:
         raise ClipvizError(
             f"this is not an OpenAI-format CLIP state dict (no {error} entry); "
             "pass the weights of an official CLIP checkpoint or one saved by clipviz") from None
@@ -366,8 +373,12 @@ def build_model(state_dict, dtype=torch.float32):
     state_dict = {k: v.to(dtype, copy=True) if v.is_floating_point() else v.clone()
                   for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
     config = model_config(state_dict)
-    with torch.device("meta"):  # no random initialisation: every weight comes from the state dict
-        model = CLIP(**config)
+    try:
+        with torch.device("meta"):  # no random initialisation: every weight comes from the state dict
+            model = CLIP(**config)
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as error:  # shapes no CLIP can have
+        raise ClipvizError(f"the state dict's shapes do not describe a CLIP model ({error}); "
+                           "is it an OpenAI-format CLIP checkpoint?") from None
     try:
         result = model.load_state_dict(state_dict, strict=False, assign=True)
     except RuntimeError as error:  # shape mismatches

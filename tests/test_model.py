@@ -89,3 +89,17 @@ def test_built_model_owns_its_weights(tiny_vit):
     assert torch.equal(state_dict["visual.proj"], before)
     assert model.transformer.resblocks[0].attn_mask.device.type == "cpu"
     assert torch.equal(model.transformer.resblocks[0].attn_mask, torch.full((77, 77), float("-inf")).triu(1))
+
+
+def test_a_vit_without_its_projection_names_that_key(tiny_vit):
+    sd = dict(tiny_vit.state_dict())
+    del sd["visual.proj"]
+    with pytest.raises(ClipvizError, match=r"no visual\.proj entry"):
+        build_model(sd)
+
+
+def test_impossible_shapes_are_clear_errors(tiny_vit):
+    sd = dict(tiny_vit.state_dict())
+    sd["ln_final.weight"] = torch.ones(3)  # a 3-wide text tower: heads = 3 // 64 = 0
+    with pytest.raises(ClipvizError):
+        build_model(sd)
