@@ -362,6 +362,9 @@ def model_config(state_dict):
             "pass the weights of an official CLIP checkpoint or one saved by clipviz") from None
 
 
+SMALL_MODEL = 20_000_000  # parameters; below this build_model initialises on the CPU (start-up)
+
+
 def build_model(state_dict, dtype=torch.float32):
     """Build a CLIP from an OpenAI-format state dict; every size is read off the tensor shapes.
 
@@ -374,10 +377,14 @@ def build_model(state_dict, dtype=torch.float32):
                   for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
     config = model_config(state_dict)
     try:
-        with torch.device("meta"):  # no random initialisation: every weight comes from the state dict
-            model = CLIP(**config)
+        if sum(v.numel() for v in state_dict.values()) > SMALL_MODEL:
+            with torch.device("meta"):  # no random initialisation: every weight comes from the state dict
+                model = CLIP(**config)
+        else:  # the meta device's first use imports torch._dynamo (~1 s): more than a small model's init
+            with torch.random.fork_rng(devices=[]):  # leave the caller's random stream as it was
+                model = CLIP(**config)
     except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as error:  # shapes no CLIP can have
-        raise ClipvizError(f"the state dict's shapes do not describe a CLIP model ({error}); "
+        raise ClipvizError(f"the state dict's shapes do not fit the CLIP architecture ({error}); "
                            "is it an OpenAI-format CLIP checkpoint?") from None
     try:
         result = model.load_state_dict(state_dict, strict=False, assign=True)

@@ -37,7 +37,7 @@ import regex
 import torch
 
 from .errors import ClipvizError
-from .hub import cache_dir, download
+from .cache import cache_dir, download
 
 VOCAB_NAME = "bpe_simple_vocab_16e6.txt.gz"
 VOCAB_URL = "https://github.com/openai/CLIP/raw/main/clip/bpe_simple_vocab_16e6.txt.gz"

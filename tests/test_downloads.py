@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from clipviz import hub
+from clipviz import cache, hub
 from clipviz.errors import ClipvizError
 
 PAYLOAD = os.urandom(3 * (1 << 20) + 12345)  # more than one download chunk
@@ -221,7 +221,7 @@ def test_stalled_server_times_out_cleanly(server, tmp_path, when):
 
 def temp_files_that(monkeypatch, fail_with, after_bytes):
     """Make hub's temporary files raise ``fail_with`` once ``after_bytes`` have been written."""
-    real = hub.tempfile.NamedTemporaryFile
+    real = cache.tempfile.NamedTemporaryFile
 
     class Failing:
         def __init__(self, *args, **kwargs):
@@ -236,7 +236,7 @@ def temp_files_that(monkeypatch, fail_with, after_bytes):
         def __getattr__(self, name):
             return getattr(self.file, name)
 
-    monkeypatch.setattr(hub, "tempfile", SimpleNamespace(NamedTemporaryFile=Failing))
+    monkeypatch.setattr(cache, "tempfile", SimpleNamespace(NamedTemporaryFile=Failing))
 
 
 def test_disk_full_leaves_no_partial_file(server, tmp_path, monkeypatch):
@@ -290,7 +290,7 @@ def test_waiter_rechecks_destination_after_the_lock(server, tmp_path, monkeypatc
     """While another holder has the lock, download waits; if the holder left a valid file,
     the waiter returns it without a request of its own."""
     if lock != "flock":
-        monkeypatch.setattr(hub, "fcntl", None)
+        monkeypatch.setattr(cache, "fcntl", None)
     server.routes["/model.pt"] = send_file(PAYLOAD)
     destination = tmp_path / "model.pt"
     outcome = {}
@@ -302,7 +302,7 @@ def test_waiter_rechecks_destination_after_the_lock(server, tmp_path, monkeypatc
         except BaseException as e:  # reported through the assertion below
             outcome["error"] = e
 
-    with hub._exclusive_lock(destination.with_name("model.pt.lock")):
+    with cache._exclusive_lock(destination.with_name("model.pt.lock")):
         thread = threading.Thread(target=waiter)
         thread.start()
         time.sleep(0.5)
@@ -316,12 +316,12 @@ def test_waiter_rechecks_destination_after_the_lock(server, tmp_path, monkeypatc
 
 
 def test_fallback_lock_takes_over_an_abandoned_lock_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(hub, "fcntl", None)
+    monkeypatch.setattr(cache, "fcntl", None)
     lock = tmp_path / "model.pt.lock"
     lock.touch()
-    os.utime(lock, (time.time() - 2 * hub._STALE_LOCK_SECONDS,) * 2)  # its process died long ago
+    os.utime(lock, (time.time() - 2 * cache._STALE_LOCK_SECONDS,) * 2)  # its process died long ago
     start = time.monotonic()
-    with hub._exclusive_lock(lock):
+    with cache._exclusive_lock(lock):
         assert lock.exists()
     assert time.monotonic() - start < 2
     assert not lock.exists()

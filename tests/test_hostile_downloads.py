@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clipviz import hub
+from clipviz import cache, hub
 from clipviz.errors import ClipvizError
 from hostile import tally
 from test_downloads import LocalServer, leftovers, send_file
@@ -186,7 +186,7 @@ def test_a_chain_of_redirects_that_ends_is_followed(server, tmp_path):
 def disk_that_fills_at(patch, capacity):
     """hub's temporary files take ``capacity`` bytes, then fail with ENOSPC: a partial write, as
     a real full disk gives (test_downloads' helper fails whole writes only)."""
-    real = hub.tempfile.NamedTemporaryFile
+    real = cache.tempfile.NamedTemporaryFile
 
     class Filling:
         def __init__(self, *args, **kwargs):
@@ -202,7 +202,7 @@ def disk_that_fills_at(patch, capacity):
         def __getattr__(self, name):
             return getattr(self.file, name)
 
-    patch.setattr(hub, "tempfile", SimpleNamespace(NamedTemporaryFile=Filling))
+    patch.setattr(cache, "tempfile", SimpleNamespace(NamedTemporaryFile=Filling))
 
 
 @EXAMPLES
@@ -218,7 +218,7 @@ def test_disk_full_when_the_file_is_flushed_or_renamed(server, tmp_path, monkeyp
     def full(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(hub.os, "fsync" if stage == "fsync" else "replace", full)
+    monkeypatch.setattr(cache.os, "fsync" if stage == "fsync" else "replace", full)
     with CASES.case():
         refused(server, tmp_path, send_file(PAYLOAD), ["No space left"])
 
