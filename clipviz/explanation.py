@@ -20,7 +20,7 @@ import torch
 
 from .adapters import adapt, scores_from_embeddings
 from .errors import ClipvizError
-from .hooks import AttentionRecorder
+from .hooks import AttentionRecorder, CausalPrefix
 from .methods import get_method, is_prompt_specific
 from .methods.base import Records
 from .preprocess import load_image, map_to_photo, preprocess_image
@@ -135,7 +135,7 @@ def explain(model, image, prompts, method="relevance", *, against=None, batch_si
         except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as error:
             if not _out_of_memory(error) or size == 1:
                 raise
-            size = max(1, size // 2)  # retry this chunk in smaller pieces
+            size = max(1, len(chunk) // 2)  # retry this chunk in smaller pieces
             _free_memory()
             continue
         start += len(chunk)
@@ -203,10 +203,17 @@ def run_method(adapter, pixels, ids, target_weights, target_prompt, module, opti
         if needs.layers is not None else _NoRecorder()
     text_recorder = AttentionRecorder(adapter.text_encoder, layers=needs.text, gradients=needs.gradient) \
         if needs.text is not None else _NoRecorder()
-    with torch.set_grad_enabled(wants_gradient), image_recorder, text_recorder:
+    # text gradients differ per image: give each image its own copy of the prompts (rows b·P … b·P+P-1)
+    per_image_text = wants_gradient and needs.text is not None and needs.readout is None
+    # the text feature is read at EOT under a causal mask: positions after the last EOT never matter
+    short_text = CausalPrefix(adapter.text_encoder, int(adapter.eot_positions(ids).max()) + 1)
+    with torch.set_grad_enabled(wants_gradient), image_recorder, text_recorder, short_text:
         image_emb = adapter.encode_image(pixels)
-        text_emb = adapter.encode_text(ids)
-        cosine, logits = scores_from_embeddings(image_emb, text_emb, adapter.logit_scale())
+        text_emb = adapter.encode_text(ids.repeat(batch, 1) if per_image_text else ids)
+        if per_image_text:
+            cosine, logits = _paired_scores(image_emb, text_emb, adapter.logit_scale())
+        else:
+            cosine, logits = scores_from_embeddings(image_emb, text_emb, adapter.logit_scale())
         image_recorder.check_recorded()
         text_recorder.check_recorded()
         if wants_gradient and needs.readout is not None:
@@ -216,9 +223,10 @@ def run_method(adapter, pixels, ids, target_weights, target_prompt, module, opti
             for t in range(targets):
                 # images are independent, so one backward of the batch sum serves every image
                 image_recorder.backward(target_scores[:, t].sum(), slot=t)
-                for b in range(batch if needs.text is not None else 0):
-                    text_recorder.backward(target_scores[b, t], slot=(b, t))
-    _collect(records, image_recorder, text_recorder)
+            if per_image_text:
+                # text row (b, p) feeds S[b, p] alone: one backward of Σ S gives all B·P gradients
+                text_recorder.backward(logits.sum(), slot="rows")
+    _collect(records, image_recorder, text_recorder, ids.shape[0])
     output = module.compute(records, **options)
     return records, cosine.detach(), logits.detach(), output
 
@@ -244,7 +252,15 @@ def normalise_maps(token_maps):
     return scaled.reshape(token_maps.shape).astype(np.float32)
 
 
-def _collect(records, image_recorder, text_recorder):
+def _paired_scores(image_emb, text_emb, logit_scale):
+    """Image b against its own copy of the prompts: image [B, E], text [B·P, E] → cosine, logits [B, P]."""
+    image = torch.nn.functional.normalize(image_emb.float(), dim=-1)
+    text = torch.nn.functional.normalize(text_emb.float(), dim=-1).view(image.shape[0], -1, image.shape[-1])
+    cosine = (text @ image.unsqueeze(-1)).squeeze(-1)
+    return cosine, logit_scale.float() * cosine
+
+
+def _collect(records, image_recorder, text_recorder, prompts):
     for index, layer in image_recorder.layers.items():
         records.probs[index] = layer.probs
         records.grads[index] = layer.grads
@@ -253,8 +269,18 @@ def _collect(records, image_recorder, text_recorder):
         if layer.queries is not None:
             records.queries[index], records.keys[index] = layer.queries, layer.keys
     for index, layer in text_recorder.layers.items():
-        records.text_probs[index] = layer.probs
-        records.text_grads[index] = layer.grads
+        records.text_probs[index] = layer.probs[:prompts]
+        rows = layer.grads.get("rows")  # [B·P, ...]: image b's prompts are rows b·P … b·P+P-1
+        records.text_grads[index] = {} if rows is None else {
+            (b, t): _rows(rows, b * prompts, (b + 1) * prompts)
+            for b in range(records.batch) for t in range(records.targets)}
+
+
+def _rows(value, start, stop):
+    """Rows start:stop of a reduced gradient (a tensor, or a dict of them)."""
+    if isinstance(value, dict):
+        return {key: _rows(item, start, stop) for key, item in value.items()}
+    return value[start:stop] if torch.is_tensor(value) else value
 
 
 class _NoRecorder:

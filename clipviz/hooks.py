@@ -22,6 +22,12 @@ Hugging Face ``CLIPEncoderLayer``s are recorded too: their ``self_attn`` returns
 probabilities itself on the eager attention path (the HF adapter switches to it while encoding),
 and the recorder reads them without changing what the layer receives.
 
+Only the graph from the first recorded block on is built: ``backward()`` never reaches further
+back, so with gradients the encoder runs its embedding and earlier blocks without autograd and
+the residual stream entering the first recorded block starts a fresh graph (``cut_graph``). With
+the default ``start_layer=-1`` an explanation then costs one no-grad pass through all but the last
+block plus one small backward, and holds no activations of the other blocks.
+
 On exit (normal or exception) every hook is removed and the model is exactly as before.
 """
 
@@ -88,9 +94,16 @@ class AttentionRecorder:
     outputs:   keep each recorded block's output in the graph (``block_output``), so a score
                read off an intermediate block can be backpropagated (LeGrad).
     qk:        also record each recorded block's attention queries and keys, [B, N, D].
+    cut_graph: with ``gradients``, run everything before the first recorded block without
+               autograd (its graph is never used by ``backward``); False keeps it, e.g. to also
+               differentiate the same forward pass with respect to the pixels.
     """
 
-    def __init__(self, encoder, layers=None, gradients=None, tokens=False, outputs=False, qk=False):
+    def __init__(self, encoder, layers=None, gradients=None, tokens=False, outputs=False, qk=False,
+                 cut_graph=True):
+        self.encoder = encoder
+        self.cut_graph = cut_graph
+        self._grad_mode = None  # grad mode to restore at the first recorded block (cut_graph)
         self.blocks = find_blocks(encoder)
         count = len(self.blocks)
         chosen = range(count) if layers is None else layers
@@ -124,7 +137,12 @@ class AttentionRecorder:
                     self._handles.append(block.register_forward_pre_hook(self._tokens_hook(i)))
                 if self.outputs:
                     self._handles.append(block.register_forward_hook(self._output_hook(i)))
-            if self.gradients is not None:
+            if self.gradients is not None and self.cut_graph:
+                self._handles.insert(0, self.encoder.register_forward_pre_hook(self._stop_graph))
+                self._handles.append(self.encoder.register_forward_hook(self._restore_grad_mode, always_call=True))
+                self._handles.append(self.blocks[self.indices[0]].register_forward_pre_hook(
+                    self._start_graph, with_kwargs=True, prepend=True))  # before the tokens hook
+            elif self.gradients is not None:
                 # frozen weights (requires_grad=False) would leave nothing to differentiate: let
                 # the residual stream entering the first block carry a gradient (values unchanged)
                 self._handles.insert(0, self.blocks[0].register_forward_pre_hook(_track_gradient))
@@ -142,6 +160,7 @@ class AttentionRecorder:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._restore_grad_mode()
         for record in self.layers.values():  # drop graph references so memory can be freed
             record._live_probs = record._live_tokens = record._live_output = None
 
@@ -179,6 +198,27 @@ class AttentionRecorder:
         kwargs["need_weights"] = True
         kwargs["average_attn_weights"] = False
         return args, kwargs
+
+    def _stop_graph(self, module, args):
+        self._grad_mode = torch.is_grad_enabled()
+        torch.set_grad_enabled(False)
+
+    def _restore_grad_mode(self, *_):
+        if self._grad_mode is not None:
+            torch.set_grad_enabled(self._grad_mode)
+            self._grad_mode = None
+
+    def _start_graph(self, module, args, kwargs):
+        """Grad mode back on; the block input becomes a leaf that requires grad (a fresh graph,
+        also for frozen weights)."""
+        self._restore_grad_mode()
+        if args:
+            fresh = _track_gradient(module, (args[0].detach(),) + tuple(args[1:]))
+            return (fresh, kwargs) if fresh is not None else None
+        if torch.is_tensor(kwargs.get("hidden_states")):  # Hugging Face layers may take keywords
+            fresh = _track_gradient(module, (kwargs["hidden_states"].detach(),))
+            return (args, {**kwargs, "hidden_states": fresh[0]}) if fresh is not None else None
+        return None
 
     def _qk_hook(self, index):
         def hook(module, args, kwargs):
@@ -253,11 +293,61 @@ class AttentionRecorder:
             return record.tokens, record.token_grads
         return record.tokens.transpose(0, 1), {k: g.transpose(0, 1) for k, g in record.token_grads.items()}
 
-
     def block_output(self, index):
         """Block ``index``'s output, in the graph, as [B, N, D] (recorded with outputs=True)."""
         output = self.layers[index]._live_output
         return output if getattr(attention_of(self.blocks[index]), "batch_first", True) else output.transpose(0, 1)
+
+
+class CausalPrefix:
+    """Runs a causal text transformer on the first ``length`` positions of its input only.
+
+    Under a causal mask no position sees a later one, so every output up to position
+    ``length - 1`` is unchanged when the rest is dropped; CLIP reads the text feature at the EOT
+    token, so ``length = 1 + the last EOT position`` of a batch of prompts gives the same
+    embeddings (up to rounding) for a fraction of the 77-token cost. A forward pre-hook trims the
+    tokens entering the transformer; one on each block's attention trims its [L, L] mask.
+
+    Applies to batch-first transformers whose blocks carry a causal ``attn_mask`` (clipviz's own
+    models); for any other encoder it does nothing.
+    """
+
+    def __init__(self, encoder, length):
+        self.encoder, self.length, self._handles = encoder, length, []
+        blocks = [m for m in encoder.modules() if type(m).__name__ == "ResidualAttentionBlock"]
+        self.blocks = blocks if getattr(encoder, "batch_first", False) and blocks and all(
+            isinstance(getattr(b, "attn", None), nn.MultiheadAttention) and _is_causal(getattr(b, "attn_mask", None))
+            for b in blocks) else []
+
+    def __enter__(self):
+        if self.blocks:
+            self._handles.append(self.encoder.register_forward_pre_hook(self._trim_tokens))
+            self._handles += [b.attn.register_forward_pre_hook(_trim_mask, with_kwargs=True) for b in self.blocks]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        return False
+
+    def _trim_tokens(self, module, args):
+        return (args[0][:, :self.length],) + tuple(args[1:])  # [P, Lt, D] → [P, length, D]
+
+
+def _is_causal(mask):
+    """True for an additive [L, L] mask that is -inf exactly above the diagonal."""
+    if not torch.is_tensor(mask) or mask.dim() != 2 or mask.shape[0] != mask.shape[1]:
+        return False
+    blocked = torch.isinf(mask) & (mask < 0)
+    return bool(torch.equal(blocked, torch.ones_like(blocked).triu(1)))
+
+
+def _trim_mask(module, args, kwargs):
+    mask, length = kwargs.get("attn_mask"), args[0].shape[1]
+    if torch.is_tensor(mask) and mask.dim() == 2 and mask.shape[0] > length:
+        return args, {**kwargs, "attn_mask": mask[:length, :length]}
+    return None
 
 
 def keep_gradient(probs, grad):

@@ -365,6 +365,18 @@ def model_config(state_dict):
 SMALL_MODEL = 20_000_000  # parameters; below this build_model initialises on the CPU (start-up)
 
 
+def _vit_parameters(config):
+    """About how many parameters a ViT CLIP of ``config`` has (blocks: 12·width² each); ResNets
+    count as large. Read off the config, not the state dict, so odd shapes cannot make it small."""
+    if config["vision_patch_size"] is None:
+        return float("inf")
+    vision, text = config["vision_width"], config["transformer_width"]
+    grid = config["image_resolution"] // config["vision_patch_size"]
+    return (12 * (config["vision_layers"] * vision ** 2 + config["transformer_layers"] * text ** 2)
+            + (3 * config["vision_patch_size"] ** 2 + grid ** 2 + 1 + config["embed_dim"]) * vision
+            + (config["vocab_size"] + config["context_length"] + config["embed_dim"]) * text)
+
+
 def build_model(state_dict, dtype=torch.float32):
     """Build a CLIP from an OpenAI-format state dict; every size is read off the tensor shapes.
 
@@ -377,7 +389,7 @@ def build_model(state_dict, dtype=torch.float32):
                   for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
     config = model_config(state_dict)
     try:
-        if sum(v.numel() for v in state_dict.values()) > SMALL_MODEL:
+        if _vit_parameters(config) > SMALL_MODEL:
             with torch.device("meta"):  # no random initialisation: every weight comes from the state dict
                 model = CLIP(**config)
         else:  # the meta device's first use imports torch._dynamo (~1 s): more than a small model's init

@@ -43,7 +43,8 @@ class Records:
     token_grads:  {layer: {target: [B, N, D]}}
     queries, keys:{layer: [B, N, D]}           attention q and k, heads side by side (Needs.qk)
     text_probs:   {layer: [P, H, Lt, Lt]}      P = prompts actually encoded
-    text_grads:   {layer: {(image, target): reduce(probs, grad)}}
+    text_grads:   {layer: {(image, target): reduce(probs, grad)}}  over the P prompts; row p holds
+                  ∂S[image, p]/∂probs of prompt p (a target reads its own prompt's row)
     eot:          [T] position of each target's EOT token in its prompt
     target_prompt:[T] index of each target's prompt in the encoded prompts
     """

@@ -27,7 +27,8 @@ def positive_weighted(probs, grad):
     Reducing as soon as the gradient exists keeps memory at one [B, N, N] per layer.
     """
     weighted = (grad * probs).clamp(min=0)
-    return {"mean": weighted.mean(dim=1), "cls_heads": weighted[:, :, 0, :]}
+    # clone: a view of the CLS row would keep the whole [B, H, N, N] product alive for every layer
+    return {"mean": weighted.mean(dim=1), "cls_heads": weighted[:, :, 0, :].clone()}
 
 
 def needs(num_layers, start_layer=-1, text_start_layer=-1, text_layers=None, text=True, **_):
@@ -71,14 +72,17 @@ def compute(records, start_layer=-1, text_start_layer=-1, **_):
 
 
 def text_relevance(records, text_start_layer=-1):
-    """R_text[EOT, 1:EOT] per (image, target): [B, T, Lt], zero outside the prompt's word tokens."""
+    """R_text[EOT, 1:EOT] per (image, target): [B, T, Lt], zero outside the prompt's word tokens.
+
+    Every (image, target) pair is propagated at once, as a batch of B·T matrices."""
     layers = list(range(resolve_layer(text_start_layer, records.text_layers, "text_start_layer"), records.text_layers))
-    length = next(iter(records.text_probs.values())).shape[-1]
-    out = torch.zeros(records.batch, records.targets, length)
-    for b in range(records.batch):
-        for t in range(records.targets):
-            row = int(records.target_prompt[t])  # the target's own prompt among those encoded
-            relevance, _ = propagate([records.text_grads[l][(b, t)]["mean"][row:row + 1] for l in layers])
-            eot = int(records.eot[t])
-            out[b, t, 1:eot] = relevance[0, eot, 1:eot]
-    return out
+    rows = records.target_prompt.tolist()  # each target's own prompt among those encoded
+    pairs = [(b, t) for b in range(records.batch) for t in range(records.targets)]
+    means = [torch.stack([records.text_grads[l][pair]["mean"][rows[pair[1]]] for pair in pairs]) for l in layers]
+    relevance, _ = propagate(means)  # [B·T, Lt, Lt]
+    eot = records.eot.to(relevance.device).repeat(records.batch)  # [B·T]
+    eot_rows = relevance[torch.arange(len(pairs), device=relevance.device), eot]  # [B·T, Lt]
+    positions = torch.arange(eot_rows.shape[-1], device=relevance.device)
+    words = (positions >= 1) & (positions < eot[:, None])  # SOT and EOT excluded
+    out = torch.where(words, eot_rows, torch.zeros_like(eot_rows))
+    return out.float().cpu().reshape(records.batch, records.targets, -1)
