@@ -157,9 +157,7 @@ class AttentionRecorder:
 
     def remove(self):
         """Detach every hook; the model is as it was before ``__enter__``."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        remove_hooks(self._handles)
         self._restore_grad_mode()
         for record in self.layers.values():  # drop graph references so memory can be freed
             record._live_probs = record._live_tokens = record._live_output = None
@@ -326,13 +324,18 @@ class CausalPrefix:
         return self
 
     def __exit__(self, *exc):
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        remove_hooks(self._handles)
         return False
 
     def _trim_tokens(self, module, args):
         return (args[0][:, :self.length],) + tuple(args[1:])  # [P, Lt, D] → [P, length, D]
+
+
+def remove_hooks(handles):
+    """Remove every hook handle in the list ``handles`` and empty it."""
+    for handle in handles:
+        handle.remove()
+    handles.clear()
 
 
 def _is_causal(mask):

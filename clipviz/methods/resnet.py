@@ -25,6 +25,7 @@ import math
 import torch
 
 from ..errors import ClipvizError
+from ..hooks import remove_hooks
 from .base import MethodOutput, Records, per_target
 
 SUPPORTS_RESNET = True
@@ -85,9 +86,7 @@ class ResNetRecorder:
         return self
 
     def __exit__(self, *exc):
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        remove_hooks(self._handles)
         return False
 
     def _features_hook(self, module, args, output):
