@@ -475,9 +475,9 @@ def run_explain(args):
         options["start_layer"] = args.start_layer
     elif args.layers and "start_layer" in _parameters(module.needs):
         options["start_layer"] = 0  # a strip needs every block
-    from .explanation import _check_options, explain
+    from .explanation import check_options, explain
 
-    _check_options(module, args.method, options)
+    check_options(module, args.method, options)
     check_prompts(prompts + ([args.against] if args.against else []))
     model = load_model(name, args.device)
 
@@ -591,8 +591,8 @@ def _explain_table(exp, image, files):
 
 
 def _peak(photo_map):
-    from .explanation import _peak_xy
-    return _peak_xy(photo_map)
+    from .explanation import peak_xy
+    return peak_xy(photo_map)
 
 
 def _tokens_text(tokens, weights):

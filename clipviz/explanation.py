@@ -21,7 +21,7 @@ import torch
 from .adapters import adapt, scores_from_embeddings
 from .errors import ClipvizError
 from .hooks import AttentionRecorder, CausalPrefix
-from .methods import get_method, is_prompt_specific
+from .methods import get_method
 from .methods.base import Records
 from .preprocess import load_image, map_to_photo, preprocess_image
 from .tokenizer import clean_text
@@ -98,7 +98,7 @@ class Explanation:
             "prompts": list(self.prompts), "against": self.against,
             "scores": [float(s) for s in self.scores], "probs": [float(p) for p in self.probs],
             "patch_grid": int(self.token_maps.shape[-1]),
-            "peak_xy": [_peak_xy(m) for m in self.maps],
+            "peak_xy": [peak_xy(m) for m in self.maps],
             "text_relevance": None if self.text_relevance is None else [
                 dict(zip(tokens, map(float, weights))) for tokens, weights in zip(self.text_tokens, self.text_relevance)],
         }
@@ -120,8 +120,8 @@ def explain(model, image, prompts, method="relevance", *, against=None, batch_si
     """
     adapter = adapt(model)
     module = get_method(method)
-    _check_options(module, method, options)
-    prompt_list = _prompt_list(prompts)
+    check_options(module, method, options)
+    prompt_list = clean_prompts(prompts)
     against_list = _against_list(against, len(prompt_list))
     single = not isinstance(image, (list, tuple))
     images = [image] if single else list(image)
@@ -296,7 +296,7 @@ class _NoRecorder:
         pass
 
 
-def _prompt_list(prompts):
+def clean_prompts(prompts):
     items = [prompts] if isinstance(prompts, str) else list(prompts) if prompts is not None else []
     if not items:
         raise ClipvizError("no prompt given: pass a text query such as \"a photo of a dog\"")
@@ -316,7 +316,7 @@ def _prompt_list(prompts):
 def _against_list(against, count):
     if against is None:
         return None
-    items = _prompt_list(against)
+    items = clean_prompts(against)
     if len(items) == 1:
         return items * count
     if len(items) != count:
@@ -334,7 +334,7 @@ def _targets(prompts, against, encoded):
     return weights, torch.arange(len(prompts))
 
 
-def _check_options(module, method, options):
+def check_options(module, method, options):
     accepted = set()
     for function in (module.needs, module.compute):
         accepted |= {name for name, p in inspect.signature(function).parameters.items()
@@ -362,7 +362,7 @@ def _numpy(tensor, index):
     return None if tensor is None else tensor[index].float().cpu().numpy()
 
 
-def _peak_xy(photo_map):
+def peak_xy(photo_map):
     """(x, y) photo pixel of a map's maximum, ignoring NaN."""
     if np.all(np.isnan(photo_map)):
         return None
@@ -372,8 +372,3 @@ def _peak_xy(photo_map):
 
 def _jsonable(options):
     return {k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v) for k, v in options.items()}
-
-
-def prompt_agnostic(method):
-    """True if ``method`` gives every prompt the same map (rollout, attention)."""
-    return not is_prompt_specific(method)

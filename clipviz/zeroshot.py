@@ -16,7 +16,7 @@ import torch
 
 from .adapters import adapt, scores_from_embeddings
 from .errors import ClipvizError
-from .explanation import _prompt_list
+from .explanation import clean_prompts
 from .preprocess import load_image, preprocess_image
 
 
@@ -61,7 +61,7 @@ def classify(model, image, prompts):
     Returns a ``Classification`` (a list of them when ``image`` is a list).
     """
     adapter = adapt(model)
-    prompt_list = _prompt_list(prompts)
+    prompt_list = clean_prompts(prompts)
     single = not isinstance(image, (list, tuple))
     images = [image] if single else list(image)
     if not images:

@@ -64,8 +64,15 @@ class ClipAdapter:
     def dtype(self):
         return next(self.model.visual.parameters()).dtype
 
+    family_name = "this model"  # how errors name the model family
+    vocab_size = 49408  # CLIP's BPE; families read their text tower's own size
+
     def tokenize(self, prompts):
-        """Prompts → ids [P, context_length] (raises ClipvizError for over-long prompts)."""
+        """Prompts → ids [P, context_length] (raises ClipvizError for over-long prompts, or for a
+        text tower built for another tokenizer)."""
+        if self.vocab_size != 49408:
+            raise ClipvizError(f"{self.family_name}'s text tower uses another tokenizer (vocabulary of "
+                               f"{self.vocab_size}); clipviz tokenizes with CLIP's BPE (49408 tokens)")
         from ..tokenizer import tokenize
         return tokenize(prompts, context_length=self.context_length)
 

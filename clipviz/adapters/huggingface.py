@@ -42,6 +42,8 @@ def load_hf(repo_id, device):
 class HuggingFaceAdapter(ClipAdapter):
     """``transformers.CLIPModel`` behind clipviz's adapter interface (see ClipAdapter)."""
 
+    family_name = "this Hugging Face model"
+
     def __init__(self, model):
         self.model = model
         vision, text = model.config.vision_config, model.config.text_config
@@ -59,12 +61,6 @@ class HuggingFaceAdapter(ClipAdapter):
     @property
     def dtype(self):
         return next(self.model.vision_model.parameters()).dtype
-
-    def tokenize(self, prompts):
-        if self.vocab_size != 49408:
-            raise ClipvizError(f"this Hugging Face model's text tower has a vocabulary of {self.vocab_size}; "
-                               "clipviz tokenizes with CLIP's BPE (49408 tokens)")
-        return super().tokenize(prompts)
 
     def eot_positions(self, ids):
         """HF CLIPTextModel's pooling rule (argmax for eos_token_id == 2, else the first eos)."""

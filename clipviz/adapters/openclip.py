@@ -78,6 +78,8 @@ def _create(open_clip, arch, pretrained, device):
 class OpenClipAdapter(ClipAdapter):
     """An open_clip ``CLIP`` or ``CustomTextCLIP`` with a ViT (CLS pooling) or ModifiedResNet image tower."""
 
+    family_name = "this open_clip model"
+
     def __init__(self, model):
         self.model = model
         visual = model.visual
@@ -110,12 +112,6 @@ class OpenClipAdapter(ClipAdapter):
         cfg = getattr(visual, "preprocess_cfg", None) or {}
         self.pixel_mean = tuple(cfg.get("mean", MEAN))
         self.pixel_std = tuple(cfg.get("std", STD))
-
-    def tokenize(self, prompts):
-        if self.vocab_size != 49408:
-            raise ClipvizError(f"this open_clip model's text tower uses another tokenizer (vocabulary of {self.vocab_size}); "
-                               "clipviz tokenizes with CLIP's BPE (49408 tokens)")
-        return super().tokenize(prompts)
 
     def eot_positions(self, ids):
         """The token the text tower pools: EOT by argmax, the first eos id, or first/last position."""

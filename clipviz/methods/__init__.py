@@ -24,10 +24,6 @@ def available_methods():
     return list(_REGISTRY)
 
 
-def describe(name):
-    return _REGISTRY[name][1]
-
-
 def is_prompt_specific(name):
     return _REGISTRY[name][2]
 

@@ -88,6 +88,13 @@ def cls_to_patches(matrix, patch_grid):
     return row.reshape(*row.shape[:-1], patch_grid, patch_grid)
 
 
+def target_rows(records, layer):
+    """Each target's reduced gradient of ``layer`` over the patch tokens, stacked: [B, T, N-1].
+
+    For methods whose gradient reducer keeps one value per token ([B, N] per target)."""
+    return torch.stack([records.grads[layer][t][:, 1:] for t in range(records.targets)], dim=1)
+
+
 def per_target(map_bgg, targets):
     """A prompt-agnostic map [B, ...] repeated for every target: [B, T, ...]."""
     return map_bgg.unsqueeze(1).expand(map_bgg.shape[0], targets, *map_bgg.shape[1:]).contiguous()

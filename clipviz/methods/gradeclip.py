@@ -24,7 +24,7 @@ scales every map by the same positive constant.
 
 import torch
 
-from .base import MethodOutput, Needs, resolve_layer
+from .base import MethodOutput, Needs, resolve_layer, target_rows
 
 
 def cls_gradient(probs, grad):
@@ -52,7 +52,7 @@ def compute(records, start_layer=-1, **_):
     per_layer = []
     for layer in layers:
         spatial = loosened_attention(records.queries[layer], records.keys[layer])  # [B, g*g]
-        channel = torch.stack([records.grads[layer][t][:, 1:] for t in range(records.targets)], dim=1)
+        channel = target_rows(records, layer)  # [B, T, g*g]
         per_layer.append(torch.relu(channel * spatial[:, None, :]))  # [B, T, g*g]
     per_layer = torch.stack(per_layer, dim=2).reshape(records.batch, records.targets, len(layers), g, g)
     return MethodOutput(token_maps=per_layer.sum(dim=2), layer_maps=per_layer, layer_indices=tuple(layers))

@@ -22,7 +22,7 @@ the paper's equations. Each Ê^l comes from its own backward pass, which stops a
 
 import torch
 
-from .base import MethodOutput, Needs, resolve_layer
+from .base import MethodOutput, Needs, resolve_layer, target_rows
 
 
 def token_mean_readout(block_output, head):
@@ -44,7 +44,6 @@ def compute(records, start_layer=-2, **_):
     """records.grads {l: {t: Ê^l [B, N]}} → token_maps [B, T, g, g] = Ē; layer_maps = each Ê^l."""
     layers = list(range(resolve_layer(start_layer, records.num_layers), records.num_layers))
     g = records.patch_grid
-    per_layer = torch.stack([torch.stack([records.grads[l][t][:, 1:] for t in range(records.targets)], dim=1)
-                             for l in layers], dim=2)  # [B, T, L', g*g]
+    per_layer = torch.stack([target_rows(records, l) for l in layers], dim=2)  # [B, T, L', g*g]
     per_layer = per_layer.reshape(*per_layer.shape[:3], g, g)
     return MethodOutput(token_maps=per_layer.mean(dim=2), layer_maps=per_layer, layer_indices=tuple(layers))
