@@ -79,11 +79,9 @@ def main(argv=None):
     parser.add_argument("--model", default="synth-vit-t16")
     parser.add_argument("--prompt", default="a red circle")
     args = parser.parse_args(argv)
-    from common import SHARED_VOCAB, load_average, report
+    from common import load_average, report
 
     env = dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2")
-    if SHARED_VOCAB.exists():
-        env.setdefault("CLIPVIZ_VOCAB", str(SHARED_VOCAB))
     arch = json.dumps(architecture(args.model))
     print(f"== CLI start-up, {args.model}, fresh processes (load average {load_average():.1f})", flush=True)
     with tempfile.TemporaryDirectory() as folder:

@@ -29,14 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-SHARED_VOCAB = Path(__file__).resolve().parents[1].parent / "shared" / "clip" / "bpe_simple_vocab_16e6.txt.gz"
-
 
 def setup(threads=2):
-    """2 torch threads (the CPU targets are stated for that); the vocabulary from ../shared if present."""
+    """2 torch threads (the CPU targets are stated for that)."""
     torch.set_num_threads(threads)
-    if SHARED_VOCAB.exists():
-        os.environ.setdefault("CLIPVIZ_VOCAB", str(SHARED_VOCAB))
 
 
 def photo(height=360, width=480, seed=0):

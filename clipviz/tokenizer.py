@@ -19,9 +19,10 @@ Documented choices:
 - The literal strings "<|startoftext|>" / "<|endoftext|>" inside a prompt are plain text here,
   not special ids (openai/CLIP maps them to 49406/49407): a prompt must not be able to end its
   own text early, since CLIP reads the text feature at the EOT position.
-- The vocabulary's sha256 is checked when it comes from the cache dir or a package. A corrupt
-  cached copy is passed over and re-fetched (``clipviz.hub.download`` warns and replaces it);
-  offline, the ClipvizError says where to put the file by hand.
+- The vocabulary ships inside the package (``clipviz/vocab``, MIT licence beside it), so nothing is
+  downloaded. Its sha256 is checked at load, as is that of any cache or package copy. Should the
+  bundled copy be damaged, a cached or installed open_clip copy is used, and last it is re-fetched
+  (``clipviz.cache.download``); offline, the ClipvizError says where to put the file by hand.
 """
 
 import functools
@@ -42,6 +43,8 @@ from .cache import cache_dir, download
 VOCAB_NAME = "bpe_simple_vocab_16e6.txt.gz"
 VOCAB_URL = "https://github.com/openai/CLIP/raw/main/clip/bpe_simple_vocab_16e6.txt.gz"
 VOCAB_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
+# shipped inside the package (MIT, openai/CLIP; licence beside it), as openai/clip and open_clip do
+BUNDLED_VOCAB = Path(__file__).resolve().parent / "vocab" / VOCAB_NAME
 NUM_MERGES = 49152 - 256 - 2  # 48,894: the vocab is 512 byte tokens + merges + 2 specials = 49,408
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 SOT_ID, EOT_ID = 49406, 49407
@@ -169,10 +172,11 @@ def _sha256(data):
 def read_vocab():
     """Find the BPE vocabulary; returns (path, gzip file bytes).
 
-    Order: $CLIPVIZ_VOCAB (must exist; the user's choice, so not hash-checked), the cache dir's copy,
-    an installed open_clip / clip package's copy, and last a download into the cache dir by
-    ``clipviz.hub.download``. Cache and package copies count only with the right sha256; a corrupt
-    cached copy is passed over, and the download replaces it.
+    Order: $CLIPVIZ_VOCAB (must exist; the user's choice, so not hash-checked), the copy bundled
+    with clipviz, the cache dir's copy, an installed open_clip / clip package's copy, and last a
+    download into the cache dir by ``clipviz.cache.download``. Bundled, cache and package copies
+    count only with the right sha256; a corrupt copy is passed over, and the download replaces a
+    corrupt cached one.
     """
     env = os.environ.get("CLIPVIZ_VOCAB")
     if env:
@@ -182,7 +186,7 @@ def read_vocab():
                                f"{VOCAB_NAME} (from {VOCAB_URL}) or unset it.")
         return path, path.read_bytes()
     cached = cache_dir() / VOCAB_NAME
-    for path in [cached, *package_vocab_paths()]:
+    for path in [BUNDLED_VOCAB, cached, *package_vocab_paths()]:
         data = path.read_bytes() if path.is_file() else b""
         if _sha256(data) == VOCAB_SHA256:
             return path, data

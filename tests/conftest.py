@@ -8,7 +8,7 @@ import torch
 from clipviz.model import CLIP, OFFICIAL_CONFIGS
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-VOCAB = SHARED / "clip" / "bpe_simple_vocab_16e6.txt.gz"
+VOCAB = Path(__file__).resolve().parents[1] / "clipviz" / "vocab" / "bpe_simple_vocab_16e6.txt.gz"  # the bundled copy
 IMAGES = SHARED / "images"
 
 # a ResNet CLIP small enough for fast tests, with every kind of block the official ones have
@@ -62,10 +62,9 @@ def tiny_vit():
 
 
 @pytest.fixture(autouse=True)
-def _vocab_from_shared(monkeypatch):
-    """Every test reads the BPE vocabulary from ../shared (never from the network)."""
-    if VOCAB.exists():
-        monkeypatch.setenv("CLIPVIZ_VOCAB", str(VOCAB))
+def _bundled_vocab(monkeypatch):
+    """Every test reads the vocabulary bundled with the package, whatever the caller's environment says."""
+    monkeypatch.delenv("CLIPVIZ_VOCAB", raising=False)
 
 
 def random_ids(count, seed=0, length=77):

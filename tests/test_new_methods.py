@@ -17,9 +17,8 @@ from clipviz.methods import available_methods, get_method, is_prompt_specific
 from clipviz.preprocess import preprocess_image
 
 import reference_clip as ref
-from conftest import VOCAB, make_model
+from conftest import make_model
 
-pytestmark = pytest.mark.skipif(not VOCAB.exists(), reason="needs ../shared/clip vocabulary")
 
 # 4 blocks, 2 heads, 5×5 patches: small, but every index (layer, head, token) is exercised
 CONFIG = dict(embed_dim=64, image_resolution=80, vision_layers=4, vision_width=128, vision_patch_size=16,

@@ -7,7 +7,6 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-from conftest import VOCAB  # noqa: E402
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
@@ -16,7 +15,6 @@ def test_there_are_notebooks():
     assert len(NOTEBOOKS) >= 4, [n.name for n in NOTEBOOKS]
 
 
-@pytest.mark.skipif(not VOCAB.exists(), reason="needs ../shared/clip vocabulary")
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")

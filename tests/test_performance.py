@@ -10,9 +10,8 @@ import clipviz
 from clipviz.adapters import ClipAdapter
 from clipviz.hooks import AttentionRecorder, keep_gradient
 
-from conftest import VOCAB, random_ids
+from conftest import random_ids
 
-needs_vocab = pytest.mark.skipif(not VOCAB.exists(), reason="needs ../shared/clip vocabulary")
 PROMPTS = ["a dog", "a red car", "two people dancing"]
 
 
@@ -44,7 +43,6 @@ CPU_OOM = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to
 CUDA_OOM = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
 
 
-@needs_vocab
 @pytest.mark.parametrize("error", [CPU_OOM, CUDA_OOM], ids=["cpu", "cuda"])
 def test_batches_split_on_out_of_memory_and_equal_one_image_at_a_time(tiny_vit, monkeypatch, error):
     images = photos(5)
@@ -63,7 +61,6 @@ def test_batches_split_on_out_of_memory_and_equal_one_image_at_a_time(tiny_vit, 
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
 
 
-@needs_vocab
 def test_other_errors_and_a_single_image_that_does_not_fit_are_raised(tiny_vit, monkeypatch):
     tried = limited_memory(monkeypatch, fits=2, error=RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
@@ -75,7 +72,6 @@ def test_other_errors_and_a_single_image_that_does_not_fit_are_raised(tiny_vit, 
     assert tried == [2, 1]
 
 
-@needs_vocab
 def test_many_prompts_share_one_image_pass(tiny_vit, monkeypatch):
     tried = limited_memory(monkeypatch, fits=1, error=CPU_OOM)
     exp = clipviz.explain(tiny_vit, photos(1)[0], PROMPTS * 5 + ["a cat"])

@@ -16,7 +16,7 @@ from clipviz import tokenizer
 from clipviz.errors import ClipvizError
 from clipviz.tokenizer import count_tokens, decode, encode, token_strings, tokenize
 
-VOCAB = Path(__file__).resolve().parents[1] / ".." / "shared" / "clip" / "bpe_simple_vocab_16e6.txt.gz"
+VOCAB = Path(__file__).resolve().parents[1] / "clipviz" / "vocab" / "bpe_simple_vocab_16e6.txt.gz"
 SOT, EOT = 49406, 49407
 CAT_PROMPT = "a photo of a cat"
 CAT_IDS = [320, 1125, 539, 320, 2368]
@@ -24,9 +24,7 @@ CAT_IDS = [320, 1125, 539, 320, 2368]
 
 @pytest.fixture(scope="module", autouse=True)
 def vocab_env():
-    """Every test reads the shared vocabulary through CLIPVIZ_VOCAB; the cached tokenizer is rebuilt around the module."""
-    if not VOCAB.is_file():
-        pytest.skip(f"CLIP vocabulary not found at {VOCAB.resolve()} (shared/clip/bpe_simple_vocab_16e6.txt.gz)")
+    """Every test reads the bundled vocabulary through CLIPVIZ_VOCAB; the cached tokenizer is rebuilt around the module."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CLIPVIZ_VOCAB", str(VOCAB))
         tokenizer.get_tokenizer.cache_clear()
@@ -50,8 +48,9 @@ def copying_download(calls):
 
 @pytest.fixture
 def fresh(monkeypatch, tmp_path):
-    """No env var, an empty cache dir in tmp_path, no package copies, no network: tests set up each lookup step."""
-    monkeypatch.delenv("CLIPVIZ_VOCAB")
+    """No env var, no bundled copy, an empty cache dir in tmp_path, no package copies, no network: tests set up each lookup step."""
+    monkeypatch.delenv("CLIPVIZ_VOCAB", raising=False)
+    monkeypatch.setattr(tokenizer, "BUNDLED_VOCAB", tmp_path / "not-installed" / tokenizer.VOCAB_NAME)
     monkeypatch.setenv("CLIPVIZ_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(tokenizer, "package_vocab_paths", lambda: iter(()))
     monkeypatch.setattr(tokenizer, "download", offline_download)
@@ -262,8 +261,25 @@ def test_cache_dir_copy_is_used_and_checked(fresh, monkeypatch):
     assert hashlib.sha256(fresh.read_bytes()).hexdigest() == tokenizer.VOCAB_SHA256
 
 
+def test_bundled_copy_needs_no_network_and_is_checked(monkeypatch, tmp_path):
+    monkeypatch.delenv("CLIPVIZ_VOCAB", raising=False)
+    monkeypatch.setenv("CLIPVIZ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(tokenizer, "package_vocab_paths", lambda: iter(()))
+    monkeypatch.setattr(tokenizer, "download", offline_download)
+    assert tokenizer.BUNDLED_VOCAB.is_file() and (tokenizer.BUNDLED_VOCAB.parent / "LICENSE").is_file()
+    assert "MIT License" in (tokenizer.BUNDLED_VOCAB.parent / "LICENSE").read_text()
+    assert tokenizer.read_vocab()[0] == tokenizer.BUNDLED_VOCAB
+    damaged = tmp_path / "site" / tokenizer.VOCAB_NAME
+    damaged.parent.mkdir()
+    damaged.write_bytes(VOCAB.read_bytes()[:-10])
+    monkeypatch.setattr(tokenizer, "BUNDLED_VOCAB", damaged)  # a damaged bundled copy is passed over, not used
+    with pytest.raises(ClipvizError, match="Could not get CLIP's BPE vocabulary"):
+        tokenizer.read_vocab()
+
+
 def test_package_copy_is_found_without_import(monkeypatch, tmp_path):
-    monkeypatch.delenv("CLIPVIZ_VOCAB")
+    monkeypatch.delenv("CLIPVIZ_VOCAB", raising=False)
+    monkeypatch.setattr(tokenizer, "BUNDLED_VOCAB", tmp_path / "not-installed" / tokenizer.VOCAB_NAME)
     monkeypatch.setenv("CLIPVIZ_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(tokenizer, "download", offline_download)
     package = tmp_path / "site" / "open_clip"

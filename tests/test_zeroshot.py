@@ -9,9 +9,7 @@ from clipviz.errors import ClipvizError
 from clipviz.preprocess import preprocess_image
 
 import reference_clip as ref
-from conftest import VOCAB
 
-pytestmark = pytest.mark.skipif(not VOCAB.exists(), reason="needs ../shared/clip vocabulary")
 
 PROMPTS = ["a photo of a dog", "a red car", "two people dancing", "the night sky"]
 
