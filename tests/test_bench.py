@@ -15,7 +15,7 @@ from clipviz.bench.photos import photo_knowledge
 from clipviz.bench.scene import CHANCE_ROWS, class_probability_scorer, class_text_embeddings, query_for
 from clipviz.cli.bench import add_arguments, run_parsed
 from clipviz.errors import ClipvizError
-from clipviz.methods import available_methods, is_prompt_specific
+from clipviz.methods import available_methods, get_method
 from clipviz.synth import all_class_prompts, object_prompt, scene_from_index
 
 
@@ -229,7 +229,7 @@ def test_benchmark_numbers_agree_with_the_scenes(tiny_vit):
         assert record["objects"] == len(scene.objects)
         assert record["area_share"] == pytest.approx(scene.masks[queried].mean())
         for method in vit_methods:
-            if not is_prompt_specific(method):  # the same map for any prompt
+            if not get_method(method).prompt_specific:  # the same map for any prompt
                 assert record["metrics"][method]["prompt_spearman"] == pytest.approx(1.0)
     pointing = [r["metrics"]["relevance"]["pointing"] for r in result["scenes"]]
     assert result["summary"]["all"]["relevance"]["pointing"]["mean"] == pytest.approx(np.mean(pointing))

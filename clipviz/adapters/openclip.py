@@ -93,7 +93,7 @@ class OpenClipAdapter(ClipAdapter):
             self.num_layers = len(visual.transformer.resblocks)
         elif kind == "ModifiedResNet":
             self.family = "resnet"
-            self.num_layers = 0
+            self.num_layers = 1  # the last stage
         else:
             raise ClipvizError(f"clipviz cannot explain open_clip's {kind} image tower (timm / Hugging Face towers); "
                                "use a ViT or ModifiedResNet architecture")

@@ -42,7 +42,7 @@ between the maps for the queried and the absent prompt, every scene. Prompt-agno
 (rollout, attention) give 1.0 there by construction. Both correlate the raw token maps [g, g]
 (upsampling adds no information).
 
-Time per explanation: one ``run_method`` call (forward, backward, method) for one image and its
+Time per explanation: one ``clipviz.pipeline.run_method`` call (forward, backward, method) for one image and its
 two prompts, text-token relevance off; the thread count is in the JSON. Methods that do not
 apply to the model family are tried once on a grey image, skipped, and named in the notes.
 

@@ -13,7 +13,7 @@ def explain_tokens(adapter, method, pixels, prompts):
     """Token maps of one image for P prompts in one forward pass: pixels [3, S, S] →
     (float64 [P, g, g] raw maps, seconds taken). Text-token relevance is switched off."""
     import torch
-    from ..explanation import run_method
+    from ..pipeline import run_method
 
     options = {"text": False} if "text" in method.options else {}
     ids = adapter.tokenize(prompts).to(adapter.device)

@@ -41,7 +41,7 @@ def run(args):
     show = not args.quiet and not args.json
 
     def one(index, image):
-        exp = explain(model, image, prompts, method=args.method, against=args.against, **options)
+        exp = explain(model, image, prompts, method=method, against=args.against, **options)
         files = _write_outputs(exp, plan, index, args)
         written.extend(files)
         if args.json:
