@@ -31,7 +31,6 @@ are not.
 """
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -42,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..cache import file_sha256
 from ..model import CLIP
 from ..preprocess import MEAN, STD
 from .captions import caption_for
@@ -104,11 +104,6 @@ def learning_rate(step, steps, peak, warmup):
 def fp16_state_dict(model):
     """OpenAI's checkpoint layout: every tensor of the state dict in fp16, on the CPU."""
     return {name: tensor.detach().to("cpu", torch.float16).clone() for name, tensor in model.state_dict().items()}
-
-
-def file_sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def save(model, out, info):
