@@ -124,10 +124,7 @@ def explain(model, image, prompts, method="relevance", *, against=None, batch_si
     chosen = method if isinstance(method, Method) else get_method(method)
     chosen.check_options(options)
     query = prepare_query(adapter, prompts, against)
-    single = not isinstance(image, (list, tuple))
-    images = [image] if single else list(image)
-    if not images:
-        raise ClipvizError("no image given: pass a path, a PIL image, an array, or a list of them")
+    images, single = image_list(image)
     results, start, size = [], 0, max(1, int(batch_size))
     while start < len(images):
         chunk = images[start:start + size]
@@ -203,6 +200,15 @@ def explain_batch(adapter, images, query, method, options):
             text_relevance=None if text_relevance is None else text_relevance[b],
             source=images[b] if isinstance(images[b], str) else getattr(images[b], "filename", None) or None))
     return explanations
+
+
+def image_list(image):
+    """One image or a list of them → (list of images, whether one was given); none is an error."""
+    single = not isinstance(image, (list, tuple))
+    images = [image] if single else list(image)
+    if not images:
+        raise ClipvizError("no image given: pass a path, a PIL image, an array, or a list of them")
+    return images, single
 
 
 def clean_prompts(prompts):

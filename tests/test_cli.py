@@ -190,6 +190,7 @@ def test_user_errors_exit_2_with_one_line(work):
         (["photos/a.png", "a dog", "--out", "file.txt/sub"], ["cannot create the output folder", "file.txt"]),
         (["photos/a.png", "a dog", "--out", "file.txt/x.png"], ["cannot create the output folder"]),
         (["photos/a.png", "a dog", "--out", "photos/a.png", "--force"], ["input image"]),  # never the input
+        (["photos/a.png", "a dog", "--cmap", "nope"], ["unknown colormap 'nope'", "matplotlib"]),
         (["photos/a.png", "photos/b.jpg", "a dog", "--out", "one.png"], ["one file", "2 images"]),
         (["photos/a.png", "a dog", "--alpha", "2"], ["--alpha"]),                         # argparse, one line too
         (["photos/a.png", "a dog", "--bogus"], ["--bogus"]),

@@ -34,6 +34,9 @@ def run(args):
         options["start_layer"] = 0  # a strip needs every block
     method.check_options(options)
     check_prompts(prompts + ([args.against] if args.against else []))
+    from ..render import colormap_table
+
+    colormap_table(args.cmap)  # an unknown --cmap fails here, before the model loads
     model = load_model(name, args.device)
     from ..explanation import explain
 
