@@ -12,6 +12,9 @@ People hand ``explain`` the model they use, not a bare one:
   explanation; under ``torch.inference_mode()`` no graph can be built, so the explanation runs in
   ``inference_mode(False)`` — possible unless the weights themselves are inference tensors
   (created under inference_mode), which no gradient may pass through;
+- under ``torch.autocast``: switched off while explaining, so the model runs in its own dtype
+  (an fp32 model gives fp32 maps; for half precision convert the model, ``model.half()``) and
+  nothing autocast produces (bf16 scores numpy cannot read) reaches the results;
 - with gradient checkpointing on (open_clip ``set_grad_checkpointing``, Hugging Face
   ``gradient_checkpointing_enable``): a re-entrant checkpoint runs its forward without a graph and
   a recomputation would run the recorder's hooks twice, so it is switched off while explaining
@@ -71,10 +74,14 @@ def check_trainable(model, method):
 @contextmanager
 def explaining(model):
     """Run the body with the model as an explanation needs it (see the module docstring):
-    eager forwards, autograd usable (also inside ``torch.inference_mode()``), checkpointing off."""
+    eager forwards, autograd usable (also inside ``torch.inference_mode()``), autocast and
+    checkpointing off."""
     with ExitStack() as stack:
         if torch.is_inference_mode_enabled():
             stack.enter_context(torch.inference_mode(False))
+        parameter = next(model.parameters(), None)
+        for device_type in {"cpu", "cpu" if parameter is None else parameter.device.type}:
+            stack.enter_context(torch.autocast(device_type, enabled=False))
         if hasattr(torch.compiler, "set_stance"):
             stack.enter_context(torch.compiler.set_stance("force_eager"))
         stack.enter_context(_no_checkpointing(model))

@@ -104,6 +104,7 @@ FORMS = {
     "fp32": (lambda m: m, nullcontext),
     "fp16": (lambda m: m.half(), nullcontext),
     "bf16": (lambda m: m.bfloat16(), nullcontext),
+    "autocast bf16": (lambda m: m, lambda: torch.autocast("cpu", dtype=torch.bfloat16)),
     "DataParallel": (nn.DataParallel, nullcontext),
     "DistributedDataParallel": (ddp, nullcontext),
     "compiled model": (lambda m: torch.compile(m, backend="eager"), nullcontext),
