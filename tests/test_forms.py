@@ -304,3 +304,11 @@ def test_unwrap_sees_through_nested_wrappers():
     from clipviz.forms import unwrap
     model = base("clipviz-vit")
     assert unwrap(nn.DataParallel(torch.compile(nn.DataParallel(model), backend="eager"))) is model
+
+
+@pytest.mark.parametrize("form", ["autocast bf16", "inference_mode", "compiled tower", "fp16"])
+def test_zero_shot_sees_the_model_as_explain_does(form):
+    plain = clipviz.classify(base("clipviz-vit"), photo(), PROMPTS)
+    with FORMS[form][1]():
+        result = clipviz.classify(held("clipviz-vit", form), photo(), PROMPTS)
+    np.testing.assert_allclose(result.probs, plain.probs, atol=2e-2 if form == "fp16" else 1e-5)
