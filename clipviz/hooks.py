@@ -282,7 +282,8 @@ class AttentionRecorder:
         if missing:
             raise ClipvizError(
                 f"no attention was recorded for block(s) {missing}: the forward pass did not go through "
-                "nn.MultiheadAttention (a fused or custom attention path?), so no map can be computed")
+                "nn.MultiheadAttention (a fused or custom attention path, or a torch.compile'd forward on "
+                "torch < 2.6: pass the uncompiled module, model._orig_mod), so no map can be computed")
 
     def batch_first_tokens(self, record):
         """Block input of ``record`` and its gradients as [B, N, D], whatever the model's layout

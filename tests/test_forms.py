@@ -312,3 +312,25 @@ def test_zero_shot_sees_the_model_as_explain_does(form):
     with FORMS[form][1]():
         result = clipviz.classify(held("clipviz-vit", form), photo(), PROMPTS)
     np.testing.assert_allclose(result.probs, plain.probs, atol=2e-2 if form == "fp16" else 1e-5)
+
+
+def test_hugging_face_vision_model_with_projection_alone():
+    """CLIPVisionModelWithProjection holding the CLIPModel's vision weights: the full model's
+    gradient-free maps, NaN scores, and prompt methods refused by name."""
+    import transformers
+    full = base("hf")
+    config = copy.deepcopy(full.config.vision_config)
+    config.projection_dim = full.config.projection_dim  # the vision config's own default differs
+    tower = transformers.CLIPVisionModelWithProjection(config)
+    state = {k: v for k, v in full.state_dict().items() if k.startswith(("vision_model.", "visual_projection."))}
+    result = tower.load_state_dict(state, strict=False)
+    assert not result.unexpected_keys and all("position_ids" in k for k in result.missing_keys)
+    tower.eval()
+    for method in ("rollout", "attention"):
+        ours, plain = clipviz.explain(tower, photo(), PROMPTS, method=method), reference("hf", method)
+        for a, b in zip(ours.token_maps, plain.token_maps):
+            assert pearson(a, b) >= 0.999
+        assert np.isnan(ours.scores).all()
+    with pytest.raises(ClipvizError, match="image tower alone"):
+        clipviz.explain(tower, photo(), PROMPTS, method="relevance")
+    assert hook_count(tower) == 0
