@@ -51,9 +51,11 @@ def unwrap(module):
 
 
 def check_materialised(model):
-    """Raise a ClipvizError if any parameter or buffer of ``model`` lives on the meta device."""
-    tensors = list(model.parameters()) + list(model.buffers())
-    if any(t.is_meta for t in tensors):
+    """Raise a ClipvizError if any parameter or buffer of ``model`` (an nn.Module; anything else
+    is left to the caller to refuse) lives on the meta device."""
+    if not isinstance(model, nn.Module):
+        return
+    if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
         raise ClipvizError(
             "the model's weights are on the meta device (built under torch.device('meta') or with "
             "init_empty_weights), so they have no values to explain: load weights into it first "

@@ -334,3 +334,8 @@ def test_hugging_face_vision_model_with_projection_alone():
     with pytest.raises(ClipvizError, match="image tower alone"):
         clipviz.explain(tower, photo(), PROMPTS, method="relevance")
     assert hook_count(tower) == 0
+
+
+def test_something_that_is_not_a_model_is_still_refused_clearly():
+    with pytest.raises(ClipvizError, match="cannot explain a str"):
+        clipviz.explain("ViT-B/32", photo(), PROMPTS)
