@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 from .adapters import adapt, scores_from_embeddings
+from .adapters.tower import text_tower_needed
 from .errors import ClipvizError
+from .forms import check_trainable, explaining, usable
 from .hooks import AttentionRecorder, CausalPrefix
 from .methods import get_method
 from .methods.base import Records
@@ -187,8 +189,16 @@ def run_method(adapter, pixels, ids, target_weights, target_prompt, module, opti
 
     pixels [B, 3, S, S]; ids [P, Lt]; target_weights [T, P] (target t's score is
     Σ_p W[t, p] · S[:, p]); target_prompt [T]. Returns (Records, cosine [B, P],
-    logits [B, P], MethodOutput).
+    logits [B, P], MethodOutput). Records and maps are fp32 whatever the model's dtype.
+
+    Runs as clipviz.forms.explaining sets the model up (eager, autograd usable also inside
+    ``torch.inference_mode()``, checkpointing off); the model is as before afterwards.
     """
+    with explaining(adapter.model):
+        return _run_method(adapter, usable(pixels), usable(ids), usable(target_weights), target_prompt, module, options)
+
+
+def _run_method(adapter, pixels, ids, target_weights, target_prompt, module, options):
     if adapter.family != "vit":
         from .methods.resnet import run_resnet  # ResNets have no attention blocks to record
         return run_resnet(adapter, pixels, ids, target_weights, target_prompt, module, options)
@@ -198,6 +208,11 @@ def run_method(adapter, pixels, ids, target_weights, target_prompt, module, opti
                       targets=targets, text_layers=adapter.text_layers,
                       eot=adapter.eot_positions(ids)[target_prompt].cpu(), target_prompt=target_prompt)
     wants_gradient = needs.gradient is not None
+    method = module.__name__.rsplit(".", 1)[-1]
+    if adapter.text_encoder is None and (wants_gradient or needs.text is not None):
+        raise text_tower_needed(method)
+    if wants_gradient:
+        check_trainable(adapter.model, method)
     image_recorder = AttentionRecorder(adapter.image_encoder, layers=needs.layers, gradients=needs.gradient,
                                        tokens=needs.tokens, outputs=needs.readout is not None, qk=needs.qk) \
         if needs.layers is not None else _NoRecorder()
@@ -206,13 +221,17 @@ def run_method(adapter, pixels, ids, target_weights, target_prompt, module, opti
     # text gradients differ per image: give each image its own copy of the prompts (rows b·P … b·P+P-1)
     per_image_text = wants_gradient and needs.text is not None and needs.readout is None
     # the text feature is read at EOT under a causal mask: positions after the last EOT never matter
-    short_text = CausalPrefix(adapter.text_encoder, int(adapter.eot_positions(ids).max()) + 1)
+    short_text = CausalPrefix(adapter.text_encoder, int(adapter.eot_positions(ids).max()) + 1) \
+        if adapter.text_encoder is not None else _NoRecorder()
     with torch.set_grad_enabled(wants_gradient), image_recorder, text_recorder, short_text:
         image_emb = adapter.encode_image(pixels)
-        text_emb = adapter.encode_text(ids.repeat(batch, 1) if per_image_text else ids)
-        if per_image_text:
+        if adapter.text_encoder is None:  # an image tower alone: nothing to score against
+            cosine = logits = torch.full((batch, ids.shape[0]), float("nan"))
+        elif per_image_text:
+            text_emb = adapter.encode_text(ids.repeat(batch, 1))
             cosine, logits = _paired_scores(image_emb, text_emb, adapter.logit_scale())
         else:
+            text_emb = adapter.encode_text(ids)
             cosine, logits = scores_from_embeddings(image_emb, text_emb, adapter.logit_scale())
         image_recorder.check_recorded()
         text_recorder.check_recorded()

@@ -17,6 +17,7 @@ import torch
 from .adapters import adapt, scores_from_embeddings
 from .errors import ClipvizError
 from .explanation import clean_prompts
+from .forms import explaining
 from .preprocess import load_image, preprocess_image
 
 
@@ -68,7 +69,7 @@ def classify(model, image, prompts):
         raise ClipvizError("no image given: pass a path, a PIL image, an array, or a list of them")
     ids = adapter.tokenize(prompt_list).to(adapter.device)
     pixels = torch.stack([preprocess_image(load_image(i), adapter.input_resolution)[0] for i in images])
-    with torch.no_grad():
+    with explaining(adapter.model), torch.no_grad():  # as explain() sees the model (autocast, compiled, ...)
         image_emb = adapter.encode_image(pixels.to(adapter.device, adapter.dtype))
         text_emb = adapter.encode_text(ids)
         cosine, logits = scores_from_embeddings(image_emb, text_emb, adapter.logit_scale())

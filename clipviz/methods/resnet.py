@@ -25,6 +25,7 @@ import math
 import torch
 
 from ..errors import ClipvizError
+from ..forms import check_trainable
 from ..hooks import remove_hooks
 from .base import MethodOutput, Records, per_target
 
@@ -58,14 +59,19 @@ def compute_gradcam(records, **_):
 
 
 def pool_attention(pool, features):
-    """AttentionPool2d's query(mean token)→position probabilities: [B, C, h, w] → [B, H, 1, 1 + hw]."""
-    tokens = features.flatten(start_dim=2).transpose(1, 2)  # [B, hw, C]
+    """AttentionPool2d's query(mean token)→position probabilities: [B, C, h, w] → [B, H, 1, 1 + hw],
+    computed in fp32 whatever the model's dtype (an fp16/bf16 softmax over near-equal logits is flat)."""
+    tokens = features.float().flatten(start_dim=2).transpose(1, 2)  # [B, hw, C]
     tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
-    tokens = tokens + pool.positional_embedding.to(tokens.dtype)
+    tokens = tokens + pool.positional_embedding.float()
     batch, count, width = tokens.shape
     heads = pool.num_heads
-    query = pool.q_proj(tokens[:, :1]).reshape(batch, 1, heads, width // heads).transpose(1, 2)
-    keys = pool.k_proj(tokens).reshape(batch, count, heads, width // heads).transpose(1, 2)
+
+    def project(linear, x):
+        return torch.nn.functional.linear(x, linear.weight.float(), None if linear.bias is None else linear.bias.float())
+
+    query = project(pool.q_proj, tokens[:, :1]).reshape(batch, 1, heads, width // heads).transpose(1, 2)
+    keys = project(pool.k_proj, tokens).reshape(batch, count, heads, width // heads).transpose(1, 2)
     return (query @ keys.transpose(-1, -2) / math.sqrt(width // heads)).softmax(dim=-1)
 
 
@@ -114,19 +120,26 @@ def run_resnet(adapter, pixels, ids, target_weights, target_prompt, module, opti
         raise ClipvizError(f"on a ResNet CLIP, {'gradcam' if name == 'gradcam' else 'attention_pool'} takes no "
                            f"options (got {', '.join(sorted(options))})")
     gradcam = name == "gradcam"
+    if gradcam and adapter.text_encoder is None:
+        from ..adapters.tower import text_tower_needed
+        raise text_tower_needed(name)
+    if gradcam:
+        check_trainable(adapter.model, name)
     batch, targets = pixels.shape[0], target_weights.shape[0]
     records = Records(num_layers=0, patch_grid=adapter.patch_grid, batch=batch, targets=targets,
                       eot=adapter.eot_positions(ids)[target_prompt].cpu(), target_prompt=target_prompt)
     with torch.set_grad_enabled(gradcam), ResNetRecorder(adapter.image_encoder) as recorder:
         image_emb = adapter.encode_image(pixels)
-        text_emb = adapter.encode_text(ids)
-        cosine, logits = scores_from_embeddings(image_emb, text_emb, adapter.logit_scale())
-        records.tokens[FEATURES] = recorder.features.detach()
+        if adapter.text_encoder is None:  # an image tower alone: nothing to score against
+            cosine = logits = torch.full((batch, ids.shape[0]), float("nan"))
+        else:
+            cosine, logits = scores_from_embeddings(image_emb, adapter.encode_text(ids), adapter.logit_scale())
+        records.tokens[FEATURES] = recorder.features.detach().float()  # maps accumulate in fp32
         records.probs[POOL] = recorder.probs
         if gradcam:
             target_scores = logits @ target_weights.to(logits).t()  # [B, T]
             records.token_grads[FEATURES] = {
-                t: torch.autograd.grad(target_scores[:, t].sum(), recorder.features, retain_graph=True)[0]
+                t: torch.autograd.grad(target_scores[:, t].sum(), recorder.features, retain_graph=True)[0].float()
                 for t in range(targets)}  # images are independent: one backward serves the batch
     output = compute_gradcam(records) if gradcam else compute(records)
     return records, cosine.detach(), logits.detach(), output
