@@ -213,7 +213,7 @@ class AttentionRecorder:
                     "attention to return them (encode through clipviz.adapters.adapt(model))")
             live = _tensor_used_in_graph(weights)
             record = self.layers[index]
-            record.probs = weights.detach()
+            record.probs = weights.detach().float()  # methods accumulate in fp32
             if self.gradients is not None and live.requires_grad:
                 record._live_probs = live
                 live.register_hook(self._gradient_hook(record, weights.shape))
@@ -227,8 +227,8 @@ class AttentionRecorder:
         return hook
 
     def _ask_for_weights(self, module, args, kwargs):
+        args, kwargs = attention_keywords(args, kwargs)
         self._asked[id(module)] = (kwargs.get("need_weights", True), kwargs.get("average_attn_weights", True))
-        kwargs = dict(kwargs)
         kwargs["need_weights"] = True
         kwargs["average_attn_weights"] = False
         return args, kwargs
@@ -261,7 +261,7 @@ class AttentionRecorder:
             with torch.no_grad():
                 queries, keys = _queries_keys(module, inputs) if layout is None else layout.queries_keys(module, inputs)
             record = self.layers[index]
-            record.queries, record.keys = queries.detach(), keys.detach()
+            record.queries, record.keys = queries.detach().float(), keys.detach().float()
         return hook
 
     def _output_hook(self, index):
@@ -274,22 +274,22 @@ class AttentionRecorder:
             tokens = args[0]
             record = self.layers[index]
             record._live_tokens = tokens
-            record.tokens = tokens.detach()
+            record.tokens = tokens.detach().float()
             if self.gradients is not None and tokens.requires_grad:
                 tokens.register_hook(self._token_gradient_hook(record))
         return hook
 
     def _gradient_hook(self, record, shape):
         def hook(grad):
-            if self._slot is not None:
+            if self._slot is not None:  # reduced in fp32 whatever the model's dtype (fp16/bf16 sums lose mass)
                 probs = record._live_probs.detach().view(shape)
-                record.grads[self._slot] = self.gradients(probs, grad.view(shape))
+                record.grads[self._slot] = self.gradients(probs.float(), grad.view(shape).float())
         return hook
 
     def _token_gradient_hook(self, record):
         def hook(grad):
             if self._slot is not None:
-                record.token_grads[self._slot] = grad.detach()
+                record.token_grads[self._slot] = grad.detach().float()
         return hook
 
     # -- backward ------------------------------------------------------------------------------
@@ -319,7 +319,8 @@ class AttentionRecorder:
         if missing:
             raise ClipvizError(
                 f"no attention was recorded for block(s) {missing}: the forward pass did not go through "
-                "nn.MultiheadAttention (a fused or custom attention path?), so no map can be computed")
+                "nn.MultiheadAttention (a fused or custom attention path, or a torch.compile'd forward on "
+                "torch < 2.6: pass the uncompiled module, model._orig_mod), so no map can be computed")
 
     def batch_first_tokens(self, record):
         """Block input of ``record`` and its gradients as [B, N, D], whatever the model's layout
@@ -384,10 +385,25 @@ def _is_causal(mask):
 
 
 def _trim_mask(module, args, kwargs):
+    args, kwargs = attention_keywords(args, kwargs)
     mask, length = kwargs.get("attn_mask"), args[0].shape[1]
     if torch.is_tensor(mask) and mask.dim() == 2 and mask.shape[0] > length:
-        return args, {**kwargs, "attn_mask": mask[:length, :length]}
-    return None
+        kwargs["attn_mask"] = mask[:length, :length]
+    return args, kwargs
+
+
+# nn.MultiheadAttention.forward's parameters after query, key, value, in order
+_ATTENTION_OPTIONS = ("key_padding_mask", "need_weights", "attn_mask", "average_attn_weights", "is_causal")
+
+
+def attention_keywords(args, kwargs):
+    """An ``nn.MultiheadAttention`` call's arguments with everything after query, key, value passed
+    by name: (args[:3], kwargs as a new dict). Pre-hooks then set options by name without clashing
+    with a caller that passed them positionally (``attn(q, k, v, None, False)``)."""
+    kwargs = dict(kwargs)
+    for name, value in zip(_ATTENTION_OPTIONS, args[3:]):
+        kwargs[name] = value
+    return tuple(args[:3]), kwargs
 
 
 def keep_gradient(probs, grad):

@@ -19,10 +19,16 @@ from .errors import ClipvizError
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32, so fp16 weights on CUDA do not lose precision here."""
+    """LayerNorm computed in fp32 (input and weights), returned in the input's dtype.
+
+    fp16/bf16 statistics lose precision, so both are cast up — the weights too: a half model on
+    the CPU would otherwise mix an fp32 input with fp16 weights, which torch refuses.
+    """
 
     def forward(self, x):
-        return super().forward(x.float()).type(x.dtype)
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type(x.dtype)
 
 
 class QuickGELU(nn.Module):

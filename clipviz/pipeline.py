@@ -13,6 +13,8 @@ Methods never see the family; adapters never see the method (only its Needs).
 import torch
 
 from .adapters import scores_from_embeddings
+from .adapters.tower import text_tower_needed
+from .forms import check_trainable, explaining, usable
 from .hooks import AttentionRecorder, CausalPrefix
 from .methods.base import Records
 
@@ -22,8 +24,18 @@ def run_method(adapter, pixels, ids, target_weights, target_prompt, method, opti
     pixels [B, 3, S, S]; ids [P, Lt]; target_weights [T, P] (target t's score is
     Σ_p W[t, p] · S[:, p]); target_prompt [T]; method: a clipviz.methods.Method. The adapter
     records what ``method.needs`` asks for (its family's quirks are its own); the method computes
-    from the records alone. Returns (Records, cosine [B, P], logits [B, P], MethodOutput).
+    from the records alone. Returns (Records, cosine [B, P], logits [B, P], MethodOutput). Records
+    and maps are fp32 whatever the model's dtype.
+
+    Runs as clipviz.forms.explaining sets the model up (eager, autograd usable also inside
+    ``torch.inference_mode()``, checkpointing off); the model is as before afterwards.
     """
+    with explaining(adapter.model):
+        return _run_method(adapter, usable(pixels), usable(ids), usable(target_weights), target_prompt, method,
+                           options)
+
+
+def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, options):
     method.check_family(adapter)
     needs = method.needs(adapter, options)
     batch, targets = pixels.shape[0], target_weights.shape[0]
@@ -31,19 +43,27 @@ def run_method(adapter, pixels, ids, target_weights, target_prompt, method, opti
                       targets=targets, text_layers=adapter.text_layers,
                       eot=adapter.eot_positions(ids)[target_prompt].cpu(), target_prompt=target_prompt)
     wants_gradient = needs.wants_gradient
+    if adapter.text_encoder is None and (wants_gradient or needs.text is not None):
+        raise text_tower_needed(method.name)
+    if wants_gradient:
+        check_trainable(adapter.model, method.name)
     image_recorder = adapter.image_recorder(needs) or _NoRecorder()
     text_recorder = AttentionRecorder(adapter.text_encoder, layers=needs.text, gradients=needs.gradient) \
         if needs.text is not None else _NoRecorder()
     # text gradients differ per image: give each image its own copy of the prompts (rows b·P … b·P+P-1)
     per_image_text = needs.gradient is not None and needs.text is not None and needs.readout is None
     # the text feature is read at EOT under a causal mask: positions after the last EOT never matter
-    short_text = CausalPrefix(adapter.text_encoder, int(adapter.eot_positions(ids).max()) + 1)
+    short_text = CausalPrefix(adapter.text_encoder, int(adapter.eot_positions(ids).max()) + 1) \
+        if adapter.text_encoder is not None else _NoRecorder()
     with torch.set_grad_enabled(wants_gradient), image_recorder, text_recorder, short_text:
         image_emb = adapter.encode_image(pixels)
-        text_emb = adapter.encode_text(ids.repeat(batch, 1) if per_image_text else ids)
-        if per_image_text:
+        if adapter.text_encoder is None:  # an image tower alone: nothing to score against
+            cosine = logits = torch.full((batch, ids.shape[0]), float("nan"))
+        elif per_image_text:
+            text_emb = adapter.encode_text(ids.repeat(batch, 1))
             cosine, logits = _paired_scores(image_emb, text_emb, adapter.logit_scale())
         else:
+            text_emb = adapter.encode_text(ids)
             cosine, logits = scores_from_embeddings(image_emb, text_emb, adapter.logit_scale())
         image_recorder.check_recorded()
         text_recorder.check_recorded()

@@ -16,6 +16,7 @@ import torch
 
 from .adapters import adapt, scores_from_embeddings
 from .explanation import clean_prompts, image_list
+from .forms import explaining
 from .preprocess import load_image, preprocess_image
 
 
@@ -64,7 +65,7 @@ def classify(model, image, prompts):
     images, single = image_list(image)
     ids = adapter.tokenize(prompt_list).to(adapter.device)
     pixels = torch.stack([preprocess_image(load_image(i), adapter.input_resolution)[0] for i in images])
-    with torch.no_grad():
+    with explaining(adapter.model), torch.no_grad():  # as explain() sees the model (autocast, compiled, ...)
         image_emb = adapter.encode_image(pixels.to(adapter.device, adapter.dtype))
         text_emb = adapter.encode_text(ids)
         cosine, logits = scores_from_embeddings(image_emb, text_emb, adapter.logit_scale())

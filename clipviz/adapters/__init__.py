@@ -9,6 +9,7 @@ built-in adapter serves clipviz's own models and anything with OpenAI's module l
 import torch
 
 from ..errors import ClipvizError
+from ..forms import check_materialised, unwrap
 
 _FAMILIES = []  # (matches(model) -> bool, adapter class)
 
@@ -19,14 +20,23 @@ def register_family(matches, adapter_class):
 
 
 def adapt(model):
-    """The adapter for ``model`` (an adapter passes through unchanged)."""
+    """The adapter for ``model`` (an adapter passes through unchanged).
+
+    Wrappers (DataParallel, DistributedDataParallel, torch.compile) are seen through, see
+    clipviz.forms; an image tower alone gets a ``TowerAdapter`` (gradient-free methods only).
+    """
     if isinstance(model, ClipAdapter):
         return model
+    model = unwrap(model)
+    check_materialised(model)
     for matches, adapter_class in _FAMILIES:
         if matches(model):
             return adapter_class(model)
     if hasattr(model, "visual") and hasattr(model, "encode_text") and hasattr(model, "logit_scale"):
         return ClipAdapter(model)
+    from .tower import TowerAdapter, is_image_tower
+    if is_image_tower(model):
+        return TowerAdapter(model)
     raise ClipvizError(
         f"clipviz cannot explain a {type(model).__name__}: pass a model from clipviz.load() "
         "(official names, checkpoint paths, 'openclip:...' or 'hf:...' specs)")
@@ -43,9 +53,9 @@ class ClipAdapter:
 
     def __init__(self, model):
         self.model = model
-        visual = model.visual
+        visual = unwrap(model.visual)
         self.image_encoder = visual
-        self.text_encoder = model.transformer
+        self.text_encoder = unwrap(model.transformer)
         self.family = "vit" if hasattr(visual, "transformer") else "resnet"
         self.input_resolution = _resolution(visual)
         if self.family == "vit":
@@ -55,7 +65,7 @@ class ClipAdapter:
         else:
             self.patch_grid = self.input_resolution // 32
             self.num_layers = 1  # the last stage
-        self.text_layers = len(model.transformer.resblocks)
+        self.text_layers = len(self.text_encoder.resblocks)
         self.context_length = getattr(model, "context_length", 77)
 
     @property
@@ -64,7 +74,7 @@ class ClipAdapter:
 
     @property
     def dtype(self):
-        return next(self.model.visual.parameters()).dtype
+        return next(self.image_encoder.parameters()).dtype
 
     family_name = "this model"  # how errors name the model family
     vocab_size = 49408  # CLIP's BPE; families read their text tower's own size
@@ -107,7 +117,7 @@ class ClipAdapter:
     def image_head(self, tokens):
         """The ViT's head on a token: ln_post, then proj. [..., D] → [..., E] (LeGrad reads block
         outputs through it)."""
-        visual = self.model.visual
+        visual = self.image_encoder
         return visual.ln_post(tokens) @ visual.proj
 
 
@@ -152,8 +162,10 @@ def _library(model):
 
 
 # matched by the model class's home, so that matching imports neither open_clip nor transformers
-register_family(lambda model: _library(model) == "open_clip", _optional_family(".openclip", "OpenClipAdapter"))
-register_family(lambda model: _library(model) == "transformers" and hasattr(model, "vision_model"),
+register_family(lambda model: _library(model) == "open_clip" and hasattr(model, "visual"),
+                _optional_family(".openclip", "OpenClipAdapter"))
+register_family(lambda model: _library(model) == "transformers" and hasattr(model, "vision_model")
+                and hasattr(model, "text_model"),
                 _optional_family(".huggingface", "HuggingFaceAdapter"))
 
 

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 import torch
 
 from ..errors import ClipvizError
+from ..forms import unwrap
 from ..hooks import AttentionLayout, register_layout
 from . import ClipAdapter, import_extra
 
@@ -75,20 +76,16 @@ class HuggingFaceAdapter(ClipAdapter):
     def __init__(self, model):
         self.model = model
         vision, text = model.config.vision_config, model.config.text_config
-        self.image_encoder = model.vision_model
-        self.text_encoder = model.text_model
+        self.image_encoder = unwrap(model.vision_model)
+        self.text_encoder = unwrap(model.text_model)
         self.family = "vit"
         self.input_resolution = int(vision.image_size)
         self.patch_grid = self.input_resolution // int(vision.patch_size)
-        self.num_layers = len(model.vision_model.encoder.layers)
-        self.text_layers = len(model.text_model.encoder.layers)
+        self.num_layers = len(self.image_encoder.encoder.layers)
+        self.text_layers = len(self.text_encoder.encoder.layers)
         self.context_length = int(text.max_position_embeddings)
         self.vocab_size = int(text.vocab_size)
-        self.eos_token_id = getattr(model.text_model, "eos_token_id", text.eos_token_id)
-
-    @property
-    def dtype(self):
-        return next(self.model.vision_model.parameters()).dtype
+        self.eos_token_id = getattr(self.text_encoder, "eos_token_id", text.eos_token_id)
 
     def eot_positions(self, ids):
         """HF CLIPTextModel's pooling rule (argmax for eos_token_id == 2, else the first eos)."""
@@ -108,7 +105,7 @@ class HuggingFaceAdapter(ClipAdapter):
 
     def image_head(self, tokens):
         """post_layernorm, then visual_projection: [..., D] → [..., E]."""
-        return self.model.visual_projection(self.model.vision_model.post_layernorm(tokens))
+        return self.model.visual_projection(self.image_encoder.post_layernorm(tokens))
 
 
 def _features(output):

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ClipvizError
+from ..forms import unwrap
 from ..preprocess import MEAN, STD
 from . import ClipAdapter, import_extra
 
@@ -82,36 +83,20 @@ class OpenClipAdapter(ClipAdapter):
 
     def __init__(self, model):
         self.model = model
-        visual = model.visual
-        kind = type(visual).__name__
-        if kind == "VisionTransformer":
-            if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
-                raise ClipvizError(
-                    "this open_clip ViT pools its tokens by attentional or mean pooling, not the CLS token; "
-                    "clipviz explains CLS-pooled ViTs (CLIP, LAION, DataComp, MetaCLIP …) and ResNets")
-            self.family = "vit"
-            self.num_layers = len(visual.transformer.resblocks)
-        elif kind == "ModifiedResNet":
-            self.family = "resnet"
-            self.num_layers = 1  # the last stage
-        else:
-            raise ClipvizError(f"clipviz cannot explain open_clip's {kind} image tower (timm / Hugging Face towers); "
-                               "use a ViT or ModifiedResNet architecture")
+        visual = unwrap(model.visual)
+        self.family = tower_family(visual)
+        self.num_layers = len(visual.transformer.resblocks) if self.family == "vit" else 1  # ResNet: its last stage
         self.image_encoder = visual
-        self.input_resolution = _side(visual.image_size)
-        self.patch_grid = (self.input_resolution // _side(visual.patch_size) if self.family == "vit"
-                           else self.input_resolution // 32)
-        text = getattr(model, "text", None)
-        self.text_encoder = model.transformer if hasattr(model, "transformer") else getattr(text, "transformer", None)
+        self.input_resolution, self.patch_grid = tower_geometry(visual, self.family)
+        text = unwrap(getattr(model, "text", None))
+        self.text_encoder = unwrap(model.transformer if hasattr(model, "transformer") else getattr(text, "transformer", None))
         self.text_layers = len(self.text_encoder.resblocks) if self.text_encoder is not None else 0
         self.context_length = model.context_length
         self.vocab_size = model.vocab_size
         owner = model if hasattr(model, "text_pool_type") else text
         self.text_pool = getattr(owner, "text_pool_type", None) or getattr(owner, "pool_type", "argmax")
         self.eos_id = getattr(owner, "text_eos_id", None) or getattr(owner, "eos_id", None)
-        cfg = getattr(visual, "preprocess_cfg", None) or {}
-        self.pixel_mean = tuple(cfg.get("mean", MEAN))
-        self.pixel_std = tuple(cfg.get("std", STD))
+        self.pixel_mean, self.pixel_std = pixel_statistics(visual)
 
     def eot_positions(self, ids):
         """The token the text tower pools: EOT by argmax, the first eos id, or first/last position."""
@@ -130,7 +115,7 @@ class OpenClipAdapter(ClipAdapter):
 
     def image_head(self, tokens):
         """What the image tower does to its pooled token: ln_post, then proj. [..., D] → [..., E]."""
-        visual = self.model.visual
+        visual = self.image_encoder
         out = visual.ln_post(tokens)
         return out if visual.proj is None else out @ visual.proj
 
@@ -144,5 +129,40 @@ def renormalise(pixels, mean, std):
     return (raw - torch.tensor(mean, **view).view(3, 1, 1)) / torch.tensor(std, **view).view(3, 1, 1)
 
 
-def _side(size):
-    return int(size[0] if isinstance(size, (tuple, list)) else size)
+def tower_family(visual):
+    """"vit" or "resnet" for an open_clip image tower clipviz can explain; a ClipvizError otherwise."""
+    kind = type(visual).__name__
+    if kind == "VisionTransformer":
+        if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
+            raise ClipvizError(
+                "this open_clip ViT pools its tokens by attentional or mean pooling, not the CLS token; "
+                "clipviz explains CLS-pooled ViTs (CLIP, LAION, DataComp, MetaCLIP …) and ResNets")
+        return "vit"
+    if kind == "ModifiedResNet":
+        return "resnet"
+    raise ClipvizError(f"clipviz cannot explain open_clip's {kind} image tower (timm / Hugging Face towers); "
+                       "use a ViT or ModifiedResNet architecture")
+
+
+def pixel_statistics(visual):
+    """(mean, std) the tower's checkpoint was trained with (CLIP's when it does not say)."""
+    cfg = getattr(visual, "preprocess_cfg", None) or {}
+    return tuple(cfg.get("mean", MEAN)), tuple(cfg.get("std", STD))
+
+
+def tower_geometry(visual, family):
+    """(input side S, patch grid g) of an open_clip image tower; a ClipvizError for a tower whose
+    input or patch grid is not square (clipviz's crops, maps and methods are g × g)."""
+    size = _pair(visual.image_size)
+    patch = _pair(visual.patch_size) if family == "vit" else (32, 32)
+    grid = (size[0] // patch[0], size[1] // patch[1])
+    if size[0] != size[1] or grid[0] != grid[1]:
+        raise ClipvizError(
+            f"this open_clip image tower is not square (input {size[0]}×{size[1]}, patch grid {grid[0]}×{grid[1]}); "
+            "clipviz explains square inputs with a square patch grid: build the tower with a square image_size "
+            "and patch_size")
+    return size[0], grid[0]
+
+
+def _pair(size):
+    return tuple(int(s) for s in size) if isinstance(size, (tuple, list)) else (int(size), int(size))

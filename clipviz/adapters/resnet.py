@@ -66,26 +66,31 @@ class ResNetRecorder:
 
     def backward(self, score, slot, retain_graph=True, layers=None):
         """∂score/∂F kept under ``slot`` (images are independent: one backward serves the batch)."""
-        self.feature_grads[slot] = torch.autograd.grad(score, self.features, retain_graph=retain_graph)[0]
+        self.feature_grads[slot] = torch.autograd.grad(score, self.features, retain_graph=retain_graph)[0].float()
 
     def collect(self, records):
-        """Put what ``needs`` asked for into ``records`` (features as [B, hw, C])."""
+        """Put what ``needs`` asked for into ``records`` (features as [B, hw, C], fp32: maps accumulate in fp32)."""
         if self.needs.features:
-            records.features = _positions_last(self.features.detach())
+            records.features = _positions_last(self.features.detach().float())
             records.feature_grads = {t: _positions_last(g) for t, g in self.feature_grads.items()}
         if self.needs.pool:
             records.pool_probs = self.probs
 
 
 def pool_attention(pool, features):
-    """AttentionPool2d's query(mean token)→position probabilities: [B, C, h, w] → [B, H, 1, 1 + hw]."""
-    tokens = features.flatten(start_dim=2).transpose(1, 2)  # [B, hw, C]
+    """AttentionPool2d's query(mean token)→position probabilities: [B, C, h, w] → [B, H, 1, 1 + hw],
+    computed in fp32 whatever the model's dtype (an fp16/bf16 softmax over near-equal logits is flat)."""
+    tokens = features.float().flatten(start_dim=2).transpose(1, 2)  # [B, hw, C]
     tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
-    tokens = tokens + pool.positional_embedding.to(tokens.dtype)
+    tokens = tokens + pool.positional_embedding.float()
     batch, count, width = tokens.shape
     heads = pool.num_heads
-    query = pool.q_proj(tokens[:, :1]).reshape(batch, 1, heads, width // heads).transpose(1, 2)
-    keys = pool.k_proj(tokens).reshape(batch, count, heads, width // heads).transpose(1, 2)
+
+    def project(linear, x):
+        return torch.nn.functional.linear(x, linear.weight.float(), None if linear.bias is None else linear.bias.float())
+
+    query = project(pool.q_proj, tokens[:, :1]).reshape(batch, 1, heads, width // heads).transpose(1, 2)
+    keys = project(pool.k_proj, tokens).reshape(batch, count, heads, width // heads).transpose(1, 2)
     return (query @ keys.transpose(-1, -2) / math.sqrt(width // heads)).softmax(dim=-1)
 
 
