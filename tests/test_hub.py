@@ -67,7 +67,7 @@ def test_register_model_adds_a_name_and_checks_its_arguments(registry):
         hub.register_model("mine", url="https://example.com/weights/mine.pt")
     with pytest.raises(ClipvizError, match="not a SHA256 digest"):
         hub.register_model("mine", url="https://example.com/mine.pt", sha256="abc")
-    with pytest.raises(ClipvizError, match="url to download from or a path"):
+    with pytest.raises(ClipvizError, match="url to download from, a path or mirrors"):
         hub.register_model("mine")
     with pytest.raises(ClipvizError, match="must not|does not start"):
         hub.register_model("hf:mine", path="x.pt")
@@ -153,7 +153,7 @@ def tiny_modules(monkeypatch):
     checkpoint's dtype (as OpenAI's build_model keeps fp16); Preprocess records its size."""
     built = []
 
-    def build_model(state_dict):
+    def build_model(state_dict, activation="quick_gelu"):
         model = TinyClip().to(next(iter(state_dict.values())).dtype)
         model.load_state_dict(state_dict, strict=True)
         built.append(model)
