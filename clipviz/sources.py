@@ -153,26 +153,6 @@ def openai_cache_dir() -> Path:
 
 # ----------------------------------------------------------------------------- local sources
 
-class BundledFile:
-    """A checkpoint shipped inside the package (SHA256 pinned by the registry)."""
-
-    label, local, owned, layout = "bundled", True, False, "openai"
-
-    def __init__(self, path: Path, sha256: str | None):
-        self.path, self.sha256 = path, sha256
-        self.location = str(path)
-
-    def present(self) -> bool:
-        return self.path.is_file()
-
-    def get(self, progress: bool) -> Path:
-        if not self.path.is_file():
-            raise ClipvizError("missing; reinstall clipviz")
-        if self.sha256 is not None and file_sha256(self.path) != self.sha256:
-            raise ClipvizError(f"damaged (its SHA256 is not {self.sha256}); reinstall clipviz")
-        return self.path
-
-
 class CachedFile:
     """A file already on this machine, checked against ``sha256``.
 
@@ -212,6 +192,20 @@ class CachedFile:
         for stale in (path, _record_path(path)):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
+
+
+class BundledFile(CachedFile):
+    """A checkpoint shipped inside the package (SHA256 pinned by the registry)."""
+
+    def __init__(self, path: Path, sha256: str | None):
+        super().__init__("bundled", path, sha256)
+
+    def get(self, progress: bool) -> Path:
+        if not self.path.is_file():
+            raise ClipvizError("missing; reinstall clipviz")
+        if self.sha256 is not None and file_sha256(self.path) != self.sha256:
+            raise ClipvizError(f"damaged (its SHA256 is not {self.sha256}); reinstall clipviz")
+        return self.path
 
 
 class HubCacheFile:

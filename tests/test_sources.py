@@ -76,10 +76,10 @@ def places(tmp_path, monkeypatch, server):
     home, cache, hf_cache = tmp_path / "home", tmp_path / "cache", tmp_path / "hf"
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("CLIPVIZ_CACHE", str(cache))
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setattr(hf_constants, "ENDPOINT", server.url)
+    monkeypatch.setenv("HF_ENDPOINT", server.base)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", server.base)
     monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                        server.url + "/{repo_id}/resolve/{revision}/{filename}")
+                        server.base + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hf_cache))
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     return SimpleNamespace(home=home, cache=cache, hf_cache=hf_cache, openai=home / ".cache" / "clip")
@@ -105,7 +105,7 @@ def register_tiny(monkeypatch, server, archive, mirrors=(Mirror(REPO, FILE),)):
     """"tiny" as an official name: OpenAI's archive digest pinned, its URL dead, ``mirrors``."""
     monkeypatch.setitem(model_module.OFFICIAL_CONFIGS, "tiny", TINY_VIT)
     digest = sha256(archive.read_bytes())
-    entry = hub.ModelEntry("tiny", f"{server.url}/clip/models/{digest}/tiny.pt", digest, None, "test",
+    entry = hub.ModelEntry("tiny", f"{server.base}/clip/models/{digest}/tiny.pt", digest, None, "test",
                            architecture="tiny", mirrors=tuple(mirrors))
     monkeypatch.setitem(hub._MODELS, "tiny", entry)
     return entry
@@ -123,8 +123,8 @@ def test_fresh_cache_uses_the_mirror_shows_progress_verifies_and_equals_the_open
 
     err = capfd.readouterr().err
     assert FILE in err and "100%" in err  # huggingface_hub's progress bar
-    requests = [f"{method} {path}" for method, path in server.requests]
-    dead, mirror = f"GET {entry.url[len(server.url):]}", f"GET /{REPO}/resolve/{COMMIT}/{FILE}"
+    requests = [f"{method} {path}" for method, path in server.calls]
+    dead, mirror = f"GET {entry.url[len(server.base):]}", f"GET /{REPO}/resolve/{COMMIT}/{FILE}"
     assert dead in requests and mirror in requests and requests.index(dead) < requests.index(mirror)
     kept = places.cache / "hf" / REPO / FILE
     assert kept.read_bytes() == data
@@ -135,9 +135,9 @@ def test_fresh_cache_uses_the_mirror_shows_progress_verifies_and_equals_the_open
     assert preprocess.size == 64
     assert_same_outputs(model, reference, 1e-6)
 
-    server.requests.clear()
+    server.calls.clear()
     again, _ = clipviz.load("tiny", device="cpu")
-    assert server.requests == []  # the verified file in clipviz's cache, no network
+    assert server.calls == []  # the verified file in clipviz's cache, no network
     assert_same_outputs(again, reference, 1e-6)
 
 
@@ -149,7 +149,7 @@ def test_existing_openai_clip_cache_archive_is_used_without_network(places, serv
 
     model, _ = clipviz.load("tiny", device="cpu")
 
-    assert server.requests == []
+    assert server.calls == []
     assert files_under(places.cache) == []  # read in place, not copied
     assert_same_outputs(model, tiny, 1e-6)
 
@@ -170,12 +170,12 @@ def test_hugging_face_cache_is_used_offline(places, server, monkeypatch, archive
 
     cached = Path(huggingface_hub.hf_hub_download(REPO, FILE))  # as open_clip would have left it
     assert cached.resolve().name == sha256(data)  # the cache names blobs by the Hub's SHA256
-    server.requests.clear()
+    server.calls.clear()
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
 
     model, _ = clipviz.load("tiny", device="cpu")
 
-    assert server.requests == [] and files_under(places.cache) == []
+    assert server.calls == [] and files_under(places.cache) == []
     assert_same_outputs(model, tiny, 1e-6)
 
     found = locate(hub.model_info("tiny"))
@@ -194,7 +194,7 @@ def test_corrupted_mirror_file_is_refused_and_nothing_is_left(places, server, mo
         clipviz.load("tiny", device="cpu")
 
     message = str(error.value)
-    assert f"Hugging Face Hub {server.url}/{REPO}/resolve/main/{FILE}: the received file has SHA256 " \
+    assert f"Hugging Face Hub {server.base}/{REPO}/resolve/main/{FILE}: the received file has SHA256 " \
            f"{sha256(bytes(flipped))}, not {sha256(data)}" in message
     assert files_under(places.cache) == []
 
@@ -223,7 +223,7 @@ def test_real_vit_b32_registry_entry_through_its_pinned_mirror(places, server, m
                                                                tiny, tmp_path):
     entry = hub.model_info("ViT-B/32")
     monkeypatch.setitem(hub._MODELS, "ViT-B/32", dataclasses.replace(
-        entry, url=f"{server.url}/clip/models/{entry.sha256}/ViT-B-32.pt"))
+        entry, url=f"{server.base}/clip/models/{entry.sha256}/ViT-B-32.pt"))
     timm, transformers = entry.mirrors
     assert (timm.repo_id, timm.filename, transformers.layout) == \
         ("timm/vit_base_patch32_clip_224.openai", FILE, "transformers")
@@ -262,8 +262,8 @@ def test_offline_gives_one_message_naming_every_source_and_the_manual_step(place
         f"(3) openai/clip cache {places.openai / 'tiny.pt'}: not there",
         f"(4) Hugging Face cache {REPO}/{FILE}: not there",
         f"(5) URL {entry.url}: could not download {entry.url}: the server answered HTTP 404",
-        f"(6) Hugging Face Hub {server.url}/{REPO}/resolve/main/{FILE}: offline (HF_HUB_OFFLINE is set)",
-        f"By hand: download {server.url}/{REPO}/resolve/main/{FILE} and save it as "
+        f"(6) Hugging Face Hub {server.base}/{REPO}/resolve/main/{FILE}: offline (HF_HUB_OFFLINE is set)",
+        f"By hand: download {server.base}/{REPO}/resolve/main/{FILE} and save it as "
         f"{places.cache / 'hf' / REPO / FILE} or put OpenAI's tiny.pt (SHA256 {entry.sha256}) in {places.cache}/",
     ]
     for part in expected:
@@ -301,11 +301,11 @@ def test_download_command_through_hf_endpoint_in_a_fresh_process(server, archive
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from conftest import TINY_VIT
         model.OFFICIAL_CONFIGS["tiny"] = TINY_VIT
-        hub.register_model("tiny", url="{server.url}/clip/models/{digest}/tiny.pt", architecture="tiny",
+        hub.register_model("tiny", url="{server.base}/clip/models/{digest}/tiny.pt", architecture="tiny",
                            mirrors=[Mirror({REPO!r}, {FILE!r})])
         sys.exit(cli.main(["download", "tiny"]))
     """)
-    env = dict(os.environ, HF_ENDPOINT=server.url, HF_HUB_CACHE=str(tmp_path / "hf"),
+    env = dict(os.environ, HF_ENDPOINT=server.base, HF_HUB_CACHE=str(tmp_path / "hf"),
                CLIPVIZ_CACHE=str(tmp_path / "cache"), HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1")
     env.pop("HF_HUB_OFFLINE", None)
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
