@@ -262,14 +262,16 @@ def _weights(name_or_path, download_root, activation):
 
 
 def fetch(name: str, download_root: str | os.PathLike | None = None, progress: bool = True):
-    """Make a registered model's weights local without building it (``clipviz download``).
+    """Put a registered model's checked weights into clipviz's cache without building it
+    (``clipviz download``); a file found in openai/clip's or the Hugging Face cache is copied
+    there, so the cache folder alone serves offline machines.
 
-    Returns the ``clipviz.sources.Fetched`` record: ``path`` of the checked file and the
+    Returns the ``clipviz.sources.Fetched`` record: ``path`` of the file in the cache and the
     ``source`` it came from. Raises ClipvizError as ``load`` does.
     """
     from .sources import fetch_weights
 
-    return fetch_weights(model_info(name), download_root, progress=progress)
+    return fetch_weights(model_info(name), download_root, progress=progress, keep=True)
 
 
 def _load_with_adapter(spec: str, device):

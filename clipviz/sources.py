@@ -74,12 +74,14 @@ class Fetched:
     source: object
 
 
-def fetch_weights(entry, root=None, progress: bool = True) -> Fetched:
+def fetch_weights(entry, root=None, progress: bool = True, keep: bool = False) -> Fetched:
     """The weights of registry entry ``entry`` from the first source that has the right ones.
 
     root: clipviz's cache folder (default ``cache_dir()``). progress: show download progress
-    bars on stderr. Raises ClipvizError listing every source tried and why it failed, and the
-    file to put where by hand.
+    bars on stderr. keep: a file found in another tool's cache (openai/clip's, Hugging Face's) is
+    copied into clipviz's, so that copying clipviz's cache folder carries it (``clipviz
+    download``). Raises ClipvizError listing every source tried and why it failed, and the file
+    to put where by hand.
     """
     failures = []
     for source in sources(entry, root):
@@ -89,7 +91,10 @@ def fetch_weights(entry, root=None, progress: bool = True) -> Fetched:
             failures.append((source, str(error)))
             continue
         try:
-            return Fetched(checked_weights(path, source.layout, entry.architecture), path, source)
+            state_dict = checked_weights(path, source.layout, entry.architecture)
+            if keep and hasattr(source, "copy_into"):
+                path = source.copy_into(Path(root).expanduser() if root is not None else cache_dir())
+            return Fetched(state_dict, path, source)
         except ClipvizError as error:
             if source.owned:  # never keep a file that is not this model
                 source.discard(path)
@@ -193,6 +198,10 @@ class CachedFile:
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
 
+    def copy_into(self, root: Path) -> Path:
+        """openai/clip's archive copied to ``<root>/<file>``, where clipviz's cache looks first."""
+        return self.path if self.owned else _copy(self.path, root / self.path.name)
+
 
 class BundledFile(CachedFile):
     """A checkpoint shipped inside the package (SHA256 pinned by the registry)."""
@@ -207,6 +216,9 @@ class BundledFile(CachedFile):
             raise ClipvizError(f"damaged (its SHA256 is not {self.sha256}); reinstall clipviz")
         return self.path
 
+    def copy_into(self, root: Path) -> Path:
+        return self.path  # package data travels with the install
+
 
 class HubCacheFile:
     """A mirror file already in the Hugging Face cache, found without network through
@@ -216,7 +228,7 @@ class HubCacheFile:
     label, local, owned = "Hugging Face cache", True, False
 
     def __init__(self, mirror: Mirror):
-        self.mirror, self.layout = mirror, mirror.layout
+        self.mirror, self.layout, self.verified = mirror, mirror.layout, None
         self.location = f"{mirror.repo_id}/{mirror.filename}"
 
     def _cached(self):
@@ -240,7 +252,15 @@ class HubCacheFile:
         expected = self.mirror.sha256 or (blob if SHA256_PATTERN.fullmatch(blob) else None)
         if expected is not None and file_sha256(path) != expected:
             raise ClipvizError(f"{path} does not have SHA256 {expected} (damaged); left as it is")
+        self.verified = expected
         return path
+
+    def copy_into(self, root: Path) -> Path:
+        """The file copied to clipviz's mirror path, with the digest it was checked against."""
+        target = _copy(self._cached(), mirror_path(root, self.mirror))
+        if self.verified:
+            _record_path(target).write_text(self.verified + "\n")
+        return target
 
 
 # ----------------------------------------------------------------------------- downloads
@@ -360,6 +380,21 @@ def _hub_reason(error: Exception) -> str:
     status = getattr(getattr(error, "response", None), "status_code", None)
     first = str(error).strip().split("\n")[0][:200]
     return f"{name}{f' (HTTP {status})' if status else ''}: {first}"
+
+
+def _copy(source: Path, target: Path) -> Path:
+    """Copy ``source`` to ``target`` through a temporary file beside it, renamed in one step."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.copy")
+    try:
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise ClipvizError(f"could not copy {source} into {target.parent} ({error}); free some space "
+                           "or set CLIPVIZ_CACHE to another folder") from error
+    return target
 
 
 def _record_path(path: Path) -> Path:

@@ -153,6 +153,12 @@ def test_existing_openai_clip_cache_archive_is_used_without_network(places, serv
     assert files_under(places.cache) == []  # read in place, not copied
     assert_same_outputs(model, tiny, 1e-6)
 
+    fetched = hub.fetch("tiny", progress=False)  # `clipviz download`: into clipviz's cache
+    assert fetched.path == places.cache / "tiny.pt" and fetched.source.label == "openai/clip cache"
+    assert fetched.path.read_bytes() == archive.read_bytes() and server.calls == []
+    assert locate(hub.model_info("tiny")).label == "clipviz cache"
+    fetched.path.unlink()
+
     damaged = bytearray(archive.read_bytes())
     damaged[len(damaged) // 2] ^= 1
     (places.openai / "tiny.pt").write_bytes(bytes(damaged))
@@ -178,8 +184,12 @@ def test_hugging_face_cache_is_used_offline(places, server, monkeypatch, archive
     assert server.calls == [] and files_under(places.cache) == []
     assert_same_outputs(model, tiny, 1e-6)
 
-    found = locate(hub.model_info("tiny"))
-    assert found.label == "Hugging Face cache"
+    assert locate(hub.model_info("tiny")).label == "Hugging Face cache"
+    fetched = hub.fetch("tiny", progress=False)  # `clipviz download` copies it into clipviz's cache
+    kept = places.cache / "hf" / REPO / FILE
+    assert fetched.path == kept and kept.read_bytes() == data and server.calls == []
+    assert (kept.parent / f"{FILE}.sha256").read_text().strip() == sha256(data)
+    assert locate(hub.model_info("tiny")).label == "clipviz cache"
 
 
 def test_corrupted_mirror_file_is_refused_and_nothing_is_left(places, server, monkeypatch, archive,
