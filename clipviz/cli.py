@@ -1,4 +1,4 @@
-"""The ``clipviz`` command: explain, classify, models, demo, bench.
+"""The ``clipviz`` command: explain, classify, models, download, demo, bench.
 
 Exit status: 0 success; 1 some images of a run failed (listed at the end) or an unexpected
 error (please report it); 2 a usage error a user can fix (bad path, not an image, unknown model
@@ -19,6 +19,7 @@ import re
 import sys
 import tempfile
 import unicodedata
+import warnings
 from pathlib import Path
 
 from .errors import ClipvizError
@@ -26,6 +27,8 @@ from .errors import ClipvizError
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_MODEL = "synth-vit-t16"
 DEFAULT_OUT = "clipviz-out"
+# keep in step with clipviz.methods.DEFAULT_METHODS (not imported here: --help stays cheap)
+DEFAULT_METHOD_HELP = "relevance for ViT models, gradcam for ResNet ones (RN50 ...)"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
                   ".pbm", ".pnm", ".jfif", ".jpe", ".ico", ".tga")
 FIGURE_FORMATS = ("png", "pdf", "svg")
@@ -41,6 +44,7 @@ examples:
   clipviz explain dog.jpg "a dog" --layers --heads  also a strip per block and a grid per head
   clipviz classify cat.jpg "a diagram" "a dog" "a cat"
   clipviz models
+  clipviz download ViT-B/16 RN50                     fetch weights now, for offline use
   clipviz demo --out demo.png
 """
 
@@ -78,7 +82,10 @@ def main(argv=None):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     debug = getattr(args, "debug", False) or os.environ.get("CLIPVIZ_DEBUG") == "1"
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():  # restores Python's printer when main() returns
+            if not debug:
+                warnings.showwarning = _warning_line
+            return args.handler(args)
     except ClipvizError as error:
         if debug:
             import traceback
@@ -110,6 +117,11 @@ def _error_line(message):
     print(f"clipviz: error: {_one_line(message)}", file=sys.stderr)
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None):
+    """Warnings as one ``clipviz: warning: ...`` line, without Python's file and line."""
+    print(f"clipviz: warning: {_one_line(message)}", file=sys.stderr)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors on one line (exit 2), like every other user error."""
 
@@ -139,8 +151,8 @@ def build_parser():
     explain = command("explain", "heatmaps of what the model looked at for each prompt", EXPLAIN_HELP)
     _add_inputs(explain)
     _add_model(explain)
-    explain.add_argument("--method", default="relevance", help="explanation method: relevance (default), "
-                         "rollout, attention, gradcam (see clipviz.available_methods())")
+    explain.add_argument("--method", help=f"explanation method: relevance, rollout, attention, gradcam, ... "
+                         f"(see clipviz.available_methods()); default {DEFAULT_METHOD_HELP}")
     explain.add_argument("--against", metavar="PROMPT", help="contrastive: explain S(prompt) - S(PROMPT)")
     explain.add_argument("--start-layer", type=int, help="first block the method uses (relevance: -1 = last)")
     explain.add_argument("--out", help=f"output folder (default ./{DEFAULT_OUT}) or one figure file "
@@ -164,9 +176,18 @@ def build_parser():
     classify.add_argument("--json", action="store_true", help="machine-readable results on stdout")
     classify.set_defaults(handler=run_classify)
 
-    models = command("models", "list the registered model names (cached or bundled ones marked)")
+    models = command("models", "list the registered names: present on this machine or not, and from where")
     models.add_argument("--json", action="store_true", help="machine-readable list on stdout")
     models.set_defaults(handler=run_models)
+
+    download = command("download", "fetch models' weights ahead of time (for offline machines, clusters)",
+                       "Fetch and check the weights of registered models into clipviz's cache "
+                       "($CLIPVIZ_CACHE, default ~/.cache/clipviz), trying the same sources as a load: "
+                       "local caches, OpenAI's URL, the Hugging Face Hub mirrors. Copy the cache folder "
+                       "to a machine without internet and 'clipviz explain --model NAME' works there.")
+    download.add_argument("names", nargs="+", metavar="NAME", help="registered model names (see 'clipviz models')")
+    download.add_argument("--quiet", action="store_true", help="no progress bars")
+    download.set_defaults(handler=run_download)
 
     demo = command("demo", "draw an explanation of a synthetic scene, offline",
                    f"Draw a figure offline: the project's small model ({DEFAULT_MODEL}) on a generated "
@@ -174,7 +195,7 @@ def build_parser():
                    "lands on the named object.")
     _add_model(demo)
     demo.add_argument("--seed", type=int, default=0, help="which scene (default 0)")
-    demo.add_argument("--method", default="relevance", help="explanation method (default relevance)")
+    demo.add_argument("--method", help=f"explanation method (default {DEFAULT_METHOD_HELP})")
     demo.add_argument("--out", default="clipviz-demo.png", help="figure file .png/.pdf/.svg (default clipviz-demo.png)")
     demo.add_argument("--dpi", type=_dpi, default=150, help="figure resolution (default 150)")
     demo.add_argument("--force", action="store_true", help="replace an existing output file")
@@ -197,6 +218,11 @@ def _add_model(sub):
     sub.add_argument("--model", help=f"registered name, checkpoint path, 'openclip:...' or 'hf:...' "
                      f"(default: the bundled {DEFAULT_MODEL})")
     sub.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    sub.add_argument("--activation", choices=("quick_gelu", "gelu"), help="MLP activation the checkpoint "
+                     "was trained with: needed for a plain open_clip checkpoint file trained with GELU "
+                     "(LAION, DataComp, ...: --activation gelu). Default: QuickGELU for OpenAI's models, "
+                     "detected from an open_clip_config.json / config.json beside a file, else QuickGELU "
+                     "with a warning")
 
 
 def _add_output_flags(sub):
@@ -300,11 +326,11 @@ def check_prompts(prompts):
     tokenize(prompts)
 
 
-def load_model(name, device):
+def load_model(name, device, activation=None):
     """The model for a name from ``model_name``, through clipviz.hub.load."""
     from .hub import load
 
-    return load(name, device=device)[0]
+    return load(name, device=device, activation=activation)[0]
 
 
 # ----------------------------------------------------------------------------- output names and safe writes
@@ -463,23 +489,19 @@ def run_explain(args):
     name = model_name(args.model)
     from .methods import available_methods, get_method
 
-    if args.method not in available_methods():
+    if args.method is not None and args.method not in available_methods():
         get_method(args.method)  # the registry's error, before anything heavy is imported
     plan = OutputPlan(args.out, images, prompts, args.format, args.figure, args.layers, args.heads, args.force,
                       args.against)
     plan.check(len(images))
 
-    module = get_method(args.method)
-    options = {}
-    if args.start_layer is not None:
-        options["start_layer"] = args.start_layer
-    elif args.layers and "start_layer" in _parameters(module.needs):
-        options["start_layer"] = 0  # a strip needs every block
-    from .explanation import check_options, explain
-
-    check_options(module, args.method, options)
+    options = _method_options(args) if args.method is not None else None  # checked before loading
     check_prompts(prompts + ([args.against] if args.against else []))
-    model = load_model(name, args.device)
+    model = load_model(name, args.device, args.activation)
+    if options is None:
+        args.method = _default_method(model)
+        options = _method_options(args)
+    from .explanation import explain
 
     progress = Progress(len(images), enabled=len(images) > 1 and not args.quiet and sys.stderr.isatty())
     results, failures, written = [], [], []
@@ -513,6 +535,27 @@ def run_explain(args):
     elif show and len(images) > 1:
         print(f"{len(written)} files written to {plan.folder}/ ({len(images) - len(failures)} of {len(images)} images)")
     return _report_failures(failures, len(images))
+
+
+def _method_options(args):
+    """The method's options from the flags (``--start-layer``, ``--layers``), checked."""
+    from .explanation import check_options
+    from .methods import get_method
+
+    module = get_method(args.method)
+    options = {}
+    if args.start_layer is not None:
+        options["start_layer"] = args.start_layer
+    elif args.layers and "start_layer" in _parameters(module.needs):
+        options["start_layer"] = 0  # a strip needs every block
+    check_options(module, args.method, options)
+    return options
+
+
+def _default_method(model):
+    from .methods import default_method
+
+    return default_method(model)
 
 
 def _same_failure_throughout(failures, index, count=5):
@@ -611,7 +654,7 @@ def run_classify(args):
     images, prompts = split_inputs(args.inputs, args.image, args.images, args.prompt)
     name = model_name(args.model)
     check_prompts(prompts)
-    model = load_model(name, args.device)
+    model = load_model(name, args.device, args.activation)
     from .zeroshot import classify
 
     results, failures = [], []
@@ -636,27 +679,53 @@ def run_classify(args):
 
 
 def run_models(args):
+    """Per registered name: whether its weights are on this machine, and where a load would take
+    them from (the first local source, else the downloads of clipviz.sources in order)."""
     from .hub import available_models, cache_dir, model_info
+    from .sources import locate, sources
 
     rows = []
     for name in available_models():
         entry = model_info(name)
-        if entry.path is not None and entry.path.is_file():
-            status = "bundled"
-        elif entry.url is not None and (cache_dir() / entry.url.rstrip("/").split("/")[-1]).is_file():
-            status = "cached"
+        found = locate(entry)
+        if found is not None:
+            status = "bundled" if found.label == "bundled" else "cached"
+            where = f"{found.label} {found.location}"
         else:
-            status = "download on first use" if entry.url else "missing"
-        rows.append({"name": name, "status": status, "description": entry.description})
+            downloads = [s for s in sources(entry) if not s.local]
+            status = "download on first use" if downloads else "missing"
+            where = ", then ".join(f"{s.label} {s.brief}" for s in downloads)
+        rows.append({"name": name, "status": status, "present": found is not None, "from": where,
+                     "description": entry.description})
     if args.json:
         json.dump({"models": rows, "cache_dir": str(cache_dir())}, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return EXIT_OK
     width = max(len(r["name"]) for r in rows)
     for r in rows:
-        print(f"{r['name']:<{width}}  {r['status']:<21}  {r['description']}")
-    print(f"\ncache: {cache_dir()}  (also: a checkpoint path, 'openclip:ARCH/PRETRAINED', 'hf:REPO_ID')")
+        print(f"{r['name']:<{width}}  {r['status']:<21}  {r['description']}\n{'':<{width}}  from: {r['from']}")
+    print(f"\ncache: {cache_dir()}  (also: a checkpoint path, 'openclip:ARCH/PRETRAINED', 'hf:REPO_ID'); "
+          "'clipviz download NAME' fetches ahead of time")
     return EXIT_OK
+
+
+def run_download(args):
+    """Fetch and check each named model's weights (progress bars on stderr), without building it;
+    a name that fails is reported and the others still run. Exit 2 when any failed."""
+    from .hub import fetch, model_info
+
+    for name in args.names:
+        model_info(name)  # unknown names fail before any download
+    failed = 0
+    for name in args.names:
+        try:
+            fetched = fetch(name, progress=not args.quiet)
+        except ClipvizError as error:
+            _error_line(f"{name}: {error}")
+            failed += 1
+            continue
+        print(f"{name}: {fetched.path}  (from {fetched.source.label})")
+    return EXIT_USAGE if failed else EXIT_OK
 
 
 def run_demo(args):
@@ -666,7 +735,8 @@ def run_demo(args):
         raise ClipvizError(f"--out {out}: the demo writes a figure; end the name in .png, .pdf or .svg")
     _check_new(out, args.force)
     name = model_name(args.model)
-    model = load_model(name, args.device)
+    model = load_model(name, args.device, args.activation)
+    args.method = args.method or _default_method(model)
     from .explanation import explain
     from .synth import object_prompt, scene_from_index
 

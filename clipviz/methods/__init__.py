@@ -38,3 +38,15 @@ def get_method(name):
 def register(name, module_name, description, prompt_specific=True):
     """Register a method module living in this package (used by optional method families)."""
     _REGISTRY[name] = (module_name, description, prompt_specific)
+
+
+# The method used when none is named, per image-encoder family: relevance needs attention maps
+# inside the encoder, which only ViTs have; on ResNets Grad-CAM on the last stage works.
+DEFAULT_METHODS = {"vit": "relevance", "resnet": "gradcam"}
+
+
+def default_method(model):
+    """``DEFAULT_METHODS`` entry for the model's image encoder: "resnet" when it has CLIP's
+    attention pool (``visual.attnpool``, OpenAI's and open_clip's ModifiedResNet), else "vit"."""
+    family = "resnet" if hasattr(getattr(model, "visual", None), "attnpool") else "vit"
+    return DEFAULT_METHODS[family]
