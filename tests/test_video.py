@@ -8,11 +8,7 @@ independent OpenCV read of every file written.
 
 import csv
 import json
-import math
-import os
-import subprocess
-import sys
-from pathlib import Path
+import re
 
 import numpy as np
 import pytest
@@ -22,12 +18,13 @@ from PIL import Image
 cv2 = pytest.importorskip("cv2")
 
 import clipviz
-from clipviz import ClipvizError
-from clipviz.explanation import normalise_maps
+from clipviz import ClipvizError, video
+from clipviz.explanation import normalise_maps, peak_xy
 from clipviz.preprocess import map_to_photo
 from clipviz.synth import COLOURS, SceneObject, object_mask, object_prompt
-from clipviz import video
 from clipviz.video import ScoreCurve, explain_frames, explain_video, open_video, read_frames
+
+from test_cli import assert_user_error, run_cli  # `python -m clipviz` in a subprocess; exit 2, one line
 
 GREY = (128, 128, 128)
 RADIUS = 36.0
@@ -134,6 +131,20 @@ def test_frame_k_equals_explain_on_that_frame_saved_as_png(model, tmp_path):
         assert np.max(np.abs(result.probs[k] - alone.probs)) <= 1e-5
 
 
+def test_methods_and_against_are_those_of_images(model, tmp_path):
+    frames, _, _ = moving_object(3)
+    path = write_clip(tmp_path / "clip.avi", frames, fourcc="MJPG")
+    decoded = decoded_frames(path)
+    options = dict(method="gradeclip", against="a photo of a blue square")
+    result = explain_video(model, path, ["a photo of a red circle", "a photo of a red star"], **options)
+    for k, item in enumerate(explain_frames(model, path, ["a photo of a red circle", "a photo of a red star"],
+                                            **options)):
+        alone = clipviz.explain(model, decoded[k], ["a photo of a red circle", "a photo of a red star"], **options)
+        assert np.nanmax(np.abs(item.explanation.maps - alone.maps)) <= 1e-5
+        assert result.peaks[k].tolist() == [peak_xy(m) for m in alone.maps]
+    assert result.against == ["a photo of a blue square"] and result.method == "gradeclip"
+
+
 def test_truncated_file_explains_the_frames_that_decode_and_says_where_it_stopped(model, tmp_path):
     frames, _, _ = moving_object(30)
     full = write_clip(tmp_path / "full.avi", frames, fourcc="MJPG")
@@ -227,13 +238,8 @@ def test_every_fps_start_end_choose_the_hand_worked_frames(thirty_frames, kwargs
     ({"start": 3.5}, "past the end of the video (3.00 s)"),
 ])
 def test_bad_sampling_options_are_user_errors(thirty_frames, kwargs, words):
-    with pytest.raises(ClipvizError, match=re_escape(words)):
+    with pytest.raises(ClipvizError, match=re.escape(words)):
         sampled(thirty_frames, **kwargs)
-
-
-def re_escape(text):
-    import re
-    return re.escape(text)
 
 
 def test_smoothing_is_the_documented_ema_of_the_min_max_maps(model, tmp_path):
@@ -324,21 +330,6 @@ def test_score_curve_keeps_one_mean_per_column_and_doubles_its_window():
 
 
 # ----------------------------------------------------------------------------- command line
-
-def run_cli(*args, cwd):
-    environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    environment.pop("CLIPVIZ_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "clipviz", *map(str, args)], cwd=cwd, env=environment,
-                          capture_output=True, text=True, timeout=300)
-
-
-def assert_user_error(result, *words):
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("clipviz: error: "), result.stderr
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-
 
 def test_cli_explains_a_video_with_the_api_numbers(model, tmp_path):
     frames, _, _ = moving_object(8)
