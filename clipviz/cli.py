@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 
 from .errors import ClipvizError
+from .video_cli import add_video_arguments, is_video, run_video
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_MODEL = "synth-vit-t16"
@@ -42,6 +43,7 @@ examples:
   clipviz explain dog.jpg "a dog" --out dog.pdf     one titled figure (PDF, SVG or PNG)
   clipviz explain dog.jpg "a dog" --against "a cat" what makes it a dog rather than a cat
   clipviz explain dog.jpg "a dog" --layers --heads  also a strip per block and a grid per head
+  clipviz explain clip.mp4 "a ball" --every 5       overlay video per prompt + per-frame scores
   clipviz classify cat.jpg "a diagram" "a dog" "a cat"
   clipviz models
   clipviz download ViT-B/16 RN50                     fetch weights now, for offline use
@@ -166,6 +168,7 @@ def build_parser():
                          "(implies --start-layer 0 unless given)")
     explain.add_argument("--heads", action="store_true", help="also a grid of per-head maps per prompt")
     _add_output_flags(explain)
+    add_video_arguments(explain)
     explain.set_defaults(handler=run_explain)
 
     classify = command("classify", "zero-shot probabilities of the prompts for each image",
@@ -267,7 +270,7 @@ def split_inputs(positionals, images=(), folders=(), prompts=()):
     """
     named, texts = list(images), []
     for arg in positionals:
-        (named if os.path.isfile(arg) or looks_like_image(arg) else texts).append(arg)
+        (named if os.path.isfile(arg) or looks_like_image(arg) or is_video(arg) else texts).append(arg)
     texts += list(prompts)
     for path in named:
         if os.path.isdir(path):
@@ -486,6 +489,11 @@ class Progress:
 def run_explain(args):
     """Explain each image in turn, write its files, print its table; failures listed at the end."""
     images, prompts = split_inputs(args.inputs, args.image, args.images, args.prompt)
+    videos = [path for path in images if is_video(path)]
+    if videos:
+        if len(images) > 1:
+            raise ClipvizError(f"explain one video per run, without images ({len(images)} files given)")
+        return run_video(args, videos[0])
     name = model_name(args.model)
     from .methods import available_methods, get_method
 
