@@ -33,6 +33,7 @@ _EXPORTS = {
     "register_model": "hub",
     "AttentionRecorder": "hooks",
     "explain": "explanation",
+    "explain_video": "video",
     "Explanation": "explanation",
     "available_methods": "methods",
     "overlay": "render",

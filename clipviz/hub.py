@@ -5,9 +5,9 @@
     state_dict = read_checkpoint("ViT-B-16.pt")    # {name: Tensor}, OpenAI key names
 
 A registered name maps to a URL plus the SHA256 of the file behind it (OpenAI puts the digest in
-the URL itself), or to a file shipped inside the package. Fetching and caching live in
-``clipviz.cache``, reading weights (never code) in ``clipviz.checkpoints``; both are re-exported
-here.
+the URL itself), Hugging Face Hub mirrors of the same weights, or a file shipped inside the
+package. The order in which they are tried lives in ``clipviz.sources``, downloads in
+``clipviz.cache``, reading weights (never code) in ``clipviz.checkpoints``.
 
 torch and the model code are imported inside the functions that need them, so importing this
 module (the CLI's ``models`` command, the tokenizer's vocabulary download) stays cheap.
@@ -20,12 +20,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .activation import check_activation, detect_activation
 from .cache import SHA256_PATTERN, cache_dir, checked_sha256, download, file_sha256
 from .checkpoints import read_checkpoint
 from .errors import ClipvizError
+from .sources import Mirror
 
 __all__ = [
-    "ModelEntry", "available_models", "model_info", "register_model", "cache_dir",
+    "ModelEntry", "Mirror", "available_models", "model_info", "register_model", "cache_dir",
     "download", "read_checkpoint", "load", "WEIGHTS_DIR",
 ]
 
@@ -39,9 +41,13 @@ ADAPTER_PREFIXES = ("openclip:", "hf:")  # names handled by clipviz.adapters.loa
 class ModelEntry:
     """Where a registered model's weights come from.
 
-    url:    download location (the cache file is named after its last path component), or None.
-    sha256: expected digest of the file, 64 lowercase hex characters (None: not checked).
-    path:   a local file, tried before ``url`` (bundled package data), or None.
+    url:          download location (the cache file is named after its last path component), or None.
+    sha256:       expected digest of the file, 64 lowercase hex characters (None: not checked).
+    path:         a local file, tried before ``url`` (bundled package data), or None.
+    architecture: key of ``clipviz.model.OFFICIAL_CONFIGS`` every source's weights must match
+                  (None: any CLIP).
+    mirrors:      Hugging Face Hub copies of the same weights (``clipviz.sources.Mirror``).
+    activation:   the MLP activation the weights were trained with ("quick_gelu" or "gelu").
     """
 
     name: str
@@ -49,17 +55,24 @@ class ModelEntry:
     sha256: str | None
     path: Path | None
     description: str = ""
+    architecture: str | None = None
+    mirrors: tuple = ()
+    activation: str = "quick_gelu"
 
 
 _MODELS: dict[str, ModelEntry] = {}
 
 
 def register_model(name: str, *, url: str | None = None, sha256: str | None = None,
-                   path: str | os.PathLike | None = None, description: str = "") -> ModelEntry:
+                   path: str | os.PathLike | None = None, description: str = "",
+                   architecture: str | None = None, mirrors=(),
+                   activation: str = "quick_gelu") -> ModelEntry:
     """Make ``load(name)`` find a model's weights.
 
     Give ``url`` (downloaded once into ``cache_dir()``), ``path`` (a local file; a relative path
-    is taken inside the package's ``weights/`` folder), or both (the file wins when present).
+    is taken inside the package's ``weights/`` folder), ``mirrors`` (Hub copies), or several
+    (tried in the order of ``clipviz.sources``). ``architecture`` names the official
+    architecture every source must match; ``activation`` the MLP activation to build with.
     ``sha256`` defaults to the digest embedded in the URL the way OpenAI's URLs do
     (``.../<sha256>/<file>.pt``); a URL without one needs ``sha256``. Registering the same entry
     twice is harmless; registering a different one under a taken name is an error.
@@ -67,8 +80,8 @@ def register_model(name: str, *, url: str | None = None, sha256: str | None = No
     if not isinstance(name, str) or not name.strip() or name.startswith(ADAPTER_PREFIXES):
         raise ClipvizError(f"cannot register model name {name!r}: use a non-empty name that does "
                            f"not start with {' or '.join(ADAPTER_PREFIXES)}")
-    if url is None and path is None:
-        raise ClipvizError(f"cannot register {name!r}: give a url to download from or a path")
+    if url is None and path is None and not mirrors:
+        raise ClipvizError(f"cannot register {name!r}: give a url to download from, a path or mirrors")
     if sha256 is None and url is not None:
         embedded = url.rstrip("/").split("/")[-2] if url.count("/") >= 3 else ""
         if not SHA256_PATTERN.fullmatch(embedded):
@@ -79,7 +92,7 @@ def register_model(name: str, *, url: str | None = None, sha256: str | None = No
         path = Path(path).expanduser()
         path = path if path.is_absolute() else WEIGHTS_DIR / path
     entry = ModelEntry(name, url, None if sha256 is None else checked_sha256(sha256), path,
-                       description)
+                       description, architecture, tuple(mirrors), check_activation(activation))
     if _MODELS.get(name, entry) != entry:
         raise ClipvizError(f"model name {name!r} is already registered as {_MODELS[name]}; "
                            "pick another name")
@@ -110,6 +123,32 @@ def _unknown_model_message(name) -> str:
 
 
 _OPENAI = "https://openaipublic.azureedge.net/clip/models"
+_OPENCLIP_FILE = "open_clip_model.safetensors"  # open_clip's HF_SAFE_WEIGHTS_NAME
+# OpenAI's archive (digest from its URL, as in openai/clip's clip.py), then the Hugging Face Hub
+# copies open_clip's pretrained.py names (timm/<arch>_clip.openai: OpenCLIP files with OpenAI's
+# parameter names), then for the ViTs the transformers repos. Pins: a repo revision or a file
+# SHA256 where a public page gives one (README, "Where the weights come from"); the others are
+# checked against the LFS SHA256 the Hub declares.
+_MIRRORS = {
+    "RN50": [Mirror("timm/resnet50_clip.openai", _OPENCLIP_FILE,
+                    revision="00fd56258d8020fda2c9a8b683cf883d477ad3eb")],
+    "RN101": [Mirror("timm/resnet101_clip.openai", _OPENCLIP_FILE)],
+    "RN50x4": [Mirror("timm/resnet50x4_clip.openai", _OPENCLIP_FILE,
+                      sha256="fcd5a494550d0951f314a9d74225887e727ddc20c28c78962b58464705bfb465")],
+    "RN50x16": [Mirror("timm/resnet50x16_clip.openai", _OPENCLIP_FILE)],
+    "RN50x64": [Mirror("timm/resnet50x64_clip.openai", _OPENCLIP_FILE)],
+    "ViT-B/32": [Mirror("timm/vit_base_patch32_clip_224.openai", _OPENCLIP_FILE,
+                        revision="ab5b8ef490e86faa07d3523926b842c765de1de5"),
+                 Mirror("openai/clip-vit-base-patch32", "model.safetensors", layout="transformers")],
+    "ViT-B/16": [Mirror("timm/vit_base_patch16_clip_224.openai", _OPENCLIP_FILE),
+                 Mirror("openai/clip-vit-base-patch16", "model.safetensors", layout="transformers")],
+    "ViT-L/14": [Mirror("timm/vit_large_patch14_clip_224.openai", _OPENCLIP_FILE),
+                 Mirror("openai/clip-vit-large-patch14", "model.safetensors", layout="transformers",
+                        sha256="a2bf730a0c7debf160f7a6b50b3aaf3703e7e88ac73de7a314903141db026dcb")],
+    "ViT-L/14@336px": [Mirror("timm/vit_large_patch14_clip_336.openai", _OPENCLIP_FILE),
+                       Mirror("openai/clip-vit-large-patch14-336", "model.safetensors",
+                              layout="transformers")],
+}
 for _name, _digest, _file, _about in [
     ("RN50", "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762", "RN50.pt",
      "ResNet-50 image encoder, 224 px"),
@@ -130,29 +169,38 @@ for _name, _digest, _file, _about in [
     ("ViT-L/14@336px", "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02",
      "ViT-L-14-336px.pt", "ViT-Large, 14 px patches, 336 px (24x24 patch grid)"),
 ]:
-    register_model(_name, url=f"{_OPENAI}/{_digest}/{_file}", description=f"OpenAI CLIP {_about}")
+    register_model(_name, url=f"{_OPENAI}/{_digest}/{_file}", description=f"OpenAI CLIP {_about}",
+                   architecture=_name, mirrors=_MIRRORS[_name], activation="quick_gelu")
 del _name, _digest, _file, _about
 
 
 # ----------------------------------------------------------------------------- load
 
 def load(name_or_path: str | os.PathLike, device=None, download_root: str | os.PathLike | None = None,
-         jit: bool = False):
+         jit: bool = False, activation: str | None = None):
     """Load a CLIP model by registered name or checkpoint path: returns ``(model, preprocess)``.
 
     name_or_path:  a name from ``available_models()``, a checkpoint file, or an adapter spec
                    ``openclip:<model>`` / ``hf:<repo>`` (handled by ``clipviz.adapters``).
     device:        where the model goes; default "cuda" when available, else "cpu". On CPU the
                    weights are converted to float32; elsewhere they stay as built (OpenAI: fp16).
-    download_root: folder for downloads; default ``cache_dir()``.
+    download_root: clipviz's cache folder for this call; default ``cache_dir()``.
     jit:           must be False: clipviz always builds its own model from the weights.
+    activation:    the MLP activation, "quick_gelu" or "gelu". Default: the registry's for a
+                   name (QuickGELU for OpenAI's nine); for a file what ``detect_activation``
+                   finds, else QuickGELU with a warning. Needed for plain-file open_clip
+                   checkpoints trained with GELU (LAION, DataComp, ...), which nothing marks.
 
-    ``model`` is ``clipviz.model.CLIP`` in eval mode; ``preprocess`` is
-    ``clipviz.preprocess.Preprocess(model.visual.input_resolution)``.
+    A registered name is looked for in the sources of ``clipviz.sources`` (caches first, then
+    OpenAI's URL, then the Hugging Face Hub mirrors) and must match its architecture. A file in
+    transformers' CLIPModel layout is converted to OpenAI's. ``model`` is ``clipviz.model.CLIP``
+    in eval mode; ``preprocess`` is ``clipviz.preprocess.Preprocess(model.visual.input_resolution)``.
     """
     if jit:
         raise ClipvizError("jit=True is not supported: clipviz always builds its own model from "
                            "the checkpoint's weights (so hooks can record attention); drop jit=True")
+    if activation is not None:
+        check_activation(activation)
     import torch
 
     if device is None:
@@ -165,15 +213,17 @@ def load(name_or_path: str | os.PathLike, device=None, download_root: str | os.P
         raise ClipvizError("device='cuda' was asked for but torch sees no CUDA GPU here; "
                            "use device='cpu'")
     if isinstance(name_or_path, str) and name_or_path.startswith(ADAPTER_PREFIXES):
+        if activation is not None:
+            raise ClipvizError("activation= applies to checkpoints clipviz builds itself; "
+                               f"{name_or_path} comes with its own model code: drop it")
         return _load_with_adapter(name_or_path, device)
 
-    weights_file = _weights_file(name_or_path, download_root)
-    state_dict = read_checkpoint(weights_file)
+    weights_file, state_dict, activation = _weights(name_or_path, download_root, activation)
     from .model import build_model
     from .preprocess import Preprocess
 
     try:
-        model = build_model(state_dict)
+        model = build_model(state_dict, activation=activation)
     except ClipvizError as error:  # say which file
         raise ClipvizError(f"{weights_file}: {error}") from None
     model = model.to(device).eval()
@@ -182,24 +232,46 @@ def load(name_or_path: str | os.PathLike, device=None, download_root: str | os.P
     return model, Preprocess(model.visual.input_resolution)
 
 
-def _weights_file(name_or_path, download_root) -> Path:
-    """The local checkpoint for a registered name (downloading it if needed) or a path."""
+def _weights(name_or_path, download_root, activation):
+    """``(file, OpenAI-format state dict, activation)`` for a registered name or a file path."""
     entry = _MODELS.get(name_or_path) if isinstance(name_or_path, str) else None
-    if entry is None:
-        path = Path(name_or_path).expanduser()
-        if not path.exists():
-            raise ClipvizError(_unknown_model_message(name_or_path))
-        return path
-    if entry.path is not None and entry.path.is_file():
-        if entry.sha256 is not None and file_sha256(entry.path) != entry.sha256:
-            raise ClipvizError(f"the weights file {entry.path} for {entry.name!r} is damaged (its "
-                               f"SHA256 is not {entry.sha256}); reinstall clipviz")
-        return entry.path
-    if entry.url is None:
-        raise ClipvizError(f"the weights file {entry.path} for {entry.name!r} is missing; "
-                           "reinstall clipviz")
-    root = Path(download_root).expanduser() if download_root is not None else cache_dir()
-    return download(entry.url, root / entry.url.rstrip("/").split("/")[-1], entry.sha256)
+    if entry is not None:
+        from .sources import fetch_weights
+
+        fetched = fetch_weights(entry, download_root)
+        return fetched.path, fetched.state_dict, activation or entry.activation
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise ClipvizError(_unknown_model_message(name_or_path))
+    state_dict = read_checkpoint(path)
+    from .convert import from_transformers, is_transformers_layout
+
+    if is_transformers_layout(state_dict):
+        state_dict = from_transformers(state_dict)
+    if activation is None:
+        activation = detect_activation(path)
+    if activation is None:
+        import warnings
+
+        warnings.warn(f"{path} does not say which MLP activation it was trained with; assuming "
+                      "QuickGELU (OpenAI). If it is an open_clip model trained with GELU (LAION, "
+                      "DataComp, ...), pass activation='gelu' (CLI: --activation gelu), or its "
+                      "maps will be wrong", stacklevel=3)
+        activation = "quick_gelu"
+    return path, state_dict, activation
+
+
+def fetch(name: str, download_root: str | os.PathLike | None = None, progress: bool = True):
+    """Put a registered model's checked weights into clipviz's cache without building it
+    (``clipviz download``); a file found in openai/clip's or the Hugging Face cache is copied
+    there, so the cache folder alone serves offline machines.
+
+    Returns the ``clipviz.sources.Fetched`` record: ``path`` of the file in the cache and the
+    ``source`` it came from. Raises ClipvizError as ``load`` does.
+    """
+    from .sources import fetch_weights
+
+    return fetch_weights(model_info(name), download_root, progress=progress, keep=True)
 
 
 def _load_with_adapter(spec: str, device):

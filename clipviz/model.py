@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .activation import check_activation
 from .errors import ClipvizError
 
 
@@ -36,6 +37,11 @@ class QuickGELU(nn.Module):
 
     def forward(self, x):
         return x * torch.sigmoid(1.702 * x)
+
+
+# The MLP activation a checkpoint was trained with (see clipviz.activation): nothing in a state
+# dict records it. OpenAI's checkpoints use QuickGELU, most open_clip ones the exact erf GELU.
+ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU}
 
 
 class Bottleneck(nn.Module):
@@ -162,13 +168,13 @@ class ResidualAttentionBlock(nn.Module):
     records; nothing here knows about recording.
     """
 
-    def __init__(self, d_model, n_head, attn_mask=None):
+    def __init__(self, d_model, n_head, attn_mask=None, activation="quick_gelu"):
         super().__init__()
         self.attn = nn.MultiheadAttention(d_model, n_head, batch_first=True)
         self.ln_1 = LayerNorm(d_model)
         self.mlp = nn.Sequential(OrderedDict([
             ("c_fc", nn.Linear(d_model, d_model * 4)),
-            ("gelu", QuickGELU()),
+            ("gelu", ACTIVATIONS[activation]()),
             ("c_proj", nn.Linear(d_model * 4, d_model)),
         ]))
         self.ln_2 = LayerNorm(d_model)
@@ -188,11 +194,12 @@ class Transformer(nn.Module):
 
     batch_first = True  # read by the recorder to find the token axis
 
-    def __init__(self, width, layers, heads, attn_mask=None):
+    def __init__(self, width, layers, heads, attn_mask=None, activation="quick_gelu"):
         super().__init__()
         self.width = width
         self.layers = layers
-        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, attn_mask) for _ in range(layers)])
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, attn_mask, activation)
+                                         for _ in range(layers)])
 
     def forward(self, x):
         return self.resblocks(x)
@@ -205,7 +212,8 @@ class VisionTransformer(nn.Module):
     ``N = 1 + patch_grid**2`` entries, CLS first.
     """
 
-    def __init__(self, input_resolution, patch_size, width, layers, heads, output_dim):
+    def __init__(self, input_resolution, patch_size, width, layers, heads, output_dim,
+                 activation="quick_gelu"):
         super().__init__()
         self.input_resolution = input_resolution
         self.patch_size = patch_size
@@ -215,7 +223,7 @@ class VisionTransformer(nn.Module):
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn((input_resolution // patch_size) ** 2 + 1, width))
         self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads)
+        self.transformer = Transformer(width, layers, heads, activation=activation)
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
@@ -238,11 +246,16 @@ class VisionTransformer(nn.Module):
 
 
 class CLIP(nn.Module):
-    """Image encoder (ViT or ModifiedResNet) + causal text transformer, joined by cosine similarity."""
+    """Image encoder (ViT or ModifiedResNet) + causal text transformer, joined by cosine similarity.
+
+    ``activation``: the transformers' MLP non-linearity, "quick_gelu" (OpenAI) or "gelu".
+    """
 
     def __init__(self, embed_dim, image_resolution, vision_layers, vision_width, vision_patch_size,
-                 context_length, vocab_size, transformer_width, transformer_heads, transformer_layers):
+                 context_length, vocab_size, transformer_width, transformer_heads, transformer_layers,
+                 activation="quick_gelu"):
         super().__init__()
+        check_activation(activation)
         self.context_length = context_length
         if isinstance(vision_layers, (tuple, list)):
             self.visual = ModifiedResNet(
@@ -251,9 +264,10 @@ class CLIP(nn.Module):
         else:
             self.visual = VisionTransformer(
                 input_resolution=image_resolution, patch_size=vision_patch_size, width=vision_width,
-                layers=vision_layers, heads=vision_width // 64, output_dim=embed_dim)
+                layers=vision_layers, heads=vision_width // 64, output_dim=embed_dim,
+                activation=activation)
         self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads,
-                                       attn_mask=causal_mask(context_length))
+                                       attn_mask=causal_mask(context_length), activation=activation)
         self.vocab_size = vocab_size
         self.token_embedding = nn.Embedding(vocab_size, transformer_width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, transformer_width))
@@ -363,6 +377,8 @@ def model_config(state_dict):
             "pass the weights of an official CLIP checkpoint or one saved by clipviz") from None
 
 
+# Integers OpenAI's TorchScript archives keep beside the weights; not parameters of the model.
+ARCHIVE_CONSTANTS = ("input_resolution", "context_length", "vocab_size")
 SMALL_MODEL = 20_000_000  # parameters; below this build_model initialises on the CPU (start-up)
 
 
@@ -378,24 +394,30 @@ def _vit_parameters(config):
             + (config["vocab_size"] + config["context_length"] + config["embed_dim"]) * text)
 
 
-def build_model(state_dict, dtype=torch.float32):
+def build_model(state_dict, dtype=torch.float32, activation="quick_gelu"):
     """Build a CLIP from an OpenAI-format state dict; every size is read off the tensor shapes.
 
     Like openai/clip's ``build_model``, but the model is returned in ``dtype`` (fp32 by default,
     so fp16 checkpoints run on CPU) and in eval mode. Missing or unexpected keys raise
     ``ClipvizError`` naming the first mismatches.
+
+    ``activation`` is the MLP non-linearity the weights were trained with, which no state dict
+    records: "quick_gelu" (x·σ(1.702x), every OpenAI checkpoint and open_clip's ``-quickgelu``
+    models) or "gelu" (exact GELU, most open_clip models: LAION, DataComp, ...). The wrong one
+    still runs but gives different embeddings and maps.
     """
+    check_activation(activation)
     # own copies in the target dtype: the model must never share storage with the caller's dict
     state_dict = {k: v.to(dtype, copy=True) if v.is_floating_point() else v.clone()
-                  for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+                  for k, v in state_dict.items() if k not in ARCHIVE_CONSTANTS}
     config = model_config(state_dict)
     try:
         if _vit_parameters(config) > SMALL_MODEL:
             with torch.device("meta"):  # no random initialisation: every weight comes from the state dict
-                model = CLIP(**config)
+                model = CLIP(**config, activation=activation)
         else:  # the meta device's first use imports torch._dynamo (~1 s): more than a small model's init
             with torch.random.fork_rng(devices=[]):  # leave the caller's random stream as it was
-                model = CLIP(**config)
+                model = CLIP(**config, activation=activation)
     except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as error:  # shapes no CLIP can have
         raise ClipvizError(f"the state dict's shapes do not fit the CLIP architecture ({error}); "
                            "is it an OpenAI-format CLIP checkpoint?") from None
@@ -454,3 +476,28 @@ def random_model(name, seed=0, **overrides):
         raise ClipvizError(f"unknown architecture {name!r}; choose one of {', '.join(OFFICIAL_CONFIGS)}")
     torch.manual_seed(seed)
     return CLIP(**{**OFFICIAL_CONFIGS[name], **overrides}).eval()
+
+
+def architecture_mismatch(state_dict, name):
+    """Why ``state_dict`` is not a checkpoint of the official architecture ``name``, or None.
+
+    Compares every key and shape with a CLIP built from ``OFFICIAL_CONFIGS[name]`` on the meta
+    device (no memory, no initialisation): a ViT-B/32 file offered as ViT-B/16, a fine-tuned
+    model with a different head, a truncated conversion all differ somewhere. Returns a short
+    text naming the first differences.
+    """
+    with torch.device("meta"):
+        reference = CLIP(**OFFICIAL_CONFIGS[name])
+    expected = {key: tuple(value.shape) for key, value in reference.state_dict().items()}
+    found = {key: tuple(value.shape) for key, value in state_dict.items() if key not in ARCHIVE_CONSTANTS}
+    problems = []
+    missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    if missing:
+        problems.append(f"{len(missing)} weights missing (first: {', '.join(missing[:2])})")
+    if extra:
+        problems.append(f"{len(extra)} unexpected weights (first: {', '.join(extra[:2])})")
+    wrong = [key for key in expected if key in found and expected[key] != found[key]]
+    if wrong:
+        problems.append(f"{len(wrong)} weights of the wrong shape (first: {wrong[0]} is "
+                        f"{list(found[wrong[0]])}, {name} has {list(expected[wrong[0]])})")
+    return "; ".join(problems) or None

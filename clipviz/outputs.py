@@ -14,13 +14,30 @@ what it points to.
 """
 
 import contextlib
+import hashlib
 import os
+import re
 import signal
 import tempfile
 import threading
+import unicodedata
 from pathlib import Path
 
 from .errors import ClipvizError
+
+SLUG_LENGTH = 60  # characters of readable text in a file name made from a prompt
+
+
+def slug(text, length=SLUG_LENGTH):
+    """A file-name-safe form of ``text``: lowercase ascii [a-z0-9-], at most ``length``
+    characters, plus '-' and a 6-hex hash of the whole text (distinct texts, distinct names).
+
+    slug("../../x") == "x-<hash>": no separator or dot survives, so it cannot leave a folder.
+    """
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    body = re.sub(r"[^a-z0-9]+", "-", ascii_text).strip("-")[:length].strip("-") or "x"
+    digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:6]
+    return f"{body}-{digest}"
 
 
 def same_file(a, b):
@@ -69,6 +86,14 @@ def prepare_folder(folder):
                            "choose another output path") from None
 
 
+def refuse_inputs(paths, inputs, what="one of the input images"):
+    """ClipvizError if any of ``paths`` is the same file as one of ``inputs`` (see same_file)."""
+    for path in paths:
+        for source in inputs:
+            if same_file(path, source):
+                raise ClipvizError(f"refusing to write {path}: it is {what}; choose another --out")
+
+
 def refuse_existing(paths, force):
     """ClipvizError naming the paths that exist (links too) unless ``force``."""
     existing = [str(p) for p in paths if os.path.lexists(p)] if not force else []
@@ -106,11 +131,7 @@ def write_atomically(path, write, force=True):
         with _signals_raise(), handle:
             write(handle)
             handle.flush()
-            os.chmod(handle.name, 0o666 & ~_umask())
-            if force:
-                os.replace(handle.name, path)  # replaces a link itself, never its target
-            else:
-                _link_new(handle.name, path)
+            publish(handle.name, path, force)
     except OSError as error:
         _remove(handle.name)
         raise ClipvizError(f"cannot write {str(path)!r}: {error.strerror or error}") from None
@@ -119,6 +140,16 @@ def write_atomically(path, write, force=True):
         raise
     _remove(handle.name)  # after _link_new, the name beside the target
     return path
+
+
+def publish(temporary, path, force=True):
+    """Give a finished temporary file (beside ``path``) its name, with the permissions a new file
+    gets (temporary files are private). force=False: only if the name is free."""
+    os.chmod(temporary, 0o666 & ~_umask())
+    if force:
+        os.replace(temporary, path)  # replaces a link itself, never its target
+    else:
+        _link_new(temporary, path)
 
 
 def _link_new(temporary, path):

@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 
 import clipviz
-from clipviz import cli, progress
+from clipviz import cli, outputs, progress
 from clipviz.cli import explain as explain_command, inputs, models as models_command, plan, policy
-from clipviz.cli.parser import DEFAULT_MODEL
+from clipviz.cli.parser import DEFAULT_METHOD_HELP, DEFAULT_MODEL, build_parser
 from clipviz.model import CLIP
 
 from conftest import TINY_VIT, perturbed
@@ -62,6 +62,8 @@ def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     torch.manual_seed(7)
     torch.save(perturbed(CLIP(**TINY_VIT), seed=7).state_dict(), root / "tiny.pt")
+    # says tiny.pt is a QuickGELU model, so loads do not warn that they assume it
+    (root / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"quick_gelu": True}}))
     photos = root / "photos"
     photos.mkdir()
     rng = np.random.default_rng(0)
@@ -232,19 +234,86 @@ def test_classify_prints_sorted_probabilities(work, model):
         assert shown == pytest.approx(100 * prob, abs=0.006)
 
 
-def test_models_marks_cached_files(work):
-    cache = work / "cache"
+def test_models_says_per_name_whether_present_and_from_where(work):
+    cache, home = work / "cache", work / "home"
     cache.mkdir()
     (cache / "ViT-B-32.pt").write_bytes(b"x")
-    result = run_cli("models", "--json", cwd=work, env={"CLIPVIZ_CACHE": str(cache)})
+    (home / ".cache" / "clip").mkdir(parents=True)
+    (home / ".cache" / "clip" / "RN50.pt").write_bytes(b"x")
+    env = {"CLIPVIZ_CACHE": str(cache), "HOME": str(home), "HF_HUB_CACHE": str(work / "hf")}
+    result = run_cli("models", "--json", cwd=work, env=env)
     assert result.returncode == 0, result.stderr
-    rows = {r["name"]: r["status"] for r in json.loads(result.stdout)["models"]}
+    rows = {r["name"]: r for r in json.loads(result.stdout)["models"]}
     assert set(clipviz.available_models()) <= set(rows)
-    assert rows["ViT-B/32"] == "cached" and rows["ViT-B/16"] == "download on first use"
+    assert rows["ViT-B/32"]["present"] and rows["ViT-B/32"]["status"] == "cached"
+    assert rows["ViT-B/32"]["from"] == f"clipviz cache {cache / 'ViT-B-32.pt'}"
+    assert rows["RN50"]["from"] == f"openai/clip cache {home / '.cache' / 'clip' / 'RN50.pt'}"
+    assert not rows["ViT-B/16"]["present"] and rows["ViT-B/16"]["status"] == "download on first use"
+    assert rows["ViT-B/16"]["from"] == ("OpenAI URL openaipublic.azureedge.net/.../ViT-B-16.pt, then Hugging Face "
+                                        "Hub timm/vit_base_patch16_clip_224.openai, then Hugging Face Hub "
+                                        "openai/clip-vit-base-patch16")
     if DEFAULT_MODEL in rows:  # the small offline model ships inside the package
-        assert rows[DEFAULT_MODEL] == "bundled"
-    text = run_cli("models", cwd=work, env={"CLIPVIZ_CACHE": str(cache)}).stdout
+        assert rows[DEFAULT_MODEL]["status"] == "bundled"
+    text = run_cli("models", cwd=work, env=env).stdout
     assert re.search(r"^ViT-B/32\s+cached", text, re.M) and "ViT-L/14@336px" in text
+    assert re.search(r"^\s+from: Hugging Face Hub|from: OpenAI URL .*timm/resnet50x64_clip.openai", text, re.M)
+
+
+def test_a_plain_checkpoint_warns_on_one_line_and_the_flag_silences_it(work, tmp_path):
+    torch.save(torch.load(work / "tiny.pt"), tmp_path / "plain.pt")  # no config beside it
+    photo = work / "photos" / "a.png"
+    result = run_cli("classify", photo, "a dog", "--model", tmp_path / "plain.pt", cwd=work)
+    assert result.returncode == 0 and result.stderr.splitlines() == [
+        f"clipviz: warning: {tmp_path / 'plain.pt'} does not say which MLP activation it was trained with; "
+        "assuming QuickGELU (OpenAI). If it is an open_clip model trained with GELU (LAION, DataComp, ...), "
+        "pass activation='gelu' (CLI: --activation gelu), or its maps will be wrong"]
+    quiet = run_cli("classify", photo, "a dog", "--model", tmp_path / "plain.pt", "--activation", "quick_gelu",
+                    cwd=work)
+    assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == result.stdout
+
+
+def test_download_of_an_unknown_name_fails_before_any_transfer(work, capsys):
+    assert cli.main(["download", "ViT-B/16", "ViT-Q/99"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "unknown model 'ViT-Q/99'" in err
+
+
+def test_default_method_follows_the_model_family(work, tmp_path, small_resnet, capsys):
+    from clipviz.methods import DEFAULT_METHODS
+
+    torch.save(small_resnet.state_dict(), tmp_path / "resnet.pt")
+    photo = work / "photos" / "a.png"
+    assert cli.main(["explain", str(photo), "a dog", "--model", str(tmp_path / "resnet.pt"), "--json",
+                     "--out", str(tmp_path / "r"), "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == DEFAULT_METHODS["resnet"] == "gradcam"
+    assert cli.main(["explain", str(photo), "a dog", "--model", str(work / "tiny.pt"), "--json",
+                     "--out", str(tmp_path / "v"), "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == DEFAULT_METHODS["vit"] == "relevance"
+    assert DEFAULT_METHOD_HELP.startswith(f"{DEFAULT_METHODS['vit']} for ViT models, "
+                                              f"{DEFAULT_METHODS['resnet']} for ResNet")
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["explain"].format_help().split())
+    assert DEFAULT_METHOD_HELP in help_text
+
+
+def test_activation_flag_reaches_load(work, monkeypatch, capsys):
+    from clipviz import hub
+
+    seen = []
+    real = hub.load
+
+    def spy(name, **options):
+        seen.append(options.get("activation"))
+        return real(name, **options)
+
+    monkeypatch.setattr(hub, "load", spy)
+    photo = work / "photos" / "a.png"
+    for flag in ([], ["--activation", "gelu"]):
+        assert cli.main(["classify", str(photo), "a", "b", "--model", str(work / "tiny.pt"), "--device", "cpu",
+                         *flag]) == 0
+    assert seen == [None, "gelu"]
+    with pytest.raises(SystemExit) as exit_status:  # argparse's choices: one line, exit 2
+        cli.main(["classify", str(photo), "a", "--activation", "relu"])
+    assert exit_status.value.code == 2 and "invalid choice: 'relu'" in capsys.readouterr().err
 
 
 def test_demo_draws_the_synthetic_scene(work):
@@ -305,7 +374,7 @@ def test_slug_and_split_rule(tmp_path):
     assert plan.slug("A Photo of a Café!")[:-7] == "a-photo-of-a-cafe"
     assert plan.slug("a dog") != plan.slug("a dog ") and plan.slug("/").startswith("x-")
     long = plan.slug("word " * 50)
-    assert len(long) <= plan.SLUG_LENGTH + 7 and re.fullmatch(r"[a-z0-9-]+", long)
+    assert len(long) <= outputs.SLUG_LENGTH + 7 and re.fullmatch(r"[a-z0-9-]+", long)
     existing = tmp_path / "README"
     existing.write_text("x")
     images, prompts = inputs.split_inputs([str(existing), "a dog", "a cat"])

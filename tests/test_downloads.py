@@ -27,7 +27,8 @@ PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
 class LocalServer:
-    """ThreadingHTTPServer on 127.0.0.1:<free port>; ``routes[path](handler)`` writes the answer."""
+    """ThreadingHTTPServer on 127.0.0.1:<free port>; ``routes[path](handler)`` writes the answer,
+    ``fallback(handler)`` for other paths (default: 404). HEAD goes the same way as GET."""
 
     def __init__(self):
         self.routes, self.requests, self.stop = {}, [], threading.Event()
@@ -36,7 +37,9 @@ class LocalServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 outer.requests.append(self.path)
-                outer.routes.get(self.path, lambda h: h.send_error(404))(self)
+                outer.routes.get(self.path, outer.fallback)(self)
+
+            do_HEAD = do_GET
 
             def log_message(self, *args):
                 pass
@@ -48,6 +51,10 @@ class LocalServer:
 
     def url(self, path):
         return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+    @staticmethod
+    def fallback(handler):
+        handler.send_error(404)
 
     def close(self):
         self.stop.set()  # wakes handlers that stall on purpose

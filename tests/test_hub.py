@@ -67,7 +67,7 @@ def test_register_model_adds_a_name_and_checks_its_arguments(registry):
         hub.register_model("mine", url="https://example.com/weights/mine.pt")
     with pytest.raises(ClipvizError, match="not a SHA256 digest"):
         hub.register_model("mine", url="https://example.com/mine.pt", sha256="abc")
-    with pytest.raises(ClipvizError, match="url to download from or a path"):
+    with pytest.raises(ClipvizError, match="url to download from, a path or mirrors"):
         hub.register_model("mine")
     with pytest.raises(ClipvizError, match="must not|does not start"):
         hub.register_model("hf:mine", path="x.pt")
@@ -153,7 +153,7 @@ def tiny_modules(monkeypatch):
     checkpoint's dtype (as OpenAI's build_model keeps fp16); Preprocess records its size."""
     built = []
 
-    def build_model(state_dict):
+    def build_model(state_dict, activation="quick_gelu"):
         model = TinyClip().to(next(iter(state_dict.values())).dtype)
         model.load_state_dict(state_dict, strict=True)
         built.append(model)
@@ -389,3 +389,22 @@ def test_broken_checkpoints_raise_clipviz_error(tmp_path, kind):
         hub.read_checkpoint(path)
     assert str(path) in str(error.value)
     assert "refusing to unpickle" not in str(error.value)  # broken is not the same as malicious
+
+
+def test_mirrors_are_the_repositories_open_clip_names():
+    """Each official name's first mirror is the hf_hub repo open_clip's pretrained.py gives for the
+    same OpenAI URL (read as text: importing open_clip needs torchvision)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None:
+        pytest.skip("open_clip is not installed")
+    source = (pathlib.Path(spec.submodule_search_locations[0]) / "pretrained.py").read_text()
+    named = {(digest, file): repo for digest, file, repo in re.findall(
+        r'url="https://openaipublic\.azureedge\.net/clip/models/([0-9a-f]{64})/([^"]+)",\s*'
+        r'hf_hub="([^"]+)/"', source)}
+    assert len(named) == 9
+    for name in OFFICIAL:
+        entry = hub.model_info(name)
+        assert named[(entry.sha256, entry.url.split("/")[-1])] == entry.mirrors[0].repo_id, name
+        assert entry.mirrors[0].filename == "open_clip_model.safetensors" and entry.architecture == name

@@ -1,4 +1,4 @@
-"""The ``clipviz`` command: explain, classify, models, demo, bench.
+"""The ``clipviz`` command: explain, classify, models, download, demo, bench.
 
 Exit status: 0 success; 1 some images of a run failed (listed at the end) or an unexpected
 error (please report it); 2 a usage error a user can fix (bad path, not an image, unknown model
@@ -7,18 +7,19 @@ or method, empty or over-long prompt, unwritable or existing output), printed as
 
 One module per job: ``parser`` (arguments and help), ``policy`` (exit codes, one-line messages,
 per-image failures), ``inputs`` (images vs prompts, the model), ``plan`` (output names, checked
-before any work), and one runner per command (``explain``, ``classify``, ``models``, ``demo``,
-``bench``), imported only when its command runs. Start-up cost matters, so nothing here imports
+before any work), and one runner per command (``explain`` with ``video`` for videos,
+``classify``, ``models``, ``download``, ``demo``, ``bench``), imported only when its command runs. Start-up cost matters, so nothing here imports
 more than the standard library until a command runs: torch comes with the model, matplotlib
 with the first colour map or figure.
 """
 
 import os
 import sys
+import warnings
 from importlib import import_module
 
 from ..errors import ClipvizError
-from .policy import EXIT_FAILED, EXIT_USAGE, error_line, one_line
+from .policy import EXIT_FAILED, EXIT_USAGE, error_line, one_line, warning_line
 
 
 def main(argv=None):
@@ -36,7 +37,10 @@ def main(argv=None):
         return EXIT_USAGE
     debug = getattr(args, "debug", False) or os.environ.get("CLIPVIZ_DEBUG") == "1"
     try:
-        return import_module(f".{args.command}", __name__).run(args)
+        with warnings.catch_warnings():  # restores Python's printer when main() returns
+            if not debug:
+                warnings.showwarning = warning_line
+            return import_module(f".{args.command}", __name__).run(args)
     except ClipvizError as error:
         _traceback(debug)
         error_line(str(error))

@@ -48,7 +48,7 @@ def run_parsed(args):
 
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
     name = model_name(args.model)
-    model = load_model(name, args.device)
+    model = load_model(name, args.device)  # bench has no --activation: registered names know theirs
     progress = not args.quiet
     if args.data:
         result = run_data_benchmark(model, args.data, methods=methods, seed=args.seed, progress=progress,

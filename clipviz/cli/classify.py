@@ -11,7 +11,7 @@ def run(args):
     images, prompts = split_inputs(args.inputs, args.image, args.images, args.prompt)
     name = model_name(args.model)
     check_prompts(prompts)
-    model = load_model(name, args.device)
+    model = load_model(name, args.device, args.activation)
     from ..zeroshot import classify
 
     results = []

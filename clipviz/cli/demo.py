@@ -19,7 +19,10 @@ def run(args):
         raise ClipvizError(f"--out {out}: the demo writes a figure; end the name in .png, .pdf or .svg")
     refuse_existing([out], args.force)
     name = model_name(args.model)
-    model = load_model(name, args.device)
+    model = load_model(name, args.device, args.activation)
+    from ..methods import default_method
+
+    args.method = args.method or default_method(model)
     from ..explanation import explain
     from ..render import save_figure
     from ..synth import object_prompt, scene_from_index

@@ -12,6 +12,7 @@ from .. import progress
 from ..errors import ClipvizError
 from ..maps import peak_xy
 from ..outputs import refuse_existing
+from ..suffixes import is_video
 from .inputs import check_prompts, load_model, model_name, split_inputs
 from .plan import OutputPlan
 from .policy import each_image, one_line, report_failures
@@ -20,24 +21,27 @@ from .policy import each_image, one_line, report_failures
 def run(args):
     """Explain each image in turn, write its files, print its table; failures listed at the end."""
     images, prompts = split_inputs(args.inputs, args.image, args.images, args.prompt)
+    videos = [path for path in images if is_video(path)]
+    if videos:
+        if len(images) > 1:
+            raise ClipvizError(f"explain one video per run, without images ({len(images)} files given)")
+        from .video import run_video
+        return run_video(args, videos[0])
     name = model_name(args.model)
-    from ..methods import get_method
-
-    method = get_method(args.method)  # the registry's error, before anything heavy is imported
+    # a named method is checked before anything heavy loads; without one, the model's family picks it
+    method, options = method_and_options(args) if args.method is not None else (None, None)
     plan = OutputPlan(args.out, images, prompts, args.format, args.figure, args.layers, args.heads, args.force,
                       args.against)
     plan.check(len(images))
-    options = {}
-    if args.start_layer is not None:
-        options["start_layer"] = args.start_layer
-    elif args.layers and "start_layer" in method.options:
-        options["start_layer"] = 0  # a strip needs every block
-    method.check_options(options)
     check_prompts(prompts + ([args.against] if args.against else []))
     from ..render import colormap_table
 
     colormap_table(args.cmap)  # an unknown --cmap fails here, before the model loads
-    model = load_model(name, args.device)
+    model = load_model(name, args.device, args.activation)
+    if method is None:
+        from ..methods import default_method
+        args.method = default_method(model)
+        method, options = method_and_options(args)
     from ..explanation import explain
 
     results, written = [], []
@@ -63,6 +67,21 @@ def run(args):
     elif show and len(images) > 1:
         print(f"{len(written)} files written to {plan.folder}/ ({len(images) - len(failures)} of {len(images)} images)")
     return report_failures(failures, len(images))
+
+
+def method_and_options(args):
+    """The Method named by ``args.method`` and its options from the flags (``--start-layer``,
+    ``--layers``), checked."""
+    from ..methods import get_method
+
+    method = get_method(args.method)
+    options = {}
+    if args.start_layer is not None:
+        options["start_layer"] = args.start_layer
+    elif getattr(args, "layers", False) and "start_layer" in method.options:
+        options["start_layer"] = 0  # a strip needs every block
+    method.check_options(options)
+    return method, options
 
 
 def _write_outputs(exp, plan, index, args):

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from ..errors import ClipvizError
-from ..suffixes import IMAGE_SUFFIXES, looks_like_image
+from ..suffixes import IMAGE_SUFFIXES, is_video, looks_like_image
 from .parser import DEFAULT_MODEL
 
 RANDOM = "random:"  # random:ARCH, e.g. random:ViT-B/16
@@ -20,7 +20,7 @@ def split_inputs(positionals, images=(), folders=(), prompts=()):
     """
     named, texts = list(images), []
     for arg in positionals:
-        (named if os.path.isfile(arg) or looks_like_image(arg) else texts).append(arg)
+        (named if os.path.isfile(arg) or looks_like_image(arg) or is_video(arg) else texts).append(arg)
     texts += list(prompts)
     for path in named:
         if os.path.isdir(path):
@@ -81,9 +81,10 @@ def check_prompts(prompts):
     tokenize(prompts)
 
 
-def load_model(name, device):
+def load_model(name, device, activation=None):
     """The model for a name from ``model_name``: ``random:ARCH`` (random weights of an official
-    architecture, seed 0: pipeline checks) or anything clipviz.hub.load takes."""
+    architecture, seed 0: pipeline checks) or anything clipviz.hub.load takes (``activation``:
+    the MLP activation, see clipviz.activation)."""
     if name.startswith(RANDOM):
         import torch
         from ..model import random_model
@@ -91,4 +92,4 @@ def load_model(name, device):
         return random_model(name[len(RANDOM):], seed=0).to(device)
     from ..hub import load
 
-    return load(name, device=device)[0]
+    return load(name, device=device, activation=activation)[0]

@@ -4,9 +4,12 @@ import argparse
 
 from ..suffixes import FIGURE_SUFFIXES
 from .policy import EXIT_USAGE, one_line
+from .video import add_video_arguments
 
 DEFAULT_MODEL = "synth-vit-t16"
 DEFAULT_OUT = "clipviz-out"
+# keep in step with clipviz.methods.DEFAULT_METHODS (not imported here: --help stays cheap)
+DEFAULT_METHOD_HELP = "relevance for ViT models, gradcam for ResNet ones (RN50 ...)"
 FIGURE_FORMATS = tuple(s.lstrip(".") for s in FIGURE_SUFFIXES)
 EXAMPLES = """\
 examples:
@@ -16,8 +19,10 @@ examples:
   clipviz explain dog.jpg "a dog" --out dog.pdf     one titled figure (PDF, SVG or PNG)
   clipviz explain dog.jpg "a dog" --against "a cat" what makes it a dog rather than a cat
   clipviz explain dog.jpg "a dog" --layers --heads  also a strip per block and a grid per head
+  clipviz explain clip.mp4 "a ball" --every 5       overlay video per prompt + per-frame scores
   clipviz classify cat.jpg "a diagram" "a dog" "a cat"
   clipviz models
+  clipviz download ViT-B/16 RN50                     fetch weights now, for offline use
   clipviz demo --out demo.png
 """
 
@@ -73,8 +78,8 @@ def build_parser():
     explain = command("explain", "heatmaps of what the model looked at for each prompt", EXPLAIN_HELP)
     _add_inputs(explain)
     _add_model(explain)
-    explain.add_argument("--method", default="relevance", help="explanation method: relevance (default), "
-                         "rollout, attention, gradcam (see clipviz.available_methods())")
+    explain.add_argument("--method", help=f"explanation method: relevance, rollout, attention, gradcam, ... "
+                         f"(see clipviz.available_methods()); default {DEFAULT_METHOD_HELP}")
     explain.add_argument("--against", metavar="PROMPT", help="contrastive: explain S(prompt) - S(PROMPT)")
     explain.add_argument("--start-layer", type=int, help="first block the method uses (relevance: -1 = last)")
     explain.add_argument("--out", help=f"output folder (default ./{DEFAULT_OUT}) or one figure file "
@@ -89,6 +94,7 @@ def build_parser():
                          "(implies --start-layer 0 unless given)")
     explain.add_argument("--heads", action="store_true", help="also a grid of per-head maps per prompt")
     _add_output_flags(explain)
+    add_video_arguments(explain)
 
     classify = command("classify", "zero-shot probabilities of the prompts for each image",
                        "Zero-shot classification: softmax over the prompts of logit_scale * cosine, as in "
@@ -97,8 +103,16 @@ def build_parser():
     _add_model(classify)
     classify.add_argument("--json", action="store_true", help="machine-readable results on stdout")
 
-    models = command("models", "list the registered model names (cached or bundled ones marked)")
+    models = command("models", "list the registered names: present on this machine or not, and from where")
     models.add_argument("--json", action="store_true", help="machine-readable list on stdout")
+
+    download = command("download", "fetch models' weights ahead of time (for offline machines, clusters)",
+                       "Fetch and check the weights of registered models into clipviz's cache "
+                       "($CLIPVIZ_CACHE, default ~/.cache/clipviz), trying the same sources as a load: "
+                       "local caches, OpenAI's URL, the Hugging Face Hub mirrors. Copy the cache folder "
+                       "to a machine without internet and 'clipviz explain --model NAME' works there.")
+    download.add_argument("names", nargs="+", metavar="NAME", help="registered model names (see 'clipviz models')")
+    download.add_argument("--quiet", action="store_true", help="no progress bars")
 
     demo = command("demo", "draw an explanation of a synthetic scene, offline",
                    f"Draw a figure offline: the project's small model ({DEFAULT_MODEL}) on a generated "
@@ -106,7 +120,7 @@ def build_parser():
                    "lands on the named object.")
     _add_model(demo)
     demo.add_argument("--seed", type=int, default=0, help="which scene (default 0)")
-    demo.add_argument("--method", default="relevance", help="explanation method (default relevance)")
+    demo.add_argument("--method", help=f"explanation method (default {DEFAULT_METHOD_HELP})")
     demo.add_argument("--out", default="clipviz-demo.png", help="figure file .png/.pdf/.svg (default clipviz-demo.png)")
     demo.add_argument("--dpi", type=_dpi, default=150, help="figure resolution (default 150)")
     demo.add_argument("--force", action="store_true", help="replace an existing output file")
@@ -128,6 +142,11 @@ def _add_model(sub):
     sub.add_argument("--model", help=f"registered name, checkpoint path, 'openclip:...' or 'hf:...' "
                      f"(default: the bundled {DEFAULT_MODEL})")
     sub.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    sub.add_argument("--activation", choices=("quick_gelu", "gelu"), help="MLP activation the checkpoint "
+                     "was trained with: needed for a plain open_clip checkpoint file trained with GELU "
+                     "(LAION, DataComp, ...: --activation gelu). Default: QuickGELU for OpenAI's models, "
+                     "detected from an open_clip_config.json / config.json beside a file, else QuickGELU "
+                     "with a warning")
 
 
 def _add_output_flags(sub):

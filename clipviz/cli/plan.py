@@ -2,31 +2,13 @@
 --help``): file names from prompts and image stems, unique, never an input, never an existing
 file without --force. Writing itself is clipviz.outputs' job."""
 
-import hashlib
 import os
-import re
-import unicodedata
 from pathlib import Path
 
 from ..errors import ClipvizError
-from ..outputs import check_unique, prepare_folder, refuse_existing, same_file
+from ..outputs import check_unique, prepare_folder, refuse_existing, refuse_inputs, slug
 from ..suffixes import looks_like_image
 from .parser import DEFAULT_OUT, FIGURE_FORMATS
-
-SLUG_LENGTH = 60  # characters of readable text in a file name made from a prompt
-
-
-def slug(text, length=SLUG_LENGTH):
-    """A file-name-safe form of ``text``: lowercase ascii [a-z0-9-], at most ``length``
-    characters, plus '-' and a 6-hex hash of the whole text (distinct texts, distinct names).
-
-    slug("../../x") == "x-<hash>": no separator or dot survives, so it cannot leave a folder.
-    """
-    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
-    body = re.sub(r"[^a-z0-9]+", "-", ascii_text).strip("-")[:length].strip("-") or "x"
-    digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:6]
-    return f"{body}-{digest}"
-
 
 def image_labels(images):
     """A short file-name part per image: its stem, made safe; stems that collide get a hash."""
@@ -87,11 +69,5 @@ class OutputPlan:
         prepare_folder(self.folder)
         planned = [path for index in range(count) for _, _, path in self.files(index)]
         check_unique(planned)
-        for path in planned:
-            self.check_target(path)
+        refuse_inputs(planned, self.inputs)
         refuse_existing(planned, self.force)
-
-    def check_target(self, path):
-        for image in self.inputs:
-            if same_file(path, image):
-                raise ClipvizError(f"refusing to write {path}: it is one of the input images; choose another --out")

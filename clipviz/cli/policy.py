@@ -18,6 +18,11 @@ def error_line(message):
     print(f"clipviz: error: {one_line(message)}", file=sys.stderr)
 
 
+def warning_line(message, category, filename, lineno, file=None, line=None):
+    """Warnings as one ``clipviz: warning: ...`` line, without Python's file and line."""
+    print(f"clipviz: warning: {one_line(message)}", file=sys.stderr)
+
+
 def each_image(images, work, bar=None):
     """Call ``work(index, image)`` for every image; returns the failures [(image, message)].
 

@@ -89,3 +89,15 @@ def _options(module):
     if keywords(module.needs) != options:
         raise TypeError(f"{module.__name__}: needs() and compute() must take the same options with the same defaults")
     return options
+
+
+# The method used when none is named, per image-encoder family: relevance needs attention maps
+# inside the encoder, which only ViTs have; on ResNets Grad-CAM on the last stage works.
+DEFAULT_METHODS = {"vit": "relevance", "resnet": "gradcam"}
+
+
+def default_method(model):
+    """``DEFAULT_METHODS`` entry for the family of ``model``'s image encoder (clipviz.adapters)."""
+    from ..adapters import adapt
+
+    return DEFAULT_METHODS[adapt(model).family]
