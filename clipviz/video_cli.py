@@ -51,12 +51,16 @@ def run_video(args, path):
     if args.out and args.out.lower().endswith((".png", ".pdf", ".svg")):
         raise ClipvizError(f"--out {args.out}: a video's outputs go into a folder; give a folder name")
     name = model_name(args.model)
-    module = get_method(args.method)
     options = {} if args.start_layer is None else {"start_layer": args.start_layer}
     from .explanation import check_options
-    check_options(module, args.method, options)
+    if args.method is not None:  # checked before the model loads; else the family's default, after
+        check_options(get_method(args.method), args.method, options)
     check_prompts(prompts + ([args.against] if args.against else []))
     model = load_model(name, args.device)
+    if args.method is None:
+        from .methods import default_method
+        args.method = default_method(model)
+        check_options(get_method(args.method), args.method, options)
 
     from .cli import DEFAULT_OUT
     from .video import explain_video
