@@ -141,7 +141,8 @@ def build_parser():
     _add_model(explain)
     explain.add_argument("--method", default="relevance", help="explanation method: relevance (default), "
                          "rollout, attention, gradcam (see clipviz.available_methods())")
-    explain.add_argument("--against", metavar="PROMPT", help="contrastive: explain S(prompt) - S(PROMPT)")
+    explain.add_argument("--against", metavar="PROMPT", help="contrastive: explain S(prompt) - S(PROMPT); the "
+                         "table, title and JSON show both scores and their difference (prompt-specific methods only)")
     explain.add_argument("--start-layer", type=int, help="first block the method uses (relevance: -1 = last)")
     explain.add_argument("--out", help=f"output folder (default ./{DEFAULT_OUT}) or one figure file "
                          ".png/.pdf/.svg")
@@ -475,9 +476,10 @@ def run_explain(args):
         options["start_layer"] = args.start_layer
     elif args.layers and "start_layer" in _parameters(module.needs):
         options["start_layer"] = 0  # a strip needs every block
-    from .explanation import check_options, explain
+    from .explanation import check_contrast, check_options, explain
 
     check_options(module, args.method, options)
+    check_contrast(args.method, args.against)
     check_prompts(prompts + ([args.against] if args.against else []))
     model = load_model(name, args.device)
 
@@ -577,12 +579,20 @@ def _explain_table(exp, image, files):
     prompts = [_one_line(p) for p in exp.prompts]
     width = max(len("prompt"), *(len(p) for p in prompts))
     against = f", against \"{_one_line(exp.against[0])}\"" if exp.against else ""
-    rows = [f"{_one_line(image)}  ({exp.method}{against})",
-            f"  {'prompt':<{width}}  {'score':>7}  {'prob':>6}  peak (x, y)"]
+    rows = [f"{_one_line(image)}  ({exp.method}{against})"]
+    if exp.against:  # the map explains S(prompt) − S(against), S = logit_scale · cosine
+        rows.append(f"  {'prompt':<{width}}  {'S(prompt)':>9}  {'S(against)':>10}  {'difference':>10}  "
+                    f"{'p(prompt|pair)':>14}  peak (x, y)")
+    else:
+        rows.append(f"  {'prompt':<{width}}  {'score':>7}  {'prob':>6}  peak (x, y)")
     for t, prompt in enumerate(prompts):
-        peak = _peak(exp.maps[t])
-        rows.append(f"  {prompt:<{width}}  {exp.scores[t]:+7.4f}  {exp.probs[t]:6.1%}  "
-                    f"{'-' if peak is None else tuple(peak)}")
+        peak = "-" if _peak(exp.maps[t]) is None else tuple(_peak(exp.maps[t]))
+        if exp.against:
+            c = exp.contrast()[t]
+            rows.append(f"  {prompt:<{width}}  {c['S_prompt']:9.3f}  {c['S_against']:10.3f}  "
+                        f"{c['S_difference']:+10.3f}  {exp.probs[t]:14.1%}  {peak}")
+        else:
+            rows.append(f"  {prompt:<{width}}  {exp.scores[t]:+7.4f}  {exp.probs[t]:6.1%}  {peak}")
     if exp.text_relevance is not None:
         rows.append("  text tokens:")
         rows += [f"    {_tokens_text(tokens, weights)}" for tokens, weights in zip(exp.text_tokens, exp.text_relevance)]
