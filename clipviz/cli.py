@@ -154,6 +154,8 @@ def build_parser():
     explain.add_argument("--layers", action="store_true", help="also a strip of per-block maps per prompt "
                          "(implies --start-layer 0 unless given)")
     explain.add_argument("--heads", action="store_true", help="also a grid of per-head maps per prompt")
+    explain.add_argument("--html", metavar="FILE.html", help="write one self-contained HTML report instead (one "
+                         "image): every method, block and prompt precomputed, switched in the page; no server")
     _add_output_flags(explain)
     explain.set_defaults(handler=run_explain)
 
@@ -466,6 +468,8 @@ def run_explain(args):
 
     if args.method not in available_methods():
         get_method(args.method)  # the registry's error, before anything heavy is imported
+    if args.html:
+        return run_html_report(args, images, prompts, name)
     plan = OutputPlan(args.out, images, prompts, args.format, args.figure, args.layers, args.heads, args.force,
                       args.against)
     plan.check(len(images))
@@ -515,6 +519,29 @@ def run_explain(args):
     elif show and len(images) > 1:
         print(f"{len(written)} files written to {plan.folder}/ ({len(images) - len(failures)} of {len(images)} images)")
     return _report_failures(failures, len(images))
+
+
+def run_html_report(args, images, prompts, name):
+    """``explain --html FILE``: the report of clipviz.report for one image (--method shown first)."""
+    from .explanation import check_contrast
+    from .report import report_html, write_report
+
+    if len(images) != 1:
+        raise ClipvizError(f"--html writes the report of one image; {len(images)} were given")
+    check_contrast(args.method, args.against)
+    _check_new(Path(args.html), args.force)
+    check_prompts(prompts + ([args.against] if args.against else []))
+    model = load_model(name, args.device)
+    page = report_html(model, images[0], prompts, first=args.method, against=args.against, alpha=args.alpha,
+                       cmap=args.cmap, title=f"clipviz: {Path(images[0]).name} ({name})")
+    path = write_report(args.html, page, protect=images)
+    if args.json:
+        json.dump({"model": name, "image": images[0], "prompts": prompts, "against": args.against,
+                   "files": [str(path)]}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    elif not args.quiet:
+        print(f"-> {path} ({len(page) // 1024} KiB, {len(prompts)} prompts)")
+    return EXIT_OK
 
 
 def _same_failure_throughout(failures, index, count=5):
