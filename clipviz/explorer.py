@@ -97,17 +97,21 @@ class Session:
 
     def view(self, prompt, method="relevance", layer=None, head=None):
         """The explanation reduced to the one map shown: head ``head`` of ``head_maps`` (None: the
-        method's map). Returns an Explanation with one prompt whose ``maps[0]`` is that map."""
+        method's map). Returns an Explanation with one prompt whose ``maps[0]`` is that map and
+        whose ``method`` names the method, block and head, for the figure's title."""
         exp = self.explanation(prompt, method, layer)
+        name = layer_option(method) if self.num_layers else None
+        label = method + {"start_layer": f" · from block {exp.options.get(name)}",
+                          "layer": f" · block {exp.options.get(name)}"}.get(name, "")
         if head is None:
-            return exp
+            return dataclasses.replace(exp, method=label)
         if exp.head_maps is None or not 0 <= head < exp.head_maps.shape[1]:
             count = 0 if exp.head_maps is None else exp.head_maps.shape[1]
             raise ClipvizError(f"head {head!r} is not available for {method!r} (it has {count} head maps): "
                                "choose a head below that count, or the mean")
         token_map = exp.head_maps[0, head][None]
         return dataclasses.replace(exp, token_maps=token_map, maps=map_to_photo(normalise_maps(token_map), exp.crop_box),
-                                   method=f"{method} · head {head}")
+                                   method=f"{label} · head {head}")
 
 
 def explore(model, image, prompt="a photo", method="relevance", *, against=None, layer=None, head=None,

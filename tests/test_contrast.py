@@ -104,3 +104,10 @@ def test_cli_refuses_a_contrast_for_rollout_in_one_line(tmp_path):
     assert len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith("clipviz: error: method 'rollout' ignores the prompt")
     assert not (tmp_path / "clipviz-out").exists() or not any((tmp_path / "clipviz-out").iterdir())
+
+
+def test_one_prompt_shows_no_softmax_over_itself(bundled):
+    exp = clipviz.explain(bundled, photo(), PROMPT, method="relevance")
+    assert exp.probs.tolist() == [1.0]  # a softmax over one prompt: always 1, so the title leaves it out
+    texts = [t.get_text() for t in exp.figure().texts]
+    assert f"cos {exp.scores[0]:.3f}" in texts and not any("· p " in t for t in texts)
