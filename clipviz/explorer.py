@@ -10,7 +10,8 @@ model again:
     start layer (relevance, rollout, legrad,    never: these methods read blocks ≥ start_layer
     gradeclip)                                  only, so one recording from block 0 serves every
                                                 start layer (``method.compute(records, start_layer=k)``)
-    layer (attention, gradcam)                  once per (prompt, layer), then cached
+    block (attention, gradcam)                  never: every block is recorded in the first pass
+                                                (``method.compute(records, layer=k)``)
     prompt, method                              once per (prompt, method), then cached
 
 ``Session`` holds that cache and needs no widgets (tests drive it directly); ``Explorer`` puts
@@ -82,15 +83,15 @@ class Session:
         key = (prompt, method, layer)
         if key not in self._explanations:
             options = {name: layer} if name else {}
-            # start_layer methods: one recording from block 0 answers every start layer
-            recorded = {name: 0} if name == "start_layer" else options
-            record_key = (prompt, method, tuple(recorded.items()))
-            if record_key not in self._recordings:
-                against = _against_list(self.against, 1)
-                self._recordings[record_key] = record_batch(self.adapter, [self.photo], [prompt],
-                                                            get_method(method), against, recorded)
+            if (prompt, method) not in self._recordings:
+                # start_layer methods read blocks ≥ start: one recording from block 0 serves every
+                # start; layer methods read one block: record all of them in the same pass
+                module = _AllBlocks(get_method(method)) if name == "layer" else get_method(method)
+                recorded = {name: 0} if name == "start_layer" else {}
+                self._recordings[prompt, method] = record_batch(self.adapter, [self.photo], [prompt], module,
+                                                                _against_list(self.against, 1), recorded)
                 self.model_runs += 1
-            recording = self._recordings[record_key]
+            recording = self._recordings[prompt, method]
             output = get_method(method).compute(recording.records, **options)
             self._explanations[key] = explanations_from(recording, output, method, options)[0]
         return self._explanations[key]
@@ -112,6 +113,21 @@ class Session:
         token_map = exp.head_maps[0, head][None]
         return dataclasses.replace(exp, token_maps=token_map, maps=map_to_photo(normalise_maps(token_map), exp.crop_box),
                                    method=f"{label} · head {head}")
+
+
+class _AllBlocks:
+    """A method that reads one block (``layer=k``), recording every block in one pass: its
+    ``needs`` is the union over k of the method's own; ``compute`` is the method's."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def needs(self, num_layers, **options):
+        per_block = [self.module.needs(num_layers, **{**options, "layer": k}) for k in range(num_layers)]
+        return dataclasses.replace(per_block[0], layers=tuple(sorted({b for n in per_block for b in n.layers})))
+
+    def compute(self, records, **options):
+        return self.module.compute(records, **options)
 
 
 def explore(model, image, prompt="a photo", method="relevance", *, against=None, layer=None, head=None,

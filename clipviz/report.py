@@ -10,9 +10,8 @@ place; the opacity slider sets its CSS opacity α, so the browser composites
 (1 − α) · photo + α · colour — ``overlay``'s blend. Switching prompt, method or block only swaps
 which embedded PNG is shown: nothing is computed in the browser and nothing is fetched.
 
-Maps are recorded through ``clipviz.explorer.Session``, so start-layer methods (relevance,
-rollout, legrad, gradeclip) run the model once per prompt for all their blocks; ``layer``
-methods (attention, gradcam) once per prompt and block.
+Maps are recorded through ``clipviz.explorer.Session``: the model runs once per (prompt,
+method), and every block's map is computed from that one recording.
 """
 
 import base64

@@ -93,18 +93,20 @@ def test_switches_match_direct_explain_and_only_prompt_and_method_rerun(tiny_vit
     assert_shows(explorer, image, direct(tiny_vit, image, PROMPT, "rollout", start_layer=2), 0.8, "viridis")
 
 
-def test_attention_layer_reruns_once_per_layer_and_heads_do_not(tiny_vit, image, runs):
-    explorer = clipviz.explore(tiny_vit, image, PROMPT, method="attention", alpha=0.3, cmap="inferno")
+@pytest.mark.parametrize("method", ["attention", "gradcam"])
+def test_block_methods_record_every_block_in_one_pass(tiny_vit, image, runs, method):
+    explorer = clipviz.explore(tiny_vit, image, PROMPT, method=method, alpha=0.3, cmap="inferno")
     c = explorer.controls
-    assert c["layer"].description == "block" and not c["head"].disabled
-    c["layer"].value = 0
-    c["head"].value = 1
-    c["layer"].value = 2
-    c["layer"].value = 0
-    assert len(runs) == 2  # blocks 2 and 0, each recorded once
-    runs.clear()
-    assert_shows(explorer, image, direct(tiny_vit, image, PROMPT, "attention", head=1, layer=0), 0.3, "inferno")
-    assert explorer.figure().texts  # the figure the widget shows, as a matplotlib Figure
+    assert c["layer"].description == "block" and c["head"].disabled == (method == "gradcam")
+    for block in (0, 1):
+        c["layer"].value = block
+        if method == "attention":
+            c["head"].value = 1
+        assert len(runs) == 1  # blocks and heads come from the first recording
+        heat = direct(tiny_vit, image, PROMPT, method, head=1 if method == "attention" else None, layer=block)
+        assert_shows(explorer, image, heat, 0.3, "inferno")
+        runs[1:] = []  # drop the direct explain's pass
+    assert "block 1" in " ".join(t.get_text() for t in explorer.figure().texts)  # what the widget shows
 
 
 def test_exp_explore_starts_from_the_explanation(tiny_vit, image, runs):
