@@ -28,6 +28,7 @@ from .preprocess import CropBox, map_to_photo
 from .render import colorize, colormap_table
 
 PHOTO_SIDE = 720   # longest side of the embedded photo, in pixels
+SHOWN_SIDE = 480   # smaller photos are shown (not stored) at least this large
 MAP_SIDE = 224     # side of each embedded map square, in pixels (the browser scales it to the photo)
 
 
@@ -52,6 +53,8 @@ def report_html(model, image, prompts, methods=None, *, first=None, against=None
     if not 0.0 <= float(alpha) <= 1.0:
         raise ClipvizError(f"alpha must be between 0 (photo only) and 1 (heatmap only), got {alpha}")
     photo_png, (width, height) = _photo(session.photo)
+    zoom = max(1.0, SHOWN_SIDE / max(width, height))
+    width, height = round(width * zoom), round(height * zoom)
     data = {"prompts": [], "methods": [], "maps": {}, "alpha": float(alpha), "against": against}
     box = None
     for method in methods:

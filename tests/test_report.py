@@ -73,6 +73,7 @@ def test_the_page_is_one_file_with_every_map_embedded(tiny_vit, image, page):
     assert np.allclose([p["prob"] for p in data["prompts"]], both.probs, atol=1e-5)
     photo = decode(re.search(r'id="photo"[^>]*src="(data:[^"]+)"', page).group(1))
     assert photo.shape == image.shape and np.array_equal(photo, image)  # small photos are embedded as they are
+    assert 'id="photo" width="480" height="300"' in page  # ... and shown at least 480 px wide
 
 
 def test_a_contrast_report_shows_both_scores_and_only_prompt_specific_methods(tiny_vit, image):
