@@ -20,8 +20,7 @@ figure, the same figure ``Explorer.figure()`` returns.
 """
 
 import dataclasses
-
-import numpy as np
+import html
 
 from .adapters import adapt
 from .errors import ClipvizError
@@ -203,7 +202,7 @@ class Explorer:
         try:
             self.explanation = self.session.view(state["prompt"], state["method"], state["layer"], state["head"])
         except ClipvizError as error:  # e.g. an empty prompt typed in the box: say so, keep the last view
-            self.status.value = f"<span style='color:#b00'>{_escape(error)}</span>"
+            self.status.value = f"<span style='color:#b00'>{html.escape(str(error))}</span>"
             return
         self.overlay = overlay(self.session.photo, self.explanation.maps[0], cmap=state["cmap"], alpha=state["alpha"])
         from .display import png_bytes
@@ -245,7 +244,3 @@ class Explorer:
         return (f"<clipviz Explorer {s['prompt']!r}, {s['method']}, block {s['layer']}, head {s['head']}, "
                 f"opacity {s['alpha']:.2f}, {s['cmap']}>")
 
-
-def _escape(error):
-    import html
-    return html.escape(str(error))
