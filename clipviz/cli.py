@@ -155,7 +155,8 @@ def build_parser():
     _add_model(explain)
     explain.add_argument("--method", help=f"explanation method: relevance, rollout, attention, gradcam, ... "
                          f"(see clipviz.available_methods()); default {DEFAULT_METHOD_HELP}")
-    explain.add_argument("--against", metavar="PROMPT", help="contrastive: explain S(prompt) - S(PROMPT)")
+    explain.add_argument("--against", metavar="PROMPT", help="contrastive: explain S(prompt) - S(PROMPT); the "
+                         "table, title and JSON show both scores and their difference (prompt-specific methods only)")
     explain.add_argument("--start-layer", type=int, help="first block the method uses (relevance: -1 = last)")
     explain.add_argument("--out", help=f"output folder (default ./{DEFAULT_OUT}) or one figure file "
                          ".png/.pdf/.svg")
@@ -167,6 +168,8 @@ def build_parser():
     explain.add_argument("--layers", action="store_true", help="also a strip of per-block maps per prompt "
                          "(implies --start-layer 0 unless given)")
     explain.add_argument("--heads", action="store_true", help="also a grid of per-head maps per prompt")
+    explain.add_argument("--html", metavar="FILE.html", help="write one self-contained HTML report instead (one "
+                         "image): every method, block and prompt precomputed, switched in the page; no server")
     _add_output_flags(explain)
     add_video_arguments(explain)
     explain.set_defaults(handler=run_explain)
@@ -499,6 +502,8 @@ def run_explain(args):
 
     if args.method is not None and args.method not in available_methods():
         get_method(args.method)  # the registry's error, before anything heavy is imported
+    if args.html:
+        return run_html_report(args, images, prompts, name)
     plan = OutputPlan(args.out, images, prompts, args.format, args.figure, args.layers, args.heads, args.force,
                       args.against)
     plan.check(len(images))
@@ -546,8 +551,8 @@ def run_explain(args):
 
 
 def _method_options(args):
-    """The method's options from the flags (``--start-layer``, ``--layers``), checked."""
-    from .explanation import check_options
+    """The method's options from the flags (``--start-layer``, ``--layers``), checked, and --against with it."""
+    from .explanation import check_contrast, check_options
     from .methods import get_method
 
     module = get_method(args.method)
@@ -557,6 +562,7 @@ def _method_options(args):
     elif args.layers and "start_layer" in _parameters(module.needs):
         options["start_layer"] = 0  # a strip needs every block
     check_options(module, args.method, options)
+    check_contrast(args.method, args.against)
     return options
 
 
@@ -564,6 +570,33 @@ def _default_method(model):
     from .methods import default_method
 
     return default_method(model)
+
+
+def run_html_report(args, images, prompts, name):
+    """``explain --html FILE``: the report of clipviz.report for one image (--method shown first)."""
+    from .explanation import check_contrast
+    from .report import report_html, write_report
+
+    if len(images) != 1:
+        raise ClipvizError(f"--html writes the report of one image; {len(images)} were given")
+    if args.method is not None:
+        check_contrast(args.method, args.against)
+    _check_new(Path(args.html), args.force)
+    check_prompts(prompts + ([args.against] if args.against else []))
+    model = load_model(name, args.device, args.activation)
+    if args.method is None:
+        args.method = _default_method(model)
+        check_contrast(args.method, args.against)
+    page = report_html(model, images[0], prompts, first=args.method, against=args.against, alpha=args.alpha,
+                       cmap=args.cmap, title=f"clipviz: {Path(images[0]).name} ({name})")
+    path = write_report(args.html, page, protect=images)
+    if args.json:
+        json.dump({"model": name, "image": images[0], "prompts": prompts, "against": args.against,
+                   "files": [str(path)]}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    elif not args.quiet:
+        print(f"-> {path} ({len(page) // 1024} KiB, {len(prompts)} prompts)")
+    return EXIT_OK
 
 
 def _same_failure_throughout(failures, index, count=5):
@@ -628,12 +661,20 @@ def _explain_table(exp, image, files):
     prompts = [_one_line(p) for p in exp.prompts]
     width = max(len("prompt"), *(len(p) for p in prompts))
     against = f", against \"{_one_line(exp.against[0])}\"" if exp.against else ""
-    rows = [f"{_one_line(image)}  ({exp.method}{against})",
-            f"  {'prompt':<{width}}  {'score':>7}  {'prob':>6}  peak (x, y)"]
+    rows = [f"{_one_line(image)}  ({exp.method}{against})"]
+    if exp.against:  # the map explains S(prompt) − S(against), S = logit_scale · cosine
+        rows.append(f"  {'prompt':<{width}}  {'S(prompt)':>9}  {'S(against)':>10}  {'difference':>10}  "
+                    f"{'p(prompt|pair)':>14}  peak (x, y)")
+    else:
+        rows.append(f"  {'prompt':<{width}}  {'score':>7}  {'prob':>6}  peak (x, y)")
     for t, prompt in enumerate(prompts):
-        peak = _peak(exp.maps[t])
-        rows.append(f"  {prompt:<{width}}  {exp.scores[t]:+7.4f}  {exp.probs[t]:6.1%}  "
-                    f"{'-' if peak is None else tuple(peak)}")
+        peak = "-" if _peak(exp.maps[t]) is None else tuple(_peak(exp.maps[t]))
+        if exp.against:
+            c = exp.contrast()[t]
+            rows.append(f"  {prompt:<{width}}  {c['S_prompt']:9.3f}  {c['S_against']:10.3f}  "
+                        f"{c['S_difference']:+10.3f}  {exp.probs[t]:14.1%}  {peak}")
+        else:
+            rows.append(f"  {prompt:<{width}}  {exp.scores[t]:+7.4f}  {exp.probs[t]:6.1%}  {peak}")
     if exp.text_relevance is not None:
         rows.append("  text tokens:")
         rows += [f"    {_tokens_text(tokens, weights)}" for tokens, weights in zip(exp.text_tokens, exp.text_relevance)]

@@ -421,6 +421,11 @@ def _prompt_title(exp, t):
 
 
 def _score_line(exp, t):
+    if exp.against:  # the map explains S(prompt) − S(against): show both scores and the difference
+        c = exp.contrast()[t]
+        return f"S {c['S_prompt']:.2f} − {c['S_against']:.2f} = {c['S_difference']:+.2f}"
+    if len(exp.prompts) == 1:  # a softmax over one prompt is always 1: it says nothing
+        return f"cos {float(exp.scores[t]):.3f}"
     return f"cos {float(exp.scores[t]):.3f} · p {float(exp.probs[t]):.2f}"
 
 
@@ -442,10 +447,11 @@ def _draw(cells, columns, width_in, panel_w, fontsize, key, captions, header=())
     header: lines above everything. Both wrap to the figure's width.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.font_manager import FontProperties
 
-    fig = Figure(figsize=(width_in, 1.0))
+    from .display import DisplayFigure
+
+    fig = DisplayFigure(figsize=(width_in, 1.0))  # a Figure that also displays itself in Jupyter
     canvas = FigureCanvasAgg(fig)
     renderer = canvas.get_renderer()
     font = FontProperties(size=fontsize)
@@ -603,36 +609,6 @@ def save_explanation(exp, path, dpi=200, **kwargs):
     """``explanation_figure(exp, **kwargs)`` saved to ``path``; never overwrites the input photo."""
     fig = explanation_figure(exp, **kwargs)
     return save_figure(fig, path, dpi=dpi, protect=[exp.source] if exp.source else ())
-
-
-def figure_png_bytes(fig, dpi=100):
-    """The figure as PNG bytes; closes it (if pyplot manages it) so nothing accumulates."""
-    import io
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    if getattr(fig.canvas, "manager", None) is not None:
-        import matplotlib.pyplot as plt
-        plt.close(fig)
-    return buffer.getvalue()
-
-
-def explanation_html(exp, dpi=100, **kwargs):
-    """HTML for Jupyter: the figure as an inline PNG, then each prompt's coloured tokens (if any)."""
-    return explanation_bundle(exp, dpi=dpi, **kwargs)["text/html"]
-
-
-def explanation_bundle(exp, dpi=100, **kwargs):
-    """Jupyter's mime bundle from one drawing of the figure (its tokens go in the HTML):
-    {"image/png": base64 str (as IPython's own bundles carry it), "text/html": str}."""
-    png = figure_png_bytes(explanation_figure(exp, **{**kwargs, "show_text": False}), dpi=dpi)
-    png = base64.b64encode(png).decode("ascii")
-    parts = [f'<img src="data:image/png;base64,{png}" alt="clipviz explanation"/>']
-    if exp.text_relevance is not None:
-        cmap = kwargs.get("cmap", "jet")
-        parts.append(f'<div style="font-size:smaller;color:#555">tokens: {html.escape(TOKEN_SCALE)} per prompt</div>')
-        for prompt, tokens, weights in zip(exp.prompts, exp.text_tokens, exp.text_relevance):
-            parts.append(f"<div><b>{html.escape(prompt)}</b>: {text_tokens_html(tokens, weights, cmap)}</div>")
-    return {"image/png": png, "text/html": "\n".join(parts)}
 
 
 def _target(path, formats, protect):
