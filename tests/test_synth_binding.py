@@ -14,6 +14,7 @@ from clipviz.synth import COLOURS, SHAPES, make_scene, scene_from_index
 from clipviz.synth.binding import class_id, multi_hot, training_scene, training_text
 from clipviz.synth.photos import load_photos, photo_crop
 from clipviz.synth.scenes import OUTLINE_WIDTH
+from clipviz.synth.targets import outline_pastel_scene, same_shape_scene
 from clipviz.synth.train import _batch_order, binding_loss, main as train_main
 from conftest import SHARED
 
@@ -219,3 +220,13 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
 def test_training_refuses_evaluation_streams(tmp_path):
     with pytest.raises(SystemExit, match="evaluation stream"):
         train_main(["--out", str(tmp_path / "x.pt"), "--seed", "3", "--device", "cpu", "--tiny"])
+
+
+def test_target_suites_draw_what_they_name():
+    for index in range(20):
+        scene = same_shape_scene(index)
+        (a, b) = scene.objects
+        assert a.shape == b.shape and a.colour != b.colour
+        assert scenes_digest([scene]) == scenes_digest([same_shape_scene(index)])
+        styled = outline_pastel_scene(index)
+        assert len(styled.objects) == 2 and styled.background.startswith("pastel ")

@@ -1,6 +1,6 @@
 """Measure a synthetic model against issue 14's targets: maps that point at the named object.
 
-    python -m clipviz.synth.targets --model synth-vit-s16 --n 500 --device cuda --json targets.json
+    python -m clipviz.synth.targets --model synth-vit-s16.pt --n 500 --device cuda --json targets.json
     python -m clipviz.synth.targets --model ckpt.pt --n 100 --methods relevance --photos ../shared/images
 
 Every measurement runs on held-out streams (training uses stream 0 and refuses these) through
@@ -26,8 +26,6 @@ import numpy as np
 from .evaluate import OUTLINE_SEED, PAIR_SEED, PHOTO_SEED, SAME_SHAPE_SEED, present_vs_absent, zero_shot
 from .scenes import COLOURS, SHAPES, make_scene, scene_from_index
 
-TARGETS = {"bench objects_2 pointing": 0.90, "bench all pointing": 0.80, "same_shape pointing": 0.90,
-           "zero_shot_accuracy": 0.98, "present_beats_absent": 0.98}
 
 
 def same_shape_scene(index, seed=SAME_SHAPE_SEED):
@@ -116,7 +114,7 @@ def measure(model, n, methods=None, photos=None, progress=False):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="synth-vit-s16", help="registered name or checkpoint path")
+    parser.add_argument("--model", required=True, help="registered name or checkpoint path")
     parser.add_argument("--n", type=int, default=500, help="scenes per suite (zero-shot: 2n)")
     parser.add_argument("--methods", default=None, help="comma-separated (default: every method)")
     parser.add_argument("--device", default=None)
@@ -135,13 +133,11 @@ def main(argv=None):
     figures.update(zero_shot_accuracy=accuracy, present_beats_absent=won,
                    zero_shot_mistakes=[f"{t} -> {p} x{k}" for (t, p), k in mistakes.most_common(5)])
     print(f"model {args.model}: pointing game (share of maps whose peak is on the queried object)")
-    for suite in ["bench"] + [k for k in ("same_shape", "outline_pastel", "photo") if k in figures]:
-        rows = figures[suite] if suite != "bench" else {f"{key}": v for key, v in figures["bench"].items()}
-        if suite == "bench":
-            for key, row in rows.items():
-                print(f"  bench {key:10s} " + "  ".join(f"{m} {v:.3f}" for m, v in row.items()))
-        else:
-            print(f"  {suite:16s} " + "  ".join(f"{m} {v:.3f}" for m, v in rows.items()))
+    for key, row in figures["bench"].items():
+        print(f"  bench {key:10s} " + "  ".join(f"{m} {v:.3f}" for m, v in row.items()))
+    for suite in ("same_shape", "outline_pastel", "photo"):
+        if suite in figures:
+            print(f"  {suite:16s} " + "  ".join(f"{m} {v:.3f}" for m, v in figures[suite].items()))
     print(f"  zero-shot {accuracy:.4f}  present beats absent {won:.4f}  demo {figures['demo_peaks_on_object']}")
     if args.json:
         with open(args.json, "w") as f:
