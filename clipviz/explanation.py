@@ -23,9 +23,14 @@ from .errors import ClipvizError
 from .hooks import AttentionRecorder, CausalPrefix
 from .methods import get_method
 from .methods.base import Records
+from .model import check_finite
 from .preprocess import load_image, map_to_photo, preprocess_image
 from .tokenizer import clean_text
 
+# One photo's maps, float32 [P, H, W], may take at most this much memory; above it explain()
+# refuses before the forward pass and says how many prompts fit. 2 GiB is 8 prompts on a
+# 64-megapixel photo (preprocess.MAX_PIXELS) or ~40 on a 12-megapixel one.
+MAX_MAP_BYTES = 2 << 30
 
 @dataclass
 class Explanation:
@@ -151,6 +156,7 @@ def explain_batch(adapter, images, prompts, module, method, against, options):
         photos.append(photo)
         pixels.append(tensor)
         boxes.append(box)
+    check_map_memory(photos, len(prompts))
     pixels = torch.stack(pixels).to(adapter.device, adapter.dtype)
 
     encoded = prompts + [a for a in (against or []) if a not in prompts]
@@ -158,6 +164,7 @@ def explain_batch(adapter, images, prompts, module, method, against, options):
     target_weights, target_prompt = _targets(prompts, against, encoded)
 
     records, cosine, logits, output = run_method(adapter, pixels, ids, target_weights, target_prompt, module, options)
+    check_scores(adapter, cosine, encoded)
     probs = logits[:, :len(prompts)].softmax(dim=-1)
 
     token_maps = output.token_maps.float().cpu().numpy()
@@ -180,6 +187,32 @@ def explain_batch(adapter, images, prompts, module, method, against, options):
             text_relevance=None if text_relevance is None else text_relevance[b],
             source=images[b] if isinstance(images[b], str) else getattr(images[b], "filename", None) or None))
     return explanations
+
+
+def check_map_memory(photos, prompts):
+    """Refuse up front when one photo's maps (float32 [P, H, W]) would exceed MAX_MAP_BYTES."""
+    for photo in photos:
+        per_prompt = 4 * photo.shape[0] * photo.shape[1]
+        if prompts * per_prompt > MAX_MAP_BYTES:
+            fit = MAX_MAP_BYTES // per_prompt
+            raise ClipvizError(
+                f"maps for {prompts} prompts on a {photo.shape[1]}×{photo.shape[0]} photo would take "
+                f"{prompts * per_prompt / 2**30:.1f} GiB (float32 [P, H, W]), more than "
+                f"clipviz.explanation.MAX_MAP_BYTES ({MAX_MAP_BYTES / 2**30:.1f} GiB): "
+                + (f"explain at most {fit} prompts per call, " if fit else "") +
+                "downscale the photo, or raise the limit if you have the memory")
+
+
+def check_scores(adapter, cosine, prompts):
+    """Refuse NaN or infinite scores [B, P], naming a non-finite weight when the model has one."""
+    finite = torch.isfinite(cosine).all(dim=0)
+    if bool(finite.all()):
+        return
+    check_finite(adapter.model.named_parameters(), "the model")  # names the broken weight, if any
+    bad = [p for p, ok in zip(prompts, finite.tolist()) if not ok]
+    raise ClipvizError(f"the model's score for {bad[0]!r}{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''} "
+                       "is NaN or infinite although its weights are finite: it overflows in its dtype "
+                       f"({adapter.dtype}); load it in float32")
 
 
 def run_method(adapter, pixels, ids, target_weights, target_prompt, module, options):
