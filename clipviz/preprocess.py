@@ -42,6 +42,10 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 # decoded pixels. Raise it for a trusted huge file; above 2 * PIL.Image.MAX_IMAGE_PIXELS (where
 # PIL raises DecompressionBombError) also raise PIL.Image.MAX_IMAGE_PIXELS.
 MAX_PIXELS = 1 << 26
+# Refuse photos so elongated that the resized image (short side S) would have more pixels than
+# this. That image is never built whole when it outgrows the photo (only the crop is computed, see
+# _resize_and_crop), so this only stops absurd proportions; it is PIL's bomb threshold.
+MAX_RESIZED_PIXELS = 178_956_970
 
 _MEAN = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
 _STD = torch.tensor(STD, dtype=torch.float32).view(3, 1, 1)
@@ -315,7 +319,7 @@ def preprocess_image(image, size):
     rgb = load_image(image)
     height, width = rgb.shape[:2]
     new_w, new_h = _resized_size(width, height, size)
-    if new_w * new_h > MAX_PIXELS:
+    if new_w * new_h > MAX_RESIZED_PIXELS:
         raise ClipvizError(
             f"The image is {width}×{height}: so elongated that resizing its short side to {size} px would "
             f"make {new_w}×{new_h} pixels. Crop it to a less elongated region first."
