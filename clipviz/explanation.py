@@ -25,9 +25,14 @@ from .forms import check_trainable, explaining, usable
 from .hooks import AttentionRecorder, CausalPrefix
 from .methods import get_method
 from .methods.base import Records
+from .model import check_finite
 from .preprocess import load_image, map_to_photo, preprocess_image
 from .tokenizer import clean_text
 
+# One photo's maps, float32 [P, H, W], may take at most this much memory; above it explain()
+# refuses before the forward pass and says how many prompts fit. 2 GiB is 8 prompts on a
+# 64-megapixel photo (preprocess.MAX_PIXELS) or ~40 on a 12-megapixel one.
+MAX_MAP_BYTES = 2 << 30
 
 @dataclass
 class Explanation:
@@ -224,12 +229,14 @@ def record_batch(adapter, images, prompts, module, against, options):
         photos.append(photo)
         pixels.append(tensor)
         boxes.append(box)
+    check_map_memory(photos, len(prompts))
     pixels = torch.stack(pixels).to(adapter.device, adapter.dtype)
 
     encoded = prompts + [a for a in (against or []) if a not in prompts]
     ids = adapter.tokenize(encoded).to(adapter.device)
     target_weights, target_prompt = _targets(prompts, against, encoded)
     records, cosine, logits, output = run_method(adapter, pixels, ids, target_weights, target_prompt, module, options)
+    check_scores(adapter, cosine, encoded)
     sources = [image if isinstance(image, str) else getattr(image, "filename", None) or None for image in images]
     return Recording(photos, boxes, sources, list(prompts), against, encoded, records, cosine, logits,
                      float(adapter.logit_scale().detach()), output, adapter)
@@ -268,6 +275,32 @@ def explanations_from(recording, output, method, options):
             against_scores=None if against_scores is None else against_scores[b],
             logit_scale=recording.logit_scale, model=recording.adapter))
     return explanations
+
+
+def check_map_memory(photos, prompts):
+    """Refuse up front when one photo's maps (float32 [P, H, W]) would exceed MAX_MAP_BYTES."""
+    for photo in photos:
+        per_prompt = 4 * photo.shape[0] * photo.shape[1]
+        if prompts * per_prompt > MAX_MAP_BYTES:
+            fit = MAX_MAP_BYTES // per_prompt
+            raise ClipvizError(
+                f"maps for {prompts} prompts on a {photo.shape[1]}×{photo.shape[0]} photo would take "
+                f"{prompts * per_prompt / 2**30:.1f} GiB (float32 [P, H, W]), more than "
+                f"clipviz.explanation.MAX_MAP_BYTES ({MAX_MAP_BYTES / 2**30:.1f} GiB): "
+                + (f"explain at most {fit} prompts per call, " if fit else "") +
+                "downscale the photo, or raise the limit if you have the memory")
+
+
+def check_scores(adapter, cosine, prompts):
+    """Refuse NaN or infinite scores [B, P], naming a non-finite weight when the model has one."""
+    finite = torch.isfinite(cosine).all(dim=0)
+    if bool(finite.all()):
+        return
+    check_finite(adapter.model.named_parameters(), "the model")  # names the broken weight, if any
+    bad = [p for p, ok in zip(prompts, finite.tolist()) if not ok]
+    raise ClipvizError(f"the model's score for {bad[0]!r}{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''} "
+                       "is NaN or infinite although its weights are finite: it overflows in its dtype "
+                       f"({adapter.dtype}); load it in float32")
 
 
 def run_method(adapter, pixels, ids, target_weights, target_prompt, module, options):
