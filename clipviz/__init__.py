@@ -37,6 +37,7 @@ _EXPORTS = {
     "Explanation": "explanation",
     "available_methods": "methods",
     "overlay": "render",
+    "explore": "explorer",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 from .errors import ClipvizError
+from .files import open_regular
 
 _DOTTED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
 
@@ -34,19 +35,17 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     ClipvizError.
     """
     path = Path(path).expanduser()
-    if not path.exists():
-        raise ClipvizError(f"checkpoint {path} does not exist; check the path")
-    if not path.is_file():
-        raise ClipvizError(f"checkpoint {path} is not a file; pass the checkpoint file inside it")
+    with open_regular(path, "checkpoint"):  # a FIFO or device is refused here, without blocking
+        pass
     if path.stat().st_size == 0:
         raise ClipvizError(f"checkpoint {path} is empty (0 bytes); download or save it again")
 
     if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         state = _read_safetensors(path)
-    elif _is_torchscript(path):
-        state = _read_torchscript(path)
     else:
-        state = _read_pickle(path)
+        if zipfile.is_zipfile(path):
+            _check_archive(path)  # declared sizes and CRC-32s, before torch or we inflate anything
+        state = _read_torchscript(path) if _is_torchscript(path) else _read_pickle(path)
     return _state_dict_from(state, path)
 
 
@@ -55,6 +54,47 @@ def _damaged(path: Path, error: BaseException) -> ClipvizError:
     reason = f"{type(error).__name__}: {first}" if first else type(error).__name__
     return ClipvizError(f"could not read checkpoint {path}: it is damaged, truncated or not a "
                         f"model checkpoint ({reason}); download or save it again")
+
+
+# A zip checkpoint may declare at most this many times its own size in member bytes (plus a
+# little), so a small file cannot ask for gigabytes. torch.save and torch.jit.save store every
+# member uncompressed (declared size = bytes in the file); a re-zipped checkpoint deflates weights
+# to ~90 % and pickles to ~1/10, while a deflate bomb inflates ~1000:1.
+MAX_INFLATION = 32
+_INFLATION_SLACK = 16 << 20
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse a zip checkpoint whose members declare more bytes than it can hold, then check
+    every member's CRC-32 (Python's zipfile reads each member in 1 MiB pieces, so memory stays
+    flat; torch's own reader checks no CRC). Raises ClipvizError naming the member."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            for info in members:
+                if info.header_offset + info.compress_size > size:
+                    raise zipfile.BadZipFile(f"member {info.filename} claims {info.compress_size:,} bytes past "
+                                             f"offset {info.header_offset:,}, beyond the file's {size:,} bytes")
+                if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+                    raise zipfile.BadZipFile(f"stored member {info.filename} declares {info.file_size:,} bytes "
+                                             f"but holds {info.compress_size:,}")
+            declared = sum(info.file_size for info in members)
+            if declared > MAX_INFLATION * size + _INFLATION_SLACK:
+                largest = max(members, key=lambda info: info.file_size)
+                raise ClipvizError(
+                    f"refusing checkpoint {path}: its members would inflate to {declared:,} bytes from a "
+                    f"{size:,}-byte file (member {largest.filename}: {largest.file_size:,} bytes from "
+                    f"{largest.compress_size:,}), more than {MAX_INFLATION}x its size; it is damaged or "
+                    "a decompression bomb. Save the weights again with torch.save")
+            damaged = archive.testzip()
+    except ClipvizError:
+        raise
+    except Exception as e:  # BadZipFile, OSError, zlib.error, NotImplementedError (unknown compression)
+        raise _damaged(path, e) from e
+    if damaged is not None:
+        raise ClipvizError(f"checkpoint {path} is damaged: member {damaged} fails its CRC-32 check (bytes changed "
+                           "after it was written); download or save it again")
 
 
 def _looks_like_safetensors(path: Path) -> bool:
@@ -179,7 +219,7 @@ class _ScriptUnpickler(pickle.Unpickler):
         if kind != "storage" or not isinstance(dtype, self.torch.dtype):
             raise pickle.UnpicklingError(f"unexpected persistent record {record!r:.80}")
         if key not in self.storages:
-            data = bytearray(self.archive.read(f"{self.root}data/{key}"))
+            data = _read_member(self.archive, f"{self.root}data/{key}")
             flat = self.torch.frombuffer(data, dtype=self.torch.uint8) if data else \
                 self.torch.empty(0, dtype=self.torch.uint8)
             self.storages[key] = flat.view(dtype)
@@ -190,6 +230,22 @@ class _ScriptUnpickler(pickle.Unpickler):
 
     def _tensor(self, flat, offset, size, stride, *_requires_grad_hooks_metadata):
         return flat.as_strided(tuple(size), tuple(stride), offset)
+
+
+def _read_member(archive: zipfile.ZipFile, name: str) -> bytearray:
+    """A member's bytes in one writable buffer, filled 1 MiB at a time (read() then bytearray()
+    would hold two copies at once)."""
+    data = bytearray(archive.getinfo(name).file_size)
+    view = memoryview(data)
+    with archive.open(name) as member:
+        filled = 0
+        while filled < len(data):
+            chunk = member.read(min(1 << 20, len(data) - filled))
+            if not chunk:
+                raise EOFError(f"member {name} ends after {filled:,} of {len(data):,} bytes")
+            view[filled:filled + len(chunk)] = chunk
+            filled += len(chunk)
+    return data
 
 
 class _ScriptClasses:
@@ -314,6 +370,20 @@ def _state_dict_from(state, path: Path) -> dict:
     if odd:
         raise ClipvizError(f"{path} is not a state dict: entries {odd[:5]} are not named tensors; "
                            "save model.state_dict() and retry")
+    for name, tensor in state.items():
+        _check_extent(name, tensor, path)
     return dict(state)
+
+
+def _check_extent(name: str, tensor, path: Path) -> None:
+    """A weight may not claim more values than its storage holds: sizes with zero or overlapping
+    strides over a few bytes would turn into gigabytes when the model copies them. (Torch itself
+    refuses views that reach past the storage.)"""
+    held = tensor.untyped_storage().nbytes() // max(1, tensor.element_size())
+    if tensor.numel() > held:
+        raise ClipvizError(f"refusing checkpoint {path}: tensor {name} claims shape {tuple(tensor.shape)} "
+                           f"({tensor.numel():,} values) over a storage of {held:,} values (strides "
+                           f"{tuple(tensor.stride())}); it is damaged or crafted. Save the weights again "
+                           "with torch.save(model.state_dict())")
 
 

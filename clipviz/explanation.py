@@ -25,9 +25,14 @@ from .errors import ClipvizError
 from .maps import map_to_photo, normalise_maps, peak_xy
 from .methods import Method, get_method
 from .pipeline import run_method
+from .model import check_finite
 from .preprocess import load_image, preprocess_image
 from .tokenizer import clean_text
 
+# One photo's maps, float32 [P, H, W], may take at most this much memory; above it explain()
+# refuses before the forward pass and says how many prompts fit. 2 GiB is 8 prompts on a
+# 64-megapixel photo (preprocess.MAX_PIXELS) or ~40 on a 12-megapixel one.
+MAX_MAP_BYTES = 2 << 30
 
 @dataclass
 class Explanation:
@@ -36,7 +41,9 @@ class Explanation:
     photo:          uint8 [H, W, 3], the original photo (EXIF-rotated, RGB)
     prompts:        the T prompts explained (for a contrast: "A − B" pairs are in ``against``)
     scores:         float [T] cosine similarity of the photo with each prompt
-    probs:          float [T] softmax over the prompts of logit_scale · cosine
+    probs:          float [T] softmax over the prompts of logit_scale · cosine; for a contrast,
+                    each prompt's probability against its own ``against`` prompt (softmax over
+                    the pair = sigmoid(S_prompt − S_against)), never a softmax over one prompt
     token_maps:     float [T, g, g] raw method output, before any normalisation
     maps:           float [T, H, W] in [0, 1] on the photo; NaN where the model saw nothing
     crop_box:       where the model's square input sits in the photo (clipviz.preprocess.CropBox)
@@ -45,6 +52,9 @@ class Explanation:
     head_maps:      [T, H, g, g] per-head maps of the last block, or None
     text_tokens:    per prompt, its BPE tokens as strings (for text relevance)
     text_relevance: per prompt, float [len(text_tokens)] relevance of each token, or None
+    against_scores: float [T] cosine of the photo with each ``against`` prompt, or None
+    logit_scale:    the model's logit scale: S = logit_scale · cosine is the score explained
+                    (for a contrast S_prompt − S_against, see ``contrast()``)
     """
 
     photo: np.ndarray
@@ -63,6 +73,9 @@ class Explanation:
     text_tokens: list = None
     text_relevance: list = None
     source: str = None
+    against_scores: np.ndarray = None
+    logit_scale: float = None
+    model: object = field(default=None, repr=False, compare=False)  # what explained it (for explore())
 
     def figure(self, **kwargs):
         """A matplotlib Figure: the photo and one overlay per prompt (see clipviz.render)."""
@@ -79,26 +92,53 @@ class Explanation:
         from .render import overlay
         return overlay(self.photo, self.maps[index], **kwargs)
 
-    def _repr_png_(self):
-        from .render import figure_png_bytes
-        return figure_png_bytes(self.figure())
+    def __repr__(self):
+        # one line: the dataclass default would print every array (the photo alone is ~20k characters)
+        height, width = self.photo.shape[:2]
+        scores = ", ".join(f"{p!r}: {s:.3f}" for p, s in zip(self.prompts[:3], self.scores))
+        more = f", … {len(self.prompts) - 3} more" if len(self.prompts) > 3 else ""
+        against = f" against {self.against[0]!r}" if self.against else ""
+        return f"<Explanation {self.method}{against}, {width}×{height} photo, cos {{{scores}{more}}}>"
 
-    def _repr_html_(self):
-        """Jupyter: the figure inline, then each prompt's tokens coloured by relevance (if any)."""
-        from .render import explanation_html
-        return explanation_html(self)
+    def _repr_png_(self):
+        from .display import png_bytes
+        return png_bytes(self.figure())
 
     def _repr_mimebundle_(self, include=None, exclude=None):
-        # one drawing for both formats; without it IPython draws the figure once per _repr_*_
-        from .render import explanation_bundle
-        return explanation_bundle(self)
+        # the figure (with its token strips) as the only image; no HTML copy of the same PNG
+        import base64
+        return {"image/png": base64.b64encode(self._repr_png_()).decode("ascii"), "text/plain": repr(self)}
+
+    def contrast(self):
+        """For a contrastive explanation, per prompt t: the scores behind the map, in logit units
+        (S = logit_scale · cosine): ``{"prompt", "against", "S_prompt", "S_against", "S_difference"}``
+        where S_difference = S_prompt − S_against is the score whose gradient was explained.
+        None without ``against``."""
+        if not self.against:
+            return None
+        scale = float(self.logit_scale)
+        return [{"prompt": p, "against": a, "S_prompt": scale * float(s), "S_against": scale * float(o),
+                 "S_difference": scale * (float(s) - float(o))}
+                for p, a, s, o in zip(self.prompts, self.against, self.scores, self.against_scores)]
+
+    def explore(self, **switches):
+        """An interactive explorer of this photo starting from this explanation (ipywidgets; see
+        clipviz.explorer): prompt box, method, start layer, head, opacity, colour map."""
+        if self.model is None:
+            raise ClipvizError("this explanation carries no model: use clipviz.explore(model, image, prompt)")
+        from .explorer import explore
+        start = dict(prompt=self.prompts[0], method=self.method, against=self.against[0] if self.against else None,
+                     layer=self.options.get("start_layer", self.options.get("layer")), prompts=self.prompts)
+        return explore(self.model, self.photo, **{**start, **switches})
 
     def to_dict(self):
-        """JSON-ready summary (no pixel arrays)."""
+        """JSON-ready summary (no pixel arrays); ``contrast`` as in ``contrast()``."""
         return {
             "source": self.source, "method": self.method, "options": _jsonable(self.options),
             "prompts": list(self.prompts), "against": self.against,
             "scores": [float(s) for s in self.scores], "probs": [float(p) for p in self.probs],
+            "logit_scale": None if self.logit_scale is None else float(self.logit_scale),
+            "contrast": self.contrast(),
             "patch_grid": int(self.token_maps.shape[-1]),
             "peak_xy": [peak_xy(m) for m in self.maps],
             "text_relevance": None if self.text_relevance is None else [
@@ -106,13 +146,15 @@ class Explanation:
         }
 
 
-def explain(model, image, prompts, method="relevance", *, against=None, batch_size=8, **options):
+def explain(model, image, prompts, method=None, *, against=None, batch_size=8, **options):
     """Explain which regions of ``image`` drove the model's match with each prompt.
 
     model:   from ``clipviz.load`` (or any supported CLIP; see clipviz.adapters)
     image:   a path, PIL image or uint8 array — or a list of them (then a list of Explanations)
     prompts: one string or a list of T strings; all share one image forward pass
-    method:  a name from ``clipviz.available_methods()`` (or a clipviz.methods.Method)
+    method:  a name from ``clipviz.available_methods()`` (or a clipviz.methods.Method); None: the
+             model family's default (``relevance`` for ViTs, ``gradcam`` for ResNets;
+             ``clipviz.methods.default_method``)
     against: a contrastive target: one prompt (or one per prompt); the score explained is
              S_prompt − S_against
     batch_size: images per forward pass; halved automatically when memory runs out
@@ -121,8 +163,12 @@ def explain(model, image, prompts, method="relevance", *, against=None, batch_si
     Returns an ``Explanation`` (a list of them when ``image`` is a list).
     """
     adapter = adapt(model)
+    if method is None:
+        from .methods import default_method
+        method = default_method(adapter.model)
     chosen = method if isinstance(method, Method) else get_method(method)
     chosen.check_options(options)
+    check_contrast(chosen, against)
     query = prepare_query(adapter, prompts, against)
     images, single = image_list(image)
     results, start, size = [], 0, max(1, int(batch_size))
@@ -150,6 +196,7 @@ class Query:
 
     prompts: list
     against: list
+    encoded: list
     ids: torch.Tensor
     target_weights: torch.Tensor
     target_prompt: torch.Tensor
@@ -162,11 +209,42 @@ def prepare_query(adapter, prompts, against=None):
     encoded = prompt_list + [a for a in (against_list or []) if a not in prompt_list]
     ids = adapter.tokenize(encoded).to(adapter.device)
     target_weights, target_prompt = _targets(prompt_list, against_list, encoded)
-    return Query(prompt_list, against_list, ids, target_weights, target_prompt)
+    return Query(prompt_list, against_list, encoded, ids, target_weights, target_prompt)
 
 
 def explain_batch(adapter, images, query, method, options):
     """Explain B images in one forward pass; returns B Explanations."""
+    recording = record_batch(adapter, images, query, method, options)
+    return explanations_from(recording, recording.output, method, options)
+
+
+@dataclass
+class Recording:
+    """One forward (and backward) pass of B images with the prompts, kept so that a method can
+    recompute maps with other options from the same records (see clipviz.explore).
+
+    photos [B] uint8 [H, W, 3]; boxes [B] CropBox; sources [B] str or None; prompts [T];
+    against [T] or None; encoded: the P prompts encoded (prompts, then new against prompts);
+    records: the method's Records; cosine, logits [B, P]; logit_scale: float; output: the
+    MethodOutput computed with the options recorded; adapter: the model's adapter.
+    """
+
+    photos: list
+    boxes: list
+    sources: list
+    prompts: list
+    against: list
+    encoded: list
+    records: object
+    cosine: torch.Tensor
+    logits: torch.Tensor
+    logit_scale: float
+    output: object
+    adapter: object
+
+
+def record_batch(adapter, images, query, method, options):
+    """Load and preprocess B images, run the model once with the recorder → a Recording."""
     photos, pixels, boxes = [], [], []
     for image in images:
         photo = load_image(image)
@@ -174,22 +252,37 @@ def explain_batch(adapter, images, query, method, options):
         photos.append(photo)
         pixels.append(tensor)
         boxes.append(box)
+    check_map_memory(photos, len(query.prompts))
     pixels = torch.stack(pixels).to(adapter.device, adapter.dtype)
-    prompts, against = query.prompts, query.against
     records, cosine, logits, output = run_method(adapter, pixels, query.ids, query.target_weights,
                                                  query.target_prompt, method, options)
-    probs = logits[:, :len(prompts)].softmax(dim=-1)
+    check_scores(adapter, cosine, query.encoded)
+    sources = [image if isinstance(image, str) else getattr(image, "filename", None) or None for image in images]
+    return Recording(photos, boxes, sources, list(query.prompts), query.against, query.encoded, records, cosine,
+                     logits, float(adapter.logit_scale().detach()), output, adapter)
 
+
+def explanations_from(recording, output, method, options):
+    """B Explanations from a Recording and a MethodOutput computed on its records."""
+    prompts, against, cosine, logits = recording.prompts, recording.against, recording.cosine, recording.logits
+    if against is None:
+        probs = logits[:, :len(prompts)].softmax(dim=-1)
+        against_scores = None
+    else:  # p(prompt) against its own contrast prompt: softmax over the pair = sigmoid(S_p − S_a)
+        rows = [recording.encoded.index(a) for a in against]
+        probs = torch.sigmoid(logits[:, :len(prompts)] - logits[:, rows])
+        against_scores = cosine[:, rows].cpu().numpy()
     token_maps = output.token_maps.float().cpu().numpy()
     text_tokens = text_relevance = None
+    batch = len(recording.photos)
     if output.text_relevance is not None:
         from .tokenizer import token_strings
         text_tokens = [token_strings(p) for p in prompts]
-        eot = records.eot.tolist()
+        eot = recording.records.eot.tolist()
         text_relevance = [[output.text_relevance[b, t, 1:eot[t]].numpy() for t in range(len(prompts))]
-                          for b in range(len(images))]
+                          for b in range(batch)]
     explanations = []
-    for b, (photo, box) in enumerate(zip(photos, boxes)):
+    for b, (photo, box) in enumerate(zip(recording.photos, recording.boxes)):
         explanations.append(Explanation(
             photo=photo, prompts=list(prompts), against=against,
             scores=cosine[b, :len(prompts)].cpu().numpy(), probs=probs[b].cpu().numpy(),
@@ -198,7 +291,9 @@ def explain_batch(adapter, images, query, method, options):
             layer_maps=_numpy(output.layer_maps, b), layer_indices=output.layer_indices,
             head_maps=_numpy(output.head_maps, b), text_tokens=text_tokens,
             text_relevance=None if text_relevance is None else text_relevance[b],
-            source=images[b] if isinstance(images[b], str) else getattr(images[b], "filename", None) or None))
+            source=recording.sources[b],
+            against_scores=None if against_scores is None else against_scores[b],
+            logit_scale=recording.logit_scale, model=recording.adapter))
     return explanations
 
 
@@ -209,6 +304,36 @@ def image_list(image):
     if not images:
         raise ClipvizError("no image given: pass a path, a PIL image, an array, or a list of them")
     return images, single
+
+
+def check_map_memory(photos, prompts):
+    """Refuse up front when one photo's maps (float32 [P, H, W]) would exceed MAX_MAP_BYTES."""
+    for photo in photos:
+        per_prompt = 4 * photo.shape[0] * photo.shape[1]
+        if prompts * per_prompt > MAX_MAP_BYTES:
+            fit = MAX_MAP_BYTES // per_prompt
+            raise ClipvizError(
+                f"maps for {prompts} prompts on a {photo.shape[1]}×{photo.shape[0]} photo would take "
+                f"{prompts * per_prompt / 2**30:.1f} GiB (float32 [P, H, W]), more than "
+                f"clipviz.explanation.MAX_MAP_BYTES ({MAX_MAP_BYTES / 2**30:.1f} GiB): "
+                + (f"explain at most {fit} prompts per call, " if fit else "") +
+                "downscale the photo, or raise the limit if you have the memory")
+
+
+def check_scores(adapter, cosine, prompts):
+    """Refuse NaN or infinite scores [B, P], naming a non-finite weight when the model has one.
+    An image tower alone has no scores (NaN by design, see clipviz.forms): nothing to check."""
+    if adapter.text_encoder is None:
+        return
+    finite = torch.isfinite(cosine).all(dim=0)
+    if bool(finite.all()):
+        return
+    check_finite(adapter.model.named_parameters(), "the model")  # names the broken weight, if any
+    bad = [p for p, ok in zip(prompts, finite.tolist()) if not ok]
+    raise ClipvizError(f"the model's score for {bad[0]!r}{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''} "
+                       "is NaN or infinite although its weights are finite: it overflows in its dtype "
+                       f"({adapter.dtype}); load it in float32")
+
 
 
 def clean_prompts(prompts):
@@ -226,6 +351,18 @@ def clean_prompts(prompts):
         # tokenizing already reads it as U+FFFD, so the prompt says so too
         cleaned.append("".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in item.strip()))
     return cleaned
+
+
+def check_contrast(method, against):
+    """A contrast needs a method whose map depends on the prompt; refuse one that ignores it.
+
+    method: a name or a clipviz.methods.Method; against: None or the contrast prompt(s)."""
+    from .methods import available_methods
+    chosen = method if isinstance(method, Method) else get_method(method)
+    if against is not None and not chosen.prompt_specific:
+        specific = ", ".join(m for m in available_methods() if get_method(m).prompt_specific)
+        raise ClipvizError(f"method {chosen.name!r} ignores the prompt, so against= would change nothing in its map: "
+                           f"use a prompt-specific method ({specific}) or leave against out")
 
 
 def _against_list(against, count):

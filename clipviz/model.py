@@ -394,12 +394,28 @@ def _vit_parameters(config):
             + (config["vocab_size"] + config["context_length"] + config["embed_dim"]) * text)
 
 
+def check_finite(named_tensors, what="the state dict"):
+    """Raise ClipvizError naming the first floating-point tensor that holds NaN or ±inf.
+
+    named_tensors: (name, Tensor) pairs, e.g. ``state_dict.items()`` or ``model.named_parameters()``.
+    One such weight makes every score NaN (or a random-looking map), so it is refused up front.
+    """
+    for name, tensor in named_tensors:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = tensor.detach()[~torch.isfinite(tensor.detach())]
+            kinds = " and ".join(k for k, n in (("NaN", bad.isnan().sum()), ("inf", bad.isinf().sum())) if n)
+            raise ClipvizError(f"{what} is numerically broken: tensor {name} {tuple(tensor.shape)} holds "
+                               f"{bad.numel():,} {kinds} values; the file is damaged or the model diverged "
+                               "in training. Use an intact checkpoint")
+
+
 def build_model(state_dict, dtype=torch.float32, activation="quick_gelu"):
     """Build a CLIP from an OpenAI-format state dict; every size is read off the tensor shapes.
 
     Like openai/clip's ``build_model``, but the model is returned in ``dtype`` (fp32 by default,
     so fp16 checkpoints run on CPU) and in eval mode. Missing or unexpected keys raise
-    ``ClipvizError`` naming the first mismatches.
+    ``ClipvizError`` naming the first mismatches, as do weights that hold NaN or ±inf
+    (naming the tensor).
 
     ``activation`` is the MLP non-linearity the weights were trained with, which no state dict
     records: "quick_gelu" (x·σ(1.702x), every OpenAI checkpoint and open_clip's ``-quickgelu``
@@ -410,6 +426,7 @@ def build_model(state_dict, dtype=torch.float32, activation="quick_gelu"):
     # own copies in the target dtype: the model must never share storage with the caller's dict
     state_dict = {k: v.to(dtype, copy=True) if v.is_floating_point() else v.clone()
                   for k, v in state_dict.items() if k not in ARCHIVE_CONSTANTS}
+    check_finite(state_dict.items())
     config = model_config(state_dict)
     try:
         if _vit_parameters(config) > SMALL_MODEL:

@@ -30,14 +30,22 @@ import torch
 from PIL import Image, ImageOps
 
 from .errors import ClipvizError
+from .files import open_regular
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # per RGB channel, as in openai/CLIP
 STD = (0.26862954, 0.26130258, 0.27577711)
 
 # Refuse images with more pixels than this, judged from the file header before any pixel is
-# decoded. The default is where PIL raises DecompressionBombError (2 * Image.MAX_IMAGE_PIXELS).
-# Raise it for a trusted huge file; above PIL's own limit also raise PIL.Image.MAX_IMAGE_PIXELS.
-MAX_PIXELS = 178_956_970
+# decoded: 2**26 = 8192×8192, above a 61-megapixel camera's 9504×6336. Decoding takes ~7 bytes a
+# pixel (PIL holds 4, the RGB array 3), so at most ~470 MB, and each prompt's map 4 bytes a pixel
+# (see clipviz.explanation.MAX_MAP_BYTES); a 530 KB PNG can declare 13000×13000 = 1.2 GB of
+# decoded pixels. Raise it for a trusted huge file; above 2 * PIL.Image.MAX_IMAGE_PIXELS (where
+# PIL raises DecompressionBombError) also raise PIL.Image.MAX_IMAGE_PIXELS.
+MAX_PIXELS = 1 << 26
+# Refuse photos so elongated that the resized image (short side S) would have more pixels than
+# this. That image is never built whole when it outgrows the photo (only the crop is computed, see
+# _resize_and_crop), so this only stops absurd proportions; it is PIL's bomb threshold.
+MAX_RESIZED_PIXELS = 178_956_970
 
 _MEAN = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
 _STD = torch.tensor(STD, dtype=torch.float32).view(3, 1, 1)
@@ -97,7 +105,8 @@ def load_image(source):
     for 16-bit PNGs, clipped to 0..65535) are scaled to 8 bits by /257 with rounding, not PIL's
     clipping convert. Float images (mode F) must hold values in [0, 1], like float arrays.
     Animated GIF / WebP / PNG files give their first frame. Files with more than MAX_PIXELS
-    pixels are refused from their header alone.
+    pixels are refused from their header alone. Only regular files are read: a FIFO, device or
+    directory raises ClipvizError saying what it is.
     """
     if isinstance(source, np.ndarray):
         return _array_to_rgb(source, "the array")
@@ -105,13 +114,12 @@ def load_image(source):
         return _decode(source, "the PIL image")
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
-        if path.is_dir():
-            raise ClipvizError(f"'{path}' is a directory, not an image file. Pass the path of one image file.")
-        if not path.exists():
+        if not os.path.lexists(path):
             raise ClipvizError(
                 f"No image file at '{path}'. Check the spelling and the working directory ({os.getcwd()})."
             )
-        return _open(path, f"'{path}'")
+        with open_regular(path, "image") as handle:  # a FIFO, device or directory: ClipvizError, no blocking
+            return _open(handle, f"'{path}'")
     if hasattr(source, "read"):
         return _open(source, "the file object")
     raise ClipvizError(
@@ -311,7 +319,7 @@ def preprocess_image(image, size):
     rgb = load_image(image)
     height, width = rgb.shape[:2]
     new_w, new_h = _resized_size(width, height, size)
-    if new_w * new_h > MAX_PIXELS:
+    if new_w * new_h > MAX_RESIZED_PIXELS:
         raise ClipvizError(
             f"The image is {width}×{height}: so elongated that resizing its short side to {size} px would "
             f"make {new_w}×{new_h} pixels. Crop it to a less elongated region first."

@@ -26,12 +26,12 @@ Documented choices:
 """
 
 import functools
-import gzip
 import hashlib
 import heapq
 import html
 import importlib.util
 import os
+import zlib
 from pathlib import Path
 
 import regex
@@ -39,6 +39,7 @@ import torch
 
 from .errors import ClipvizError
 from .cache import cache_dir, download
+from .files import open_regular
 
 VOCAB_NAME = "bpe_simple_vocab_16e6.txt.gz"
 VOCAB_URL = "https://github.com/openai/CLIP/raw/main/clip/bpe_simple_vocab_16e6.txt.gz"
@@ -49,6 +50,8 @@ NUM_MERGES = 49152 - 256 - 2  # 48,894: the vocab is 512 byte tokens + merges + 
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 SOT_ID, EOT_ID = 49406, 49407
 CONTEXT_LENGTH = 77
+# A vocabulary file, and its inflated text, may be at most this large (CLIP's: 1.4 MB, 3.2 MB)
+MAX_VOCAB_BYTES = 16 << 20
 
 WORD_PATTERN = regex.compile(
     r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE
@@ -181,10 +184,15 @@ def read_vocab():
     env = os.environ.get("CLIPVIZ_VOCAB")
     if env:
         path = Path(env).expanduser()
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise ClipvizError(f"CLIPVIZ_VOCAB is set to {path}, but no such file exists. Point it at a copy of "
                                f"{VOCAB_NAME} (from {VOCAB_URL}) or unset it.")
-        return path, path.read_bytes()
+        with open_regular(path, "vocabulary") as handle:  # a FIFO or device: ClipvizError, no blocking
+            data = handle.read(MAX_VOCAB_BYTES + 1)
+        if len(data) > MAX_VOCAB_BYTES:
+            raise ClipvizError(f"CLIPVIZ_VOCAB points at {path}, which is larger than {MAX_VOCAB_BYTES:,} bytes; "
+                               f"CLIP's vocabulary is 1.4 MB. Point it at a copy of {VOCAB_NAME} or unset it.")
+        return path, data
     cached = cache_dir() / VOCAB_NAME
     for path in [BUNDLED_VOCAB, cached, *package_vocab_paths()]:
         data = path.read_bytes() if path.is_file() else b""
@@ -204,8 +212,13 @@ def read_vocab():
 def parse_merges(path, data):
     """Gzip bytes of a CLIP vocabulary file -> the 48,894 merge pairs [(str, str), ...] in rank order."""
     try:
-        lines = gzip.decompress(data).decode("utf-8").split("\n")
-    except (OSError, EOFError, UnicodeDecodeError) as error:
+        # inflate at most MAX_VOCAB_BYTES + 1: a small gzip stream may declare gigabytes
+        text = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS).decompress(data, MAX_VOCAB_BYTES + 1)
+        if len(text) > MAX_VOCAB_BYTES:
+            raise ClipvizError(f"{path} inflates to more than {MAX_VOCAB_BYTES:,} bytes, and CLIP's vocabulary "
+                               f"to 3.2 MB: it is not the vocabulary (or a decompression bomb). Replace it with {VOCAB_URL}.")
+        lines = text.decode("utf-8").split("\n")
+    except (zlib.error, UnicodeDecodeError) as error:
         raise ClipvizError(f"{path} is not a gzipped CLIP vocabulary ({error}). Replace it with {VOCAB_URL}.") from error
     merges = [tuple(line.split()) for line in lines[1:NUM_MERGES + 1]]  # line 0 is a version header
     if len(merges) != NUM_MERGES or any(len(pair) != 2 for pair in merges):

@@ -189,7 +189,7 @@ class FrameExplanation:
     explanation: object
 
 
-def explain_frames(model, path, prompts, method="relevance", *, against=None, every=None, fps=None,
+def explain_frames(model, path, prompts, method=None, *, against=None, every=None, fps=None,
                    start=None, end=None, smoothing=0.0, batch_size=8, progress=False, state=None,
                    **options):
     """Explain the sampled frames of a video, yielding one FrameExplanation at a time (streaming).
@@ -335,7 +335,7 @@ class VideoExplanation:
         return buffer.getvalue()
 
 
-def explain_video(model, path, prompts, method="relevance", *, against=None, every=None, fps=None, start=None,
+def explain_video(model, path, prompts, method=None, *, against=None, every=None, fps=None, start=None,
                   end=None, smoothing=0.0, batch_size=8, out=None, cmap="jet", alpha=0.5, progress=False,
                   force=False, **options):
     """Explain every sampled frame of a video; write an overlay video per prompt and the scores.
@@ -343,7 +343,7 @@ def explain_video(model, path, prompts, method="relevance", *, against=None, eve
     model:      from ``clipviz.load`` (any model ``explain`` takes)
     path:       a video file OpenCV's FFmpeg can read (.mp4 .avi .mov .mkv .webm .m4v ...)
     prompts:    one string or a list of T strings (all share each batch's image pass)
-    method, against, options: as for ``clipviz.explain``
+    method, against, options: as for ``clipviz.explain`` (method None: the model family's default)
     every:      explain every N-th frame (from ``start``);  fps: or about this many frames per
                 second (the first frame at or after each k / fps); default: every frame
     start, end: the time window in seconds (frame i is at i / the container's fps)
@@ -366,6 +366,7 @@ def explain_video(model, path, prompts, method="relevance", *, against=None, eve
     """
     from .explanation import clean_prompts
     from .maps import peak_xy
+    from .methods import default_method
 
     prompt_list = clean_prompts(prompts)
     _check_smoothing(smoothing)
@@ -393,7 +394,7 @@ def explain_video(model, path, prompts, method="relevance", *, against=None, eve
             if writers is not None:
                 writers.write(item)
         result = VideoExplanation(
-            source=str(path), prompts=prompt_list, method=method,
+            source=str(path), prompts=prompt_list, method=method or default_method(model),
             against=None if against is None else clean_prompts(against),
             frames=np.asarray(frames, dtype=np.int64), times=np.asarray(times, dtype=np.float64),
             scores=np.stack(scores), probs=np.stack(probs), peaks=np.asarray(peaks, dtype=np.int64),

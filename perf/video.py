@@ -2,6 +2,7 @@
 
     python perf/video.py [--lengths 100 2000] [--frames 48] [--repeats 3]
                                [--models synth-vit-t16 ViT-B/16]
+    python benchmarks/video.py --skip-memory --device cuda --dtype bf16 --batch 64 --frames 512  # GPU
 
 Clips: 320×240 at 25 fps, mp4v in .mp4 (what the opencv-python-headless wheel writes), a red circle
 moving on a grey background; made once in a temporary folder before anything is measured.
@@ -84,7 +85,7 @@ def memory(lengths, folder):
     return report(f"17 peak RSS {long} frames / {short} frames", peaks[long] / peaks[short], LIMIT)
 
 
-def throughput(models, frames, repeats, folder):
+def throughput(models, frames, repeats, folder, device="cpu", dtype="fp32", batch=8):
     import cv2
 
     import clipviz
@@ -102,23 +103,26 @@ def throughput(models, frames, repeats, folder):
             clipviz.explain(model, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), prompts)
         capture.release()
 
+    import torch
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     for name in models:
         model = clipviz.load(name, device="cpu")[0] if name.startswith("synth") else random_model(name)
+        model = model.to(device=device, dtype=torch_dtype)
         for count in (1, 3):
             prompts = PROMPTS[:count]
             variants = {
-                "explain_video, out=None": lambda: clipviz.explain_video(model, clip, prompts),
+                "explain_video, out=None": lambda: clipviz.explain_video(model, clip, prompts, batch_size=batch),
                 "explain_video, writing": lambda: clipviz.explain_video(model, clip, prompts, out=folder / "tp",
-                                                                        force=True),
+                                                                        force=True, batch_size=batch),
                 "one explain call per frame": lambda: per_frame(model, prompts)}
             clipviz.explain(model, _first(clip), prompts)  # warm-up: thread pools, vocabulary
             times = interleaved(variants, repeats, warmup=0)
-            print(f"{name}, {count} prompt{'s' * (count > 1)}, {frames} frames:")
+            print(f"{name} ({device}, {dtype}, batch {batch}), {count} prompt{'s' * (count > 1)}, {frames} frames:")
             print_times(times)
             base = statistics.median(times["one explain call per frame"])
             for variant, seconds in times.items():
                 rate = frames / statistics.median(seconds)
-                print(f"INFO 17 frames/s {name} {count}p {variant}: {rate:.2f} "
+                print(f"INFO 17 frames/s {name} {device} {dtype} {count}p {variant}: {rate:.2f} "
                       f"({base / statistics.median(seconds):.2f} x one call per frame)", flush=True)
 
 
@@ -138,6 +142,9 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=["synth-vit-t16", "ViT-B/16"])
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cuda for the GPU figures (with --dtype bf16 --batch 64)")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--batch", type=int, default=8, help="frames per forward pass")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -153,7 +160,7 @@ def main(argv=None):
             met = memory(args.lengths, Path(folder))
         if not args.skip_throughput:
             header("explain_video throughput (frames/s)")
-            throughput(args.models, args.frames, args.repeats, Path(folder))
+            throughput(args.models, args.frames, args.repeats, Path(folder), args.device, args.dtype, args.batch)
     return 0 if met else 1
 
 

@@ -128,3 +128,11 @@ def test_frozen_weights_still_give_gradcam(small_resnet):
         for p, flag in zip(small_resnet.parameters(), flags):
             p.requires_grad_(flag)
     assert before.token_maps.max() > 0 and rel_err(frozen.token_maps, before.token_maps) <= 1e-5
+
+
+def test_default_method_follows_the_model_family(small_resnet, tiny_vit):
+    image = np.random.default_rng(7).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    chosen = clipviz.explain(small_resnet, image, PROMPTS)  # relevance needs attention inside the encoder
+    assert chosen.method == "gradcam"
+    np.testing.assert_array_equal(chosen.maps, clipviz.explain(small_resnet, image, PROMPTS, method="gradcam").maps)
+    assert clipviz.explain(tiny_vit, image, PROMPTS).method == "relevance"

@@ -12,9 +12,12 @@ from clipviz import hub
 from clipviz.preprocess import preprocess_image
 from clipviz.synth import scene_from_index
 from clipviz.synth.evaluate import EVAL_SEEDS, present_vs_absent, zero_shot
-from clipviz.synth.train import ARCH, SceneCaptions, learning_rate, normalise
+from clipviz.synth.train import BindingExamples, learning_rate, normalise
 
 WEIGHTS = hub.WEIGHTS_DIR / "synth-vit-t16.pt"
+# synth-vit-t16's sizes, as its .json records them (it was trained by train.py as of commit 9e4a206)
+ARCH = dict(embed_dim=256, image_resolution=224, vision_layers=6, vision_width=256, vision_patch_size=16,
+            context_length=77, vocab_size=49408, transformer_width=128, transformer_heads=2, transformer_layers=4)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,9 @@ def test_tampered_checkpoint_is_refused(synth_model, tmp_path, monkeypatch):
     data = bytearray(tampered.read_bytes())
     data[len(data) // 2] ^= 0x01  # one bit inside the weights: the file still unpickles fine
     tampered.write_bytes(bytes(data))
-    assert len(hub.read_checkpoint(tampered)) == len(synth_model[0].state_dict())  # only the checksum can tell
+    assert len(torch.load(tampered)) == len(synth_model[0].state_dict())  # torch alone reads it silently
+    with pytest.raises(clipviz.ClipvizError, match="fails its CRC-32 check"):  # the zip's CRC-32 tells
+        hub.read_checkpoint(tampered)
     entry = hub.model_info("synth-vit-t16")
     monkeypatch.setitem(hub._MODELS, "synth-vit-t16", dataclasses.replace(entry, path=tampered))
     with pytest.raises(clipviz.ClipvizError, match="damaged"):
@@ -68,13 +73,19 @@ def test_training_input_matches_preprocess_and_is_deterministic():
     scene = scene_from_index(0, 3)
     expected, _ = preprocess_image(scene.image, 224)
     assert torch.equal(normalise(torch.from_numpy(scene.image)[None])[0], expected)
-    data = SceneCaptions(seed=0, length=10, captions=2)
-    (image_a, ids_a), (image_b, ids_b) = data[7], data[7]
-    assert torch.equal(image_a, image_b) and torch.equal(ids_a, ids_b) and ids_a.shape == (2, 77)
+    data = BindingExamples(seed=0, repeats=2, negatives=3)
+    first, second = data[7], data[7]
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    image, ids, present, named = first
+    assert image.shape == (224, 224, 3) and ids.shape == (2, 4, 77) and present.shape == (64,) and named.shape == (2, 64)
 
 
 def test_learning_rate_schedule():
-    assert learning_rate(0, 100, 1.0, 10) == pytest.approx(0.1)
-    assert learning_rate(9, 100, 1.0, 10) == pytest.approx(1.0)
-    assert learning_rate(55, 100, 1.0, 10) == pytest.approx(0.5)
-    assert learning_rate(100, 100, 1.0, 10) == pytest.approx(0.0)
+    """Warm-up over 10 steps, constant 1.0, linear decay from step 80 to 0 at step 100."""
+    assert learning_rate(0, 1.0, 10, 80, 100) == pytest.approx(0.1)
+    assert learning_rate(9, 1.0, 10, 80, 100) == pytest.approx(1.0)
+    assert learning_rate(50, 1.0, 10, 80, 100) == pytest.approx(1.0)
+    assert learning_rate(90, 1.0, 10, 80, 100) == pytest.approx(0.5)
+    assert learning_rate(100, 1.0, 10, 80, 100) == pytest.approx(0.0)
+    assert learning_rate(500, 1.0, 10, None, 100) == pytest.approx(1.0)  # no decay scheduled yet
+    assert learning_rate(52, 1.0, 10, None, 100, rewarm_from=50) == pytest.approx(0.3)  # weights-only resume

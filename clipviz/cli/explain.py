@@ -28,6 +28,9 @@ def run(args):
         from .video import run_video
         return run_video(args, videos[0])
     name = model_name(args.model)
+    if args.html:
+        from .report import run_html_report
+        return run_html_report(args, images, prompts, name)
     # a named method is checked before anything heavy loads; without one, the model's family picks it
     method, options = method_and_options(args) if args.method is not None else (None, None)
     plan = OutputPlan(args.out, images, prompts, args.format, args.figure, args.layers, args.heads, args.force,
@@ -71,7 +74,8 @@ def run(args):
 
 def method_and_options(args):
     """The Method named by ``args.method`` and its options from the flags (``--start-layer``,
-    ``--layers``), checked."""
+    ``--layers``), checked, and ``--against`` with it (a contrast needs a prompt-specific method)."""
+    from ..explanation import check_contrast
     from ..methods import get_method
 
     method = get_method(args.method)
@@ -81,6 +85,7 @@ def method_and_options(args):
     elif getattr(args, "layers", False) and "start_layer" in method.options:
         options["start_layer"] = 0  # a strip needs every block
     method.check_options(options)
+    check_contrast(method, getattr(args, "against", None))
     return method, options
 
 
@@ -112,12 +117,20 @@ def _explain_table(exp, image, files):
     prompts = [one_line(p) for p in exp.prompts]
     width = max(len("prompt"), *(len(p) for p in prompts))
     against = f", against \"{one_line(exp.against[0])}\"" if exp.against else ""
-    rows = [f"{one_line(image)}  ({exp.method}{against})",
-            f"  {'prompt':<{width}}  {'score':>7}  {'prob':>6}  peak (x, y)"]
+    rows = [f"{one_line(image)}  ({exp.method}{against})"]
+    if exp.against:  # the map explains S(prompt) − S(against), S = logit_scale · cosine
+        rows.append(f"  {'prompt':<{width}}  {'S(prompt)':>9}  {'S(against)':>10}  {'difference':>10}  "
+                    f"{'p(prompt|pair)':>14}  peak (x, y)")
+    else:
+        rows.append(f"  {'prompt':<{width}}  {'score':>7}  {'prob':>6}  peak (x, y)")
     for t, prompt in enumerate(prompts):
-        peak = peak_xy(exp.maps[t])
-        rows.append(f"  {prompt:<{width}}  {exp.scores[t]:+7.4f}  {exp.probs[t]:6.1%}  "
-                    f"{'-' if peak is None else tuple(peak)}")
+        peak = "-" if peak_xy(exp.maps[t]) is None else tuple(peak_xy(exp.maps[t]))
+        if exp.against:
+            c = exp.contrast()[t]
+            rows.append(f"  {prompt:<{width}}  {c['S_prompt']:9.3f}  {c['S_against']:10.3f}  "
+                        f"{c['S_difference']:+10.3f}  {exp.probs[t]:14.1%}  {peak}")
+        else:
+            rows.append(f"  {prompt:<{width}}  {exp.scores[t]:+7.4f}  {exp.probs[t]:6.1%}  {peak}")
     if exp.text_relevance is not None:
         rows.append("  text tokens:")
         rows += [f"    {tokens_text(tokens, weights)}" for tokens, weights in zip(exp.text_tokens, exp.text_relevance)]

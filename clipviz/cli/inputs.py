@@ -3,6 +3,7 @@ the model named and loaded — one set of rules for every command, checked befor
 where possible."""
 
 import os
+import sys
 from pathlib import Path
 
 from ..errors import ClipvizError
@@ -42,7 +43,15 @@ def split_inputs(positionals, images=(), folders=(), prompts=()):
 
 
 def list_images(folder):
-    """Image files (by suffix) directly inside ``folder``, sorted by name; hidden files skipped."""
+    """Image files (by suffix) directly inside ``folder``, sorted by name; hidden files skipped.
+
+    Only regular files (or links to them) are listed, judged by stat, which never blocks: a FIFO,
+    device, socket, folder or broken link with an image suffix is skipped and named on stderr.
+    """
+    import stat
+
+    from ..files import kind_of
+
     path = Path(folder)
     if not path.is_dir():
         raise ClipvizError(f"--images {folder}: no such folder" if not path.exists()
@@ -51,7 +60,22 @@ def list_images(folder):
         entries = sorted(path.iterdir())
     except OSError as error:
         raise ClipvizError(f"cannot list {folder}: {error.strerror or error}") from error
-    found = [str(p) for p in entries if not p.name.startswith(".") and looks_like_image(p.name) and not p.is_dir()]
+    found, skipped = [], []
+    for entry in entries:
+        if entry.name.startswith(".") or not looks_like_image(entry.name):
+            continue
+        try:
+            mode = entry.stat().st_mode
+        except OSError as error:  # a broken link, a file removed since the listing
+            skipped.append(f"{entry.name} ({error.strerror or 'unreadable'})")
+            continue
+        if stat.S_ISREG(mode):
+            found.append(str(entry))
+        elif not stat.S_ISDIR(mode):  # folders named like images were always passed over quietly
+            skipped.append(f"{entry.name} ({kind_of(mode)})")
+    if skipped:
+        print(f"clipviz: skipping {len(skipped)} entries of {folder} that are not regular files: "
+              f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
     if not found:
         raise ClipvizError(f"--images {folder}: no image files in it (looked for {', '.join(IMAGE_SUFFIXES[:5])} ...)")
     return found

@@ -80,7 +80,8 @@ def build_parser():
     _add_model(explain)
     explain.add_argument("--method", help=f"explanation method: relevance, rollout, attention, gradcam, ... "
                          f"(see clipviz.available_methods()); default {DEFAULT_METHOD_HELP}")
-    explain.add_argument("--against", metavar="PROMPT", help="contrastive: explain S(prompt) - S(PROMPT)")
+    explain.add_argument("--against", metavar="PROMPT", help="contrastive: explain S(prompt) - S(PROMPT); the "
+                         "table, title and JSON show both scores and their difference (prompt-specific methods only)")
     explain.add_argument("--start-layer", type=int, help="first block the method uses (relevance: -1 = last)")
     explain.add_argument("--out", help=f"output folder (default ./{DEFAULT_OUT}) or one figure file "
                          ".png/.pdf/.svg")
@@ -93,6 +94,8 @@ def build_parser():
     explain.add_argument("--layers", action="store_true", help="also a strip of per-block maps per prompt "
                          "(implies --start-layer 0 unless given)")
     explain.add_argument("--heads", action="store_true", help="also a grid of per-head maps per prompt")
+    explain.add_argument("--html", metavar="FILE.html", help="write one self-contained HTML report instead (one "
+                         "image): every method, block and prompt precomputed, switched in the page; no server")
     _add_output_flags(explain)
     add_video_arguments(explain)
 

@@ -38,6 +38,11 @@ def available_methods():
     return list(_REGISTRY)
 
 
+def is_prompt_specific(name):
+    """True when the method's map depends on the prompt (so a contrast prompt can change it)."""
+    return get_method(name).prompt_specific
+
+
 @lru_cache(maxsize=None)
 def get_method(name):
     """The Method registered as ``name`` (ClipvizError listing the names for an unknown one)."""

@@ -13,11 +13,11 @@ first needed.
 
 from ..maps import photo_maps, scaling_label, shared_scale
 from .colours import colorize, colormap_table, colour_levels, overlay, save_overlay
-from .export import explanation_bundle, explanation_html, figure_png_bytes, save_explanation, save_figure
+from .export import save_explanation, save_figure
 from .figures import comparison_grid, explanation_figure, head_grid, layer_strip
 from .tokens import TOKEN_SCALE, text_tokens_ansi, text_tokens_html, token_colours, token_weights
 
-__all__ = ["colorize", "colormap_table", "colour_levels", "comparison_grid", "explanation_bundle", "explanation_figure",
-           "explanation_html", "figure_png_bytes", "head_grid", "layer_strip", "overlay", "photo_maps", "save_explanation",
+__all__ = ["colorize", "colormap_table", "colour_levels", "comparison_grid", "explanation_figure",
+           "head_grid", "layer_strip", "overlay", "photo_maps", "save_explanation",
            "save_figure", "save_overlay", "scaling_label", "shared_scale", "text_tokens_ansi", "text_tokens_html",
            "token_colours", "token_weights", "TOKEN_SCALE"]

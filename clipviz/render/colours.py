@@ -57,7 +57,7 @@ def overlay(photo, heatmap, cmap="jet", alpha=0.5):
     out = floor((1 − alpha) · photo + alpha · colour(heatmap) + 0.5)
     """
     photo = _rgb(photo)
-    heat = np.asarray(heatmap, dtype=np.float64)
+    heat = np.asarray(heatmap)  # float64 block by block below: a whole copy is 8 bytes a photo pixel
     if heat.shape != photo.shape[:2]:
         raise ClipvizError(f"the heatmap is {heat.shape} but the photo is {photo.shape[:2]}: map patch grids "
                            "onto the photo first with clipviz.map_to_photo(grid, crop_box)")
@@ -68,7 +68,7 @@ def overlay(photo, heatmap, cmap="jet", alpha=0.5):
     out = photo.copy()
     rows = max(1, (1 << 20) // max(1, photo.shape[1]))  # about a million pixels at a time, in float64
     for top in range(0, photo.shape[0], rows):
-        block = heat[top:top + rows]
+        block = heat[top:top + rows].astype(np.float64)
         seen = ~np.isnan(block)
         blend = (1.0 - alpha) * photo[top:top + rows][seen] + alpha * table[colour_levels(block[seen])]
         out[top:top + rows][seen] = np.clip(np.floor(blend + 0.5), 0, 255).astype(np.uint8)

@@ -158,6 +158,11 @@ def _prompt_title(exp, t):
 
 
 def _score_line(exp, t):
+    if exp.against:  # the map explains S(prompt) − S(against): show both scores and the difference
+        c = exp.contrast()[t]
+        return f"S {c['S_prompt']:.2f} − {c['S_against']:.2f} = {c['S_difference']:+.2f}"
+    if len(exp.prompts) == 1:  # a softmax over one prompt is always 1: it says nothing
+        return f"cos {float(exp.scores[t]):.3f}"
     return f"cos {float(exp.scores[t]):.3f} · p {float(exp.probs[t]):.2f}"
 
 

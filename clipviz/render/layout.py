@@ -56,10 +56,11 @@ def draw(cells, columns, width_in, panel_w, fontsize, key, captions, header=()):
     header: lines above everything. Both wrap to the figure's width.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.font_manager import FontProperties
 
-    fig = Figure(figsize=(width_in, 1.0))
+    from ..display import DisplayFigure
+
+    fig = DisplayFigure(figsize=(width_in, 1.0))  # a Figure that also displays itself in Jupyter
     canvas = FigureCanvasAgg(fig)
     renderer = canvas.get_renderer()
     font = FontProperties(size=fontsize)

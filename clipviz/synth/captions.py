@@ -64,16 +64,28 @@ def join_phrases(phrases):
     return ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
+def caption_settings(rng, n):
+    """The random wording of a caption naming n objects: (size words?, positions?, order of the
+    n objects (int array), template index). Drawn in this order from rng."""
+    size_word = rng.random() < P_SIZE_WORD
+    position = rng.random() < P_POSITION
+    return size_word, position, rng.permutation(n), int(rng.integers(len(TEMPLATES)))
+
+
+def describe(objects, image_size, settings):
+    """The caption naming ``objects`` (SceneObjects, or altered copies of them) worded by
+    ``settings`` (from caption_settings) -> str."""
+    size_word, position, order, template = settings
+    phrases = [object_phrase(objects[k], image_size, size_word, position) for k in order]
+    return TEMPLATES[template].format(join_phrases(phrases))
+
+
 def caption_for(scene, rng):
     """A random caption naming every object of `scene` once, in random order.
 
     rng: np.random.Generator or a seed. Returns str."""
     rng = np.random.default_rng(rng)
-    size_word = rng.random() < P_SIZE_WORD
-    position = rng.random() < P_POSITION
-    order = rng.permutation(len(scene.objects))
-    phrases = [object_phrase(scene.objects[k], scene.size, size_word, position) for k in order]
-    return TEMPLATES[rng.integers(len(TEMPLATES))].format(join_phrases(phrases))
+    return describe(scene.objects, scene.size, caption_settings(rng, len(scene.objects)))
 
 
 def object_prompt(shape, colour):

@@ -10,7 +10,7 @@
     prompt is compared with the prompt of one absent class drawn at random (2n comparisons).
     Target ≥ 95% (chance 50%).
 
-Training uses stream 0 (train.py refuses streams 1 and 2), so every scene here is held out.
+Training uses stream 0 (train.py refuses every stream of EVAL_SEEDS), so every scene here is held out.
 The model is loaded through ``clipviz.load`` and images go through the preprocess it returns,
 so the whole user-facing chain (registry, checksum, reader, build_model, preprocessing,
 tokenizer) is exercised.
@@ -29,7 +29,8 @@ from .captions import all_class_prompts
 from .scenes import COLOURS, SHAPES, scene_from_index
 
 SINGLE_SEED, PAIR_SEED = 1, 2
-EVAL_SEEDS = (SINGLE_SEED, PAIR_SEED)
+SAME_SHAPE_SEED, OUTLINE_SEED, PHOTO_SEED = 3, 4, 5  # clipviz.synth.targets' suites
+EVAL_SEEDS = (SINGLE_SEED, PAIR_SEED, SAME_SHAPE_SEED, OUTLINE_SEED, PHOTO_SEED)
 TARGETS = {"zero_shot_accuracy": 0.95, "present_beats_absent": 0.95}
 
 

@@ -55,6 +55,7 @@ MAX_OBJECTS = 4
 MIN_VISIBLE = 0.5  # each object keeps at least this fraction of its own pixels visible
 MAX_TILT = 10.0  # degrees; small, so a square never turns into a diamond
 BACKGROUNDS = ("plain", "gradient", "stripes", "checker", "blotches")
+OUTLINE_WIDTH = 0.22  # outlined objects: line width as a share of the radius (4-9 px at 224 px)
 
 
 @dataclass(frozen=True)
@@ -150,12 +151,13 @@ def _object_box(obj, size):
     return x0, y0, x1, y1
 
 
-def _object_patch(obj, box):
+def _object_patch(obj, box, inset=0.0):
     """The object's full (unoccluded) footprint inside box -> bool [y1 - y0, x1 - x0].
 
-    Pixel (row i, column j) has its centre at (x, y) = (j, i)."""
+    inset: draw the shape that many pixels smaller (same centre and tilt); an outline is the
+    footprint minus its inset copy. Pixel (row i, column j) has its centre at (x, y) = (j, i)."""
     x0, y0, x1, y1 = box
-    (cx, cy), r = obj.centre, obj.radius
+    (cx, cy), r = obj.centre, obj.radius - inset
     dx = (np.arange(x0, x1) - cx)[None, :] / r
     dy = (np.arange(y0, y1) - cy)[:, None] / r
     a = math.radians(obj.angle)  # undo the tilt: rotate the pixel into the shape's own frame
@@ -182,14 +184,27 @@ def _muted_colour(rng, lo=70, hi=185, max_tint=22):
     return (grey + tint - tint.mean()).astype(np.float32)
 
 
-def _background(rng, size):
-    """A muted textured background -> (float32 [size, size, 3] in 0..255, kind name)."""
+def _pastel_colour(rng, lo=195, hi=245, max_tint=45):
+    """A light, softly tinted colour: grey level in [lo, hi] plus a larger tint -> float32 [3]."""
+    return _muted_colour(rng, lo, hi, max_tint)
+
+
+def _background(rng, size, pastel=False):
+    """A textured background -> (float32 [size, size, 3] in 0..255, kind name).
+
+    Muted (low saturation, mid brightness) by default; pastel: light and softly tinted, so white,
+    yellow and other light objects stand out less (a style the default scenes never show)."""
     kind = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
-    c1 = _muted_colour(rng)
-    c2 = np.clip(c1 + _muted_colour(rng, -45, 45, 18), 55, 200).astype(np.float32)
+    if pastel:
+        c1 = _pastel_colour(rng)
+        c2 = np.clip(c1 + _muted_colour(rng, -30, 30, 30), 170, 255).astype(np.float32)
+    else:
+        c1 = _muted_colour(rng)
+        c2 = np.clip(c1 + _muted_colour(rng, -45, 45, 18), 55, 200).astype(np.float32)
     angle = rng.uniform(0, np.pi)
+    kind_name = "pastel " + kind if pastel else kind
     if kind == "plain":
-        return np.broadcast_to(c1, (size, size, 3)).copy(), kind
+        return np.broadcast_to(c1, (size, size, 3)).copy(), kind_name
     coords = np.arange(size, dtype=np.float32)
     # distance along a random direction, [size, size]
     along = math.cos(angle) * coords[None, :] + math.sin(angle) * coords[:, None]
@@ -208,8 +223,8 @@ def _background(rng, size):
         mix = rng.random((grid, grid, 1))
         cells = c1 + mix * (c2 - c1) + rng.uniform(-12, 12, (grid, grid, 3))
         cells = Image.fromarray(np.clip(cells, 0, 255).astype(np.uint8))
-        return np.asarray(cells.resize((size, size), Image.BICUBIC), dtype=np.float32), kind
-    return c1 + t[:, :, None] * (c2 - c1), kind
+        return np.asarray(cells.resize((size, size), Image.BICUBIC), dtype=np.float32), kind_name
+    return c1 + t[:, :, None] * (c2 - c1), kind_name
 
 
 # ----------------------------------------------------------------------------------- scenes
@@ -268,7 +283,8 @@ def _too_close(a, b, gap=2.0):
 
 
 def make_scene(rng_or_seed, n_objects=None, size=IMAGE_SIZE, shapes=None, colours=None,
-               sizes=None, distinct=True, noise=True):
+               sizes=None, distinct=True, noise=True, *, classes=None, background=None, outline=0.0,
+               min_visible=MIN_VISIBLE):
     """Draw one random scene.
 
     rng_or_seed: np.random.Generator, or anything np.random.default_rng accepts.
@@ -278,18 +294,40 @@ def make_scene(rng_or_seed, n_objects=None, size=IMAGE_SIZE, shapes=None, colour
     distinct: objects all differ in (shape, colour), so a class is either present or absent.
     noise: add mild near-Gaussian pixel noise (std 2..6). Turning it off changes only the pixel
         values: objects, masks and background stay the same, and mask pixels are exactly obj.rgb.
+    Keyword-only style options (their defaults draw exactly the scenes of earlier versions):
+    classes: the (shape, colour) of each object, in painting order, instead of random ones.
+    background: None (muted texture), "pastel" (light texture), or float/uint8 [size, size, 3]
+        pixels to paint on (e.g. a photo crop; its kind is "photo").
+    outline: chance that each object is drawn as an outline OUTLINE_WIDTH × radius wide around
+        its own shape filled with the background — a cut-out that still hides what lies beneath.
+        Its mask is its whole visible footprint; only the outline pixels have its rgb.
+    min_visible: each object keeps at least this share of its own area visible.
     Returns a Scene: image uint8 [size, size, 3], masks bool [K, size, size].
     """
     rng = np.random.default_rng(rng_or_seed)
     shapes = _check_names(shapes, SHAPES, "shape")
     colours = _check_names(colours, COLOURS, "colour")
     sizes = _check_names(sizes, SIZES, "size")
-    n = _object_count(rng, n_objects)
-    classes = _pick_classes(rng, n, shapes, colours, distinct)
-    image, background = _background(rng, size)
+    if classes is None:
+        n = _object_count(rng, n_objects)
+        classes = _pick_classes(rng, n, shapes, colours, distinct)
+    else:
+        classes = [(_check_names([s], SHAPES, "shape")[0], _check_names([c], COLOURS, "colour")[0])
+                   for s, c in classes]
+        n = len(classes)
+    if background is None or isinstance(background, str):
+        if background not in (None, "pastel"):
+            raise ClipvizError(f"unknown background {background!r}; pass None, 'pastel' or pixels [size, size, 3]")
+        image, background_kind = _background(rng, size, pastel=background == "pastel")
+    else:
+        image = np.asarray(background, dtype=np.float32)
+        if image.shape != (size, size, 3):
+            raise ClipvizError(f"background pixels must be [{size}, {size}, 3], got {list(image.shape)}")
+        image, background_kind = image.copy(), "photo"
 
     scale = size / IMAGE_SIZE
     owner = np.full((size, size), -1, dtype=np.int16)  # index of the object on top, -1 = none
+    ink = np.ones((size, size), dtype=bool)  # False inside outlined objects: background shows
     areas, objects = [], []
     for shape, colour in classes:
         size_name = sizes[rng.integers(len(sizes))]
@@ -298,6 +336,7 @@ def make_scene(rng_or_seed, n_objects=None, size=IMAGE_SIZE, shapes=None, colour
         angle = 0.0 if shape in ("circle", "ring") else tilt  # draws must not depend on the shape
         jitter = rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, 3)
         rgb = tuple(int(c) for c in np.clip(np.array(COLOURS[colour]) + jitter, 0, 255))
+        outlined = bool(outline) and rng.random() < outline  # no draw at the default: old scenes stay
         visible = np.bincount(owner.ravel() + 1, minlength=len(objects) + 1)[1:]
         for _ in range(100):  # move the new object until it hides no earlier one too much
             centre = tuple(float(c) for c in rng.uniform(radius, size - 1 - radius, 2))
@@ -307,19 +346,20 @@ def make_scene(rng_or_seed, n_objects=None, size=IMAGE_SIZE, shapes=None, colour
             below = owner[y0:y1, x0:x1]
             hidden = np.bincount(below[patch] + 1, minlength=len(objects) + 1)[1:]
             apart = not any(_too_close(obj, other) for other in objects if other.colour == colour)
-            if apart and all(v - h >= MIN_VISIBLE * a for v, h, a in zip(visible, hidden, areas)):
+            if apart and all(v - h >= min_visible * a for v, h, a in zip(visible, hidden, areas)):
                 break
         below[patch] = len(objects)
+        ink[y0:y1, x0:x1][patch] = ~_object_patch(obj, box, OUTLINE_WIDTH * radius)[patch] if outlined else True
         areas.append(int(patch.sum()))
         objects.append(obj)
 
     masks = owner[None] == np.arange(n, dtype=np.int16)[:, None, None]
     image = (image + 0.5).astype(np.int16)  # background in 0..255: rounded
     for k, obj in enumerate(objects):
-        image[masks[k]] = obj.rgb
+        image[masks[k] & ink] = obj.rgb
     if noise:
         image += _pixel_noise(rng, image.shape, sigma=rng.uniform(2.0, 6.0))
-    return Scene(np.clip(image, 0, 255).astype(np.uint8), objects, masks, background)
+    return Scene(np.clip(image, 0, 255).astype(np.uint8), objects, masks, background_kind)
 
 
 def scene_from_index(seed, index, **kwargs):
