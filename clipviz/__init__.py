@@ -25,7 +25,7 @@ _EXPORTS = {
     "Preprocess": "preprocess",
     "CropBox": "preprocess",
     "preprocess_image": "preprocess",
-    "map_to_photo": "preprocess",
+    "map_to_photo": "maps",
     "available_models": "hub",
     "load": "hub",
     "classify": "zeroshot",

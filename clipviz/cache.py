@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 
 from .errors import ClipvizError
+from .progress import bar as progress_bar
 
 try:
     import fcntl
@@ -73,7 +74,7 @@ def download(url: str, destination: str | os.PathLike, sha256: str, progress: bo
     temporary file is removed, an earlier ``destination`` stays as it was, and ClipvizError says
     what happened and where to put the file by hand (KeyboardInterrupt is cleaned up after and
     re-raised as itself). ``timeout``: seconds without data before giving up. ``progress``: show
-    a progress bar on stderr (tqdm when installed). Processes fetching the same destination take
+    a progress bar on stderr (clipviz.progress). Processes fetching the same destination take
     turns through ``<destination>.lock``; a process that waited finds the file done and returns.
     """
     destination = Path(destination).expanduser()
@@ -148,7 +149,7 @@ def _fetch(url: str, destination: Path, expected: str, progress: bool, timeout: 
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             digest, received = hashlib.sha256(), 0
-            with _progress_bar(total, destination.name, progress) as bar:
+            with progress_bar(total, "B", progress, desc=destination.name, unit_scale=True, unit_divisor=1024) as bar:
                 for chunk in iter(lambda: response.read(_CHUNK), b""):
                     try:
                         tmp.write(chunk)
@@ -193,63 +194,6 @@ def _network_reason(error, timeout: float) -> str:
     if isinstance(error, http.client.IncompleteRead):
         return "the connection closed before the whole file arrived"
     return str(error) or type(error).__name__
-
-
-@contextlib.contextmanager
-def _progress_bar(total: int | None, label: str, enabled: bool):
-    """Yield an object with ``update(n_bytes)``: tqdm on stderr, our own line, or nothing."""
-    if not enabled:
-        yield _NoProgress()
-        return
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        tqdm = None
-    if tqdm is None:
-        with _LineProgress(total, label, sys.stderr) as bar:
-            yield bar
-    else:
-        with tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024,
-                  file=sys.stderr) as bar:
-            yield bar
-
-
-class _NoProgress:
-    def update(self, n_bytes: int) -> None:
-        pass
-
-
-class _LineProgress:
-    """``label:  42% 120.0/286.4 MiB`` redrawn in place with ``\\r``, at most ten times a second."""
-
-    def __init__(self, total: int | None, label: str, stream):
-        self.total, self.label, self.stream = total, label, stream
-        self.done, self.drawn_at = 0, 0.0
-
-    def __enter__(self):
-        self._draw()
-        return self
-
-    def update(self, n_bytes: int) -> None:
-        self.done += n_bytes
-        if time.monotonic() - self.drawn_at >= 0.1:
-            self._draw()
-
-    def __exit__(self, *exc):
-        self._draw()
-        self.stream.write("\n")
-        self.stream.flush()
-
-    def _draw(self) -> None:
-        mib = 1 << 20
-        if self.total:
-            text = f"{100 * self.done / self.total:3.0f}% {self.done / mib:.1f}/" \
-                   f"{self.total / mib:.1f} MiB"
-        else:
-            text = f"{self.done / mib:.1f} MiB"
-        self.stream.write(f"\r{self.label}: {text}")
-        self.stream.flush()
-        self.drawn_at = time.monotonic()
 
 
 @contextlib.contextmanager

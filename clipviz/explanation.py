@@ -1,32 +1,32 @@
 """``explain()``: one image (or many) and one prompt (or many) → an Explanation per image.
+One pipeline for every model family (ViT and ResNet; clipviz, OpenAI, open_clip, Hugging Face):
 
-    image ─► load_image ─► preprocess (crop box) ─┐
-    prompts ─► tokenize ──────────────────────────┤
-                                                  ▼
-          AttentionRecorder on the image (and text) blocks, one forward pass
-          S[b, t] = logit_scale · cos(image_b, text_t)       (or S_A − S_B for a contrast)
-          one backward per target through the recorded blocks only (gradient methods)
-                                                  ▼
-          method.compute(records) ─► token maps [B, T, g, g] ─► maps on the photo [T, H, W]
+    prompts ─► clean, tokenize once per call (Query) ─────────────┐
+    image ─► load_image ─► preprocess (crop box) ─────────────────┤
+                                                                  ▼
+          clipviz.pipeline.run_method:
+          method.needs(adapter) ─► adapter.image_recorder(needs)   the family's quirks are the adapter's
+          one forward pass: S[b, t] = logit_scale · cos(image_b, text_t)   (or S_A − S_B for a contrast)
+          one backward per target through the recorded part only (gradient methods)
+          recorder.collect(records) ─► method.compute(records) ─► token maps [B, T, g, g]
+                                                                  ▼
+          clipviz.maps: normalise, map onto the photo ─► Explanation (maps [T, H, W]) ─► clipviz.render
 
 All prompts share one image forward pass; the image is never repeated per prompt.
 """
 
-import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from .adapters import adapt, scores_from_embeddings
-from .adapters.tower import text_tower_needed
+from .adapters import adapt
 from .errors import ClipvizError
-from .forms import check_trainable, explaining, usable
-from .hooks import AttentionRecorder, CausalPrefix
-from .methods import get_method
-from .methods.base import Records
+from .maps import map_to_photo, normalise_maps, peak_xy
+from .methods import Method, get_method
+from .pipeline import run_method
 from .model import check_finite
-from .preprocess import load_image, map_to_photo, preprocess_image
+from .preprocess import load_image, preprocess_image
 from .tokenizer import clean_text
 
 # One photo's maps, float32 [P, H, W], may take at most this much memory; above it explain()
@@ -152,8 +152,9 @@ def explain(model, image, prompts, method=None, *, against=None, batch_size=8, *
     model:   from ``clipviz.load`` (or any supported CLIP; see clipviz.adapters)
     image:   a path, PIL image or uint8 array — or a list of them (then a list of Explanations)
     prompts: one string or a list of T strings; all share one image forward pass
-    method:  a name from ``clipviz.available_methods()``; None: the model family's default
-             (``relevance`` for ViTs, ``gradcam`` for ResNets; ``clipviz.methods.default_method``)
+    method:  a name from ``clipviz.available_methods()`` (or a clipviz.methods.Method); None: the
+             model family's default (``relevance`` for ViTs, ``gradcam`` for ResNets;
+             ``clipviz.methods.default_method``)
     against: a contrastive target: one prompt (or one per prompt); the score explained is
              S_prompt − S_against
     batch_size: images per forward pass; halved automatically when memory runs out
@@ -165,20 +166,16 @@ def explain(model, image, prompts, method=None, *, against=None, batch_size=8, *
     if method is None:
         from .methods import default_method
         method = default_method(adapter.model)
-    module = get_method(method)
-    check_options(module, method, options)
-    check_contrast(method, against)
-    prompt_list = clean_prompts(prompts)
-    against_list = _against_list(against, len(prompt_list))
-    single = not isinstance(image, (list, tuple))
-    images = [image] if single else list(image)
-    if not images:
-        raise ClipvizError("no image given: pass a path, a PIL image, an array, or a list of them")
+    chosen = method if isinstance(method, Method) else get_method(method)
+    chosen.check_options(options)
+    check_contrast(chosen, against)
+    query = prepare_query(adapter, prompts, against)
+    images, single = image_list(image)
     results, start, size = [], 0, max(1, int(batch_size))
     while start < len(images):
         chunk = images[start:start + size]
         try:
-            results += explain_batch(adapter, chunk, prompt_list, module, method, against_list, options)
+            results += explain_batch(adapter, chunk, query, chosen, options)
         except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as error:
             if not _out_of_memory(error) or size == 1:
                 raise
@@ -189,9 +186,35 @@ def explain(model, image, prompts, method=None, *, against=None, batch_size=8, *
     return results[0] if single else results
 
 
-def explain_batch(adapter, images, prompts, module, method, against, options):
+@dataclass
+class Query:
+    """The prompts of one ``explain`` call, cleaned and tokenized once.
+
+    ids [P, Lt] (the prompts, then any contrast prompt not among them); target_weights [T, P]:
+    target t's score is Σ_p W[t, p] · S[:, p]; target_prompt [T]: each target's own prompt.
+    """
+
+    prompts: list
+    against: list
+    encoded: list
+    ids: torch.Tensor
+    target_weights: torch.Tensor
+    target_prompt: torch.Tensor
+
+
+def prepare_query(adapter, prompts, against=None):
+    """Clean, check and tokenize the prompts (and contrast prompts) for ``adapter`` → Query."""
+    prompt_list = clean_prompts(prompts)
+    against_list = _against_list(against, len(prompt_list))
+    encoded = prompt_list + [a for a in (against_list or []) if a not in prompt_list]
+    ids = adapter.tokenize(encoded).to(adapter.device)
+    target_weights, target_prompt = _targets(prompt_list, against_list, encoded)
+    return Query(prompt_list, against_list, encoded, ids, target_weights, target_prompt)
+
+
+def explain_batch(adapter, images, query, method, options):
     """Explain B images in one forward pass; returns B Explanations."""
-    recording = record_batch(adapter, images, prompts, module, against, options)
+    recording = record_batch(adapter, images, query, method, options)
     return explanations_from(recording, recording.output, method, options)
 
 
@@ -212,7 +235,7 @@ class Recording:
     prompts: list
     against: list
     encoded: list
-    records: Records
+    records: object
     cosine: torch.Tensor
     logits: torch.Tensor
     logit_scale: float
@@ -220,7 +243,7 @@ class Recording:
     adapter: object
 
 
-def record_batch(adapter, images, prompts, module, against, options):
+def record_batch(adapter, images, query, method, options):
     """Load and preprocess B images, run the model once with the recorder → a Recording."""
     photos, pixels, boxes = [], [], []
     for image in images:
@@ -229,17 +252,14 @@ def record_batch(adapter, images, prompts, module, against, options):
         photos.append(photo)
         pixels.append(tensor)
         boxes.append(box)
-    check_map_memory(photos, len(prompts))
+    check_map_memory(photos, len(query.prompts))
     pixels = torch.stack(pixels).to(adapter.device, adapter.dtype)
-
-    encoded = prompts + [a for a in (against or []) if a not in prompts]
-    ids = adapter.tokenize(encoded).to(adapter.device)
-    target_weights, target_prompt = _targets(prompts, against, encoded)
-    records, cosine, logits, output = run_method(adapter, pixels, ids, target_weights, target_prompt, module, options)
-    check_scores(adapter, cosine, encoded)
+    records, cosine, logits, output = run_method(adapter, pixels, query.ids, query.target_weights,
+                                                 query.target_prompt, method, options)
+    check_scores(adapter, cosine, query.encoded)
     sources = [image if isinstance(image, str) else getattr(image, "filename", None) or None for image in images]
-    return Recording(photos, boxes, sources, list(prompts), against, encoded, records, cosine, logits,
-                     float(adapter.logit_scale().detach()), output, adapter)
+    return Recording(photos, boxes, sources, list(query.prompts), query.against, query.encoded, records, cosine,
+                     logits, float(adapter.logit_scale().detach()), output, adapter)
 
 
 def explanations_from(recording, output, method, options):
@@ -267,7 +287,7 @@ def explanations_from(recording, output, method, options):
             photo=photo, prompts=list(prompts), against=against,
             scores=cosine[b, :len(prompts)].cpu().numpy(), probs=probs[b].cpu().numpy(),
             token_maps=token_maps[b], maps=map_to_photo(normalise_maps(token_maps[b]), box),
-            crop_box=box, method=method, options=dict(options),
+            crop_box=box, method=method.name, options=dict(options),
             layer_maps=_numpy(output.layer_maps, b), layer_indices=output.layer_indices,
             head_maps=_numpy(output.head_maps, b), text_tokens=text_tokens,
             text_relevance=None if text_relevance is None else text_relevance[b],
@@ -275,6 +295,15 @@ def explanations_from(recording, output, method, options):
             against_scores=None if against_scores is None else against_scores[b],
             logit_scale=recording.logit_scale, model=recording.adapter))
     return explanations
+
+
+def image_list(image):
+    """One image or a list of them → (list of images, whether one was given); none is an error."""
+    single = not isinstance(image, (list, tuple))
+    images = [image] if single else list(image)
+    if not images:
+        raise ClipvizError("no image given: pass a path, a PIL image, an array, or a list of them")
+    return images, single
 
 
 def check_map_memory(photos, prompts):
@@ -306,136 +335,6 @@ def check_scores(adapter, cosine, prompts):
                        f"({adapter.dtype}); load it in float32")
 
 
-def run_method(adapter, pixels, ids, target_weights, target_prompt, module, options):
-    """Record, score, backpropagate and compute: the core of ``explain`` on tensors.
-
-    pixels [B, 3, S, S]; ids [P, Lt]; target_weights [T, P] (target t's score is
-    Σ_p W[t, p] · S[:, p]); target_prompt [T]. Returns (Records, cosine [B, P],
-    logits [B, P], MethodOutput). Records and maps are fp32 whatever the model's dtype.
-
-    Runs as clipviz.forms.explaining sets the model up (eager, autograd usable also inside
-    ``torch.inference_mode()``, checkpointing off); the model is as before afterwards.
-    """
-    with explaining(adapter.model):
-        return _run_method(adapter, usable(pixels), usable(ids), usable(target_weights), target_prompt, module, options)
-
-
-def _run_method(adapter, pixels, ids, target_weights, target_prompt, module, options):
-    if adapter.family != "vit":
-        from .methods.resnet import run_resnet  # ResNets have no attention blocks to record
-        return run_resnet(adapter, pixels, ids, target_weights, target_prompt, module, options)
-    needs = module.needs(adapter.num_layers, text_layers=adapter.text_layers, **options)
-    batch, targets = pixels.shape[0], target_weights.shape[0]
-    records = Records(num_layers=adapter.num_layers, patch_grid=adapter.patch_grid, batch=batch,
-                      targets=targets, text_layers=adapter.text_layers,
-                      eot=adapter.eot_positions(ids)[target_prompt].cpu(), target_prompt=target_prompt)
-    wants_gradient = needs.gradient is not None
-    method = module.__name__.rsplit(".", 1)[-1]
-    if adapter.text_encoder is None and (wants_gradient or needs.text is not None):
-        raise text_tower_needed(method)
-    if wants_gradient:
-        check_trainable(adapter.model, method)
-    image_recorder = AttentionRecorder(adapter.image_encoder, layers=needs.layers, gradients=needs.gradient,
-                                       tokens=needs.tokens, outputs=needs.readout is not None, qk=needs.qk) \
-        if needs.layers is not None else _NoRecorder()
-    text_recorder = AttentionRecorder(adapter.text_encoder, layers=needs.text, gradients=needs.gradient) \
-        if needs.text is not None else _NoRecorder()
-    # text gradients differ per image: give each image its own copy of the prompts (rows b·P … b·P+P-1)
-    per_image_text = wants_gradient and needs.text is not None and needs.readout is None
-    # the text feature is read at EOT under a causal mask: positions after the last EOT never matter
-    short_text = CausalPrefix(adapter.text_encoder, int(adapter.eot_positions(ids).max()) + 1) \
-        if adapter.text_encoder is not None else _NoRecorder()
-    with torch.set_grad_enabled(wants_gradient), image_recorder, text_recorder, short_text:
-        image_emb = adapter.encode_image(pixels)
-        if adapter.text_encoder is None:  # an image tower alone: nothing to score against
-            cosine = logits = torch.full((batch, ids.shape[0]), float("nan"))
-        elif per_image_text:
-            text_emb = adapter.encode_text(ids.repeat(batch, 1))
-            cosine, logits = _paired_scores(image_emb, text_emb, adapter.logit_scale())
-        else:
-            text_emb = adapter.encode_text(ids)
-            cosine, logits = scores_from_embeddings(image_emb, text_emb, adapter.logit_scale())
-        image_recorder.check_recorded()
-        text_recorder.check_recorded()
-        if wants_gradient and needs.readout is not None:
-            _readout_backward(image_recorder, needs.readout, adapter, text_emb, target_weights)
-        elif wants_gradient:
-            target_scores = logits @ target_weights.to(logits).t()  # [B, T]
-            for t in range(targets):
-                # images are independent, so one backward of the batch sum serves every image
-                image_recorder.backward(target_scores[:, t].sum(), slot=t)
-            if per_image_text:
-                # text row (b, p) feeds S[b, p] alone: one backward of Σ S gives all B·P gradients
-                text_recorder.backward(logits.sum(), slot="rows")
-    _collect(records, image_recorder, text_recorder, ids.shape[0])
-    output = module.compute(records, **options)
-    return records, cosine.detach(), logits.detach(), output
-
-
-def _readout_backward(recorder, readout, adapter, text_emb, target_weights):
-    """For each recorded block l and target t: ∂s^l_t/∂A^l, s^l_t = Σ_p W[t, p] · cos(readout(Z^l), text_p)
-    (see Needs.readout), stored under slot t of block l only."""
-    text = torch.nn.functional.normalize(text_emb.float(), dim=-1)
-    for index in recorder.layers:
-        image = readout(recorder.block_output(index), adapter.image_head)
-        cosine = torch.nn.functional.normalize(image.float(), dim=-1) @ text.t()  # [B, P]
-        scores = cosine @ target_weights.to(cosine).t()  # [B, T]
-        for t in range(scores.shape[1]):
-            recorder.backward(scores[:, t].sum(), slot=t, layers=(index,))
-
-
-def normalise_maps(token_maps):
-    """Min-max each map to [0, 1]: [T, g, g] → [T, g, g]. A constant map becomes all zeros."""
-    flat = token_maps.reshape(token_maps.shape[0], -1).astype(np.float64)
-    low = flat.min(axis=1, keepdims=True)
-    span = flat.max(axis=1, keepdims=True) - low
-    scaled = np.where(span > 0, (flat - low) / np.where(span > 0, span, 1), 0.0)
-    return scaled.reshape(token_maps.shape).astype(np.float32)
-
-
-def _paired_scores(image_emb, text_emb, logit_scale):
-    """Image b against its own copy of the prompts: image [B, E], text [B·P, E] → cosine, logits [B, P]."""
-    image = torch.nn.functional.normalize(image_emb.float(), dim=-1)
-    text = torch.nn.functional.normalize(text_emb.float(), dim=-1).view(image.shape[0], -1, image.shape[-1])
-    cosine = (text @ image.unsqueeze(-1)).squeeze(-1)
-    return cosine, logit_scale.float() * cosine
-
-
-def _collect(records, image_recorder, text_recorder, prompts):
-    for index, layer in image_recorder.layers.items():
-        records.probs[index] = layer.probs
-        records.grads[index] = layer.grads
-        if layer.tokens is not None:
-            records.tokens[index], records.token_grads[index] = image_recorder.batch_first_tokens(layer)
-        if layer.queries is not None:
-            records.queries[index], records.keys[index] = layer.queries, layer.keys
-    for index, layer in text_recorder.layers.items():
-        records.text_probs[index] = layer.probs[:prompts]
-        rows = layer.grads.get("rows")  # [B·P, ...]: image b's prompts are rows b·P … b·P+P-1
-        records.text_grads[index] = {} if rows is None else {
-            (b, t): _rows(rows, b * prompts, (b + 1) * prompts)
-            for b in range(records.batch) for t in range(records.targets)}
-
-
-def _rows(value, start, stop):
-    """Rows start:stop of a reduced gradient (a tensor, or a dict of them)."""
-    if isinstance(value, dict):
-        return {key: _rows(item, start, stop) for key, item in value.items()}
-    return value[start:stop] if torch.is_tensor(value) else value
-
-
-class _NoRecorder:
-    layers = {}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def check_recorded(self):
-        pass
-
 
 def clean_prompts(prompts):
     items = [prompts] if isinstance(prompts, str) else list(prompts) if prompts is not None else []
@@ -455,11 +354,14 @@ def clean_prompts(prompts):
 
 
 def check_contrast(method, against):
-    """A contrast needs a method whose map depends on the prompt; refuse one that ignores it."""
-    from .methods import available_methods, is_prompt_specific
-    if against is not None and not is_prompt_specific(method):
-        specific = ", ".join(m for m in available_methods() if is_prompt_specific(m))
-        raise ClipvizError(f"method {method!r} ignores the prompt, so against= would change nothing in its map: "
+    """A contrast needs a method whose map depends on the prompt; refuse one that ignores it.
+
+    method: a name or a clipviz.methods.Method; against: None or the contrast prompt(s)."""
+    from .methods import available_methods
+    chosen = method if isinstance(method, Method) else get_method(method)
+    if against is not None and not chosen.prompt_specific:
+        specific = ", ".join(m for m in available_methods() if get_method(m).prompt_specific)
+        raise ClipvizError(f"method {chosen.name!r} ignores the prompt, so against= would change nothing in its map: "
                            f"use a prompt-specific method ({specific}) or leave against out")
 
 
@@ -484,18 +386,6 @@ def _targets(prompts, against, encoded):
     return weights, torch.arange(len(prompts))
 
 
-def check_options(module, method, options):
-    accepted = set()
-    for function in (module.needs, module.compute):
-        accepted |= {name for name, p in inspect.signature(function).parameters.items()
-                     if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty)}
-    accepted.discard("text_layers")
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        raise ClipvizError(f"method {method!r} has no option {', '.join(unknown)}; "
-                           f"its options are: {', '.join(sorted(accepted)) or 'none'}")
-
-
 def _out_of_memory(error):
     text = str(error).lower()
     return isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in text or "can't allocate memory" in text
@@ -510,14 +400,6 @@ def _free_memory():
 
 def _numpy(tensor, index):
     return None if tensor is None else tensor[index].float().cpu().numpy()
-
-
-def peak_xy(photo_map):
-    """(x, y) photo pixel of a map's maximum, ignoring NaN."""
-    if np.all(np.isnan(photo_map)):
-        return None
-    y, x = np.unravel_index(np.nanargmax(photo_map), photo_map.shape)
-    return [int(x), int(y)]
 
 
 def _jsonable(options):

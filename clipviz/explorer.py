@@ -24,20 +24,21 @@ import html
 
 from .adapters import adapt
 from .errors import ClipvizError
-from .explanation import (_against_list, check_contrast, clean_prompts, explanations_from, normalise_maps,
-                          record_batch)
+from .explanation import check_contrast, clean_prompts, explanations_from, prepare_query, record_batch
+from .maps import map_to_photo, normalise_maps
 from .methods import available_methods, get_method, is_prompt_specific
-from .preprocess import load_image, map_to_photo
-from .render import BUILTIN_CMAPS, explanation_figure, overlay
+from .preprocess import load_image
+from .render import explanation_figure, overlay
+
+CMAP_CHOICES = ("jet", "viridis", "inferno", "turbo", "magma", "Reds")  # the dropdown's; any matplotlib name works
 
 MEAN = "mean"  # the head switch's "all heads": the method's own map
 
 
 def layer_option(method):
     """The option that picks blocks for ``method``: "start_layer", "layer" or None."""
-    import inspect
-    parameters = inspect.signature(get_method(method).needs).parameters
-    return next((name for name in ("start_layer", "layer") if name in parameters), None)
+    options = get_method(method).options
+    return next((name for name in ("start_layer", "layer") if name in options), None)
 
 
 class Session:
@@ -67,11 +68,10 @@ class Session:
 
     def default_layer(self, method):
         """The method's own default block index in [0, L), or None when it takes no layer."""
-        import inspect
         name = layer_option(method)
         if name is None or self.num_layers == 0:
             return None
-        return inspect.signature(get_method(method).compute).parameters[name].default % self.num_layers
+        return get_method(method).options[name] % self.num_layers
 
     def explanation(self, prompt, method="relevance", layer=None):
         """The Explanation of ``prompt`` by ``method`` from block ``layer`` (None: the method's default)."""
@@ -82,18 +82,25 @@ class Session:
         key = (prompt, method, layer)
         if key not in self._explanations:
             options = {name: layer} if name else {}
-            if (prompt, method) not in self._recordings:
-                # start_layer methods read blocks ≥ start: one recording from block 0 serves every
-                # start; layer methods read one block: record all of them in the same pass
-                module = _AllBlocks(get_method(method)) if name == "layer" else get_method(method)
-                recorded = {name: 0} if name == "start_layer" else {}
-                self._recordings[prompt, method] = record_batch(self.adapter, [self.photo], [prompt], module,
-                                                                _against_list(self.against, 1), recorded)
+            # start_layer methods read blocks ≥ start: one recording from block 0 serves every
+            # start; layer methods read one block's attention: record all of them in the same
+            # pass. Grad-CAM's features are the tokens entering one block: recorded per block.
+            per_block = name == "layer" and self._records_features(method, options)
+            slot = (prompt, method, layer) if per_block else (prompt, method)
+            if slot not in self._recordings:
+                chosen = _AllBlocks(get_method(method)) if name == "layer" and not per_block else get_method(method)
+                recorded = {name: 0} if name == "start_layer" else options if per_block else {}
+                query = prepare_query(self.adapter, [prompt], self.against)
+                self._recordings[slot] = record_batch(self.adapter, [self.photo], query, chosen, recorded)
                 self.model_runs += 1
-            recording = self._recordings[prompt, method]
-            output = get_method(method).compute(recording.records, **options)
-            self._explanations[key] = explanations_from(recording, output, method, options)[0]
+            recording = self._recordings[slot]
+            output = get_method(method).compute(recording.records, options)
+            self._explanations[key] = explanations_from(recording, output, get_method(method), options)[0]
         return self._explanations[key]
+
+    def _records_features(self, method, options):
+        """True when ``method`` records patch features, which the adapter takes from one block only."""
+        return get_method(method).needs(self.adapter, options).features
 
     def view(self, prompt, method="relevance", layer=None, head=None):
         """The explanation reduced to the one map shown: head ``head`` of ``head_maps`` (None: the
@@ -115,19 +122,18 @@ class Session:
 
 
 class _AllBlocks:
-    """A method that reads one block (``layer=k``), recording every block in one pass: its
-    ``needs`` is the union over k of the method's own; ``compute`` is the method's."""
+    """A Method that reads one block (``layer=k``), recording every block in one pass: its
+    ``needs`` is the union over k of the method's own; everything else is the method's."""
 
-    def __init__(self, module):
-        self.module = module
-        self.__name__ = module.__name__  # the pipeline names the method in its messages
+    def __init__(self, method):
+        self.method = method
 
-    def needs(self, num_layers, **options):
-        per_block = [self.module.needs(num_layers, **{**options, "layer": k}) for k in range(num_layers)]
+    def __getattr__(self, name):  # name, options, families, compute, check_family ...
+        return getattr(self.method, name)
+
+    def needs(self, model, options):
+        per_block = [self.method.needs(model, {**options, "layer": k}) for k in range(model.num_layers)]
         return dataclasses.replace(per_block[0], layers=tuple(sorted({b for n in per_block for b in n.layers})))
-
-    def compute(self, records, **options):
-        return self.module.compute(records, **options)
 
 
 def explore(model, image, prompt="a photo", method="relevance", *, against=None, layer=None, head=None,
@@ -169,7 +175,7 @@ class Explorer:
             "head": widgets.Dropdown(options=[("mean", None)], value=None, description="head", style=style),
             "opacity": widgets.FloatSlider(value=float(alpha), min=0.0, max=1.0, step=0.05, description="opacity",
                                            continuous_update=False, style=style),
-            "cmap": widgets.Dropdown(options=list(dict.fromkeys([cmap, *BUILTIN_CMAPS, "magma", "Reds"])),
+            "cmap": widgets.Dropdown(options=list(dict.fromkeys([cmap, *CMAP_CHOICES])),
                                      value=cmap, description="colour map", style=style),
         }
         self.status = widgets.HTML()

@@ -18,9 +18,10 @@ Gradients are reduced as they arrive: a tensor hook on each recorded probability
 ``gradients(probs, grad)`` and keeps only its result, so a method that needs, say, the head
 mean of ∂S/∂A ⊙ A never holds every layer's full ``[B, H, N, N]`` gradient at once.
 
-Hugging Face ``CLIPEncoderLayer``s are recorded too: their ``self_attn`` returns the per-head
-probabilities itself on the eager attention path (the HF adapter switches to it while encoding),
-and the recorder reads them without changing what the layer receives.
+Other libraries' blocks are recorded through an ``AttentionLayout`` their adapter registers
+(``register_layout``): how to find the attention module of a block, how to ask it for its
+per-head probabilities, how to read its queries and keys. Hugging Face's lives in
+clipviz.adapters.huggingface; this module knows only ``nn.MultiheadAttention``.
 
 Only the graph from the first recorded block on is built: ``backward()`` never reaches further
 back, so with gradients the encoder runs its embedding and earlier blocks without autograd and
@@ -55,31 +56,70 @@ class LayerRecord:
     _live_output: torch.Tensor = None    # block output as the model laid it out (outputs=True)
 
 
+class AttentionLayout:
+    """How the recorder reads a library's attention blocks whose attention is not
+    ``nn.MultiheadAttention``. The module's forward must return (output, per-head probabilities
+    [B, H, N, N], ...) once ``ask_for_weights`` has run; the recorder leaves its output as it is.
+
+    input_name: the keyword under which a block may receive its hidden states (or None).
+    """
+
+    input_name = None
+
+    def attention_of(self, block):
+        """The block's attention module, or None when the block is not of this layout."""
+        return None
+
+    def ask_for_weights(self, module, args, kwargs):
+        """Forward pre-hook (with kwargs) on the attention module: make it return its probabilities."""
+        return None
+
+    def queries_keys(self, attention, inputs):
+        """q, k [B, N, D] (heads side by side) for the attention module's input."""
+        raise NotImplementedError
+
+
+_LAYOUTS = []  # registered by adapters (clipviz.adapters.huggingface)
+
+
+def register_layout(layout):
+    """Teach the recorder another library's attention blocks (an AttentionLayout)."""
+    if all(type(known) is not type(layout) for known in _LAYOUTS):
+        _LAYOUTS.append(layout)
+
+
 def find_blocks(encoder):
     """The attention blocks of an encoder, in forward order.
 
     A block is any module whose class is named ``ResidualAttentionBlock`` (OpenAI's, open_clip's
-    and ours) and whose ``attn`` is an ``nn.MultiheadAttention``, or a Hugging Face
-    ``*EncoderLayer`` whose ``self_attn`` has q/k/v/out projections (see ``attention_of``).
+    and ours) and whose ``attn`` is an ``nn.MultiheadAttention``, or a block of a registered
+    AttentionLayout (see ``attention_of``).
     """
     blocks = [m for m in encoder.modules() if attention_of(m) is not None]
     if not blocks:
         raise ClipvizError(
             f"found no ResidualAttentionBlock with nn.MultiheadAttention in {type(encoder).__name__}; "
-            "clipviz explains OpenAI-style CLIP ViTs (clipviz, OpenAI, open_clip) and Hugging Face CLIPModel")
+            "clipviz explains OpenAI-style CLIP ViTs (clipviz, OpenAI, open_clip) and Hugging Face CLIPModel "
+            "(through clipviz.adapters.adapt)")
     return blocks
 
 
 def attention_of(block):
-    """The attention module of a block (``attn`` or Hugging Face's ``self_attn``), or None."""
+    """The attention module of a block (``attn``, or a registered layout's), or None."""
+    attention, _ = _attention_and_layout(block)
+    return attention
+
+
+def _attention_and_layout(block):
+    """(attention module, its AttentionLayout or None for nn.MultiheadAttention) or (None, None)."""
     attn = getattr(block, "attn", None)
     if type(block).__name__ == "ResidualAttentionBlock" and isinstance(attn, nn.MultiheadAttention):
-        return attn
-    attn = getattr(block, "self_attn", None)
-    if type(block).__name__.endswith("EncoderLayer") and all(
-            isinstance(getattr(attn, name, None), nn.Linear) for name in ("q_proj", "k_proj", "v_proj", "out_proj")):
-        return attn
-    return None
+        return attn, None
+    for layout in _LAYOUTS:
+        attn = layout.attention_of(block)
+        if attn is not None:
+            return attn, layout
+    return None, None
 
 
 class AttentionRecorder:
@@ -126,13 +166,13 @@ class AttentionRecorder:
         try:
             for i in self.indices:
                 block = self.blocks[i]
-                attention = attention_of(block)
-                native = isinstance(attention, nn.MultiheadAttention)
-                asks = self._ask_for_weights if native else _ask_hf_for_weights
+                attention, layout = _attention_and_layout(block)
+                native = layout is None
+                asks = self._ask_for_weights if native else layout.ask_for_weights
                 self._handles.append(attention.register_forward_pre_hook(asks, with_kwargs=True))
                 self._handles.append(attention.register_forward_hook(self._attention_hook(i, native), with_kwargs=True))
                 if self.qk:
-                    self._handles.append(attention.register_forward_pre_hook(self._qk_hook(i), with_kwargs=True))
+                    self._handles.append(attention.register_forward_pre_hook(self._qk_hook(i, layout), with_kwargs=True))
                 if self.tokens:
                     self._handles.append(block.register_forward_pre_hook(self._tokens_hook(i)))
                 if self.outputs:
@@ -162,10 +202,6 @@ class AttentionRecorder:
         for record in self.layers.values():  # drop graph references so memory can be freed
             record._live_probs = record._live_tokens = record._live_output = None
 
-    @property
-    def hook_count(self):
-        return len(self._handles)
-
     # -- hooks ---------------------------------------------------------------------------------
     def _attention_hook(self, index, native=True):
         def hook(module, args, kwargs, output):
@@ -173,8 +209,8 @@ class AttentionRecorder:
             if weights is None or weights.dim() != 4:
                 raise ClipvizError(
                     f"block {index} returned no per-head attention probabilities (a fused attention path?); "
-                    "clipviz needs nn.MultiheadAttention to honour need_weights=True, or a Hugging Face "
-                    "model on eager attention (encode through clipviz.adapters.adapt(model))")
+                    "clipviz needs nn.MultiheadAttention to honour need_weights=True, or another library's "
+                    "attention to return them (encode through clipviz.adapters.adapt(model))")
             live = _tensor_used_in_graph(weights)
             record = self.layers[index]
             record.probs = weights.detach().float()  # methods accumulate in fp32
@@ -182,7 +218,7 @@ class AttentionRecorder:
                 record._live_probs = live
                 live.register_hook(self._gradient_hook(record, weights.shape))
             if not native:
-                return None  # Hugging Face attention: its output is left as it is
+                return None  # a registered layout's attention: its output is left as it is
             # give the caller exactly what it asked for
             need_weights, average = self._asked.pop(id(module), (False, True))
             if not need_weights:
@@ -213,16 +249,17 @@ class AttentionRecorder:
         if args:
             fresh = _track_gradient(module, (args[0].detach(),) + tuple(args[1:]))
             return (fresh, kwargs) if fresh is not None else None
-        if torch.is_tensor(kwargs.get("hidden_states")):  # Hugging Face layers may take keywords
-            fresh = _track_gradient(module, (kwargs["hidden_states"].detach(),))
-            return (args, {**kwargs, "hidden_states": fresh[0]}) if fresh is not None else None
+        name = getattr(_attention_and_layout(module)[1], "input_name", None)
+        if name and torch.is_tensor(kwargs.get(name)):  # a layout's blocks may take their input by keyword
+            fresh = _track_gradient(module, (kwargs[name].detach(),))
+            return (args, {**kwargs, name: fresh[0]}) if fresh is not None else None
         return None
 
-    def _qk_hook(self, index):
+    def _qk_hook(self, index, layout):
         def hook(module, args, kwargs):
-            inputs = args[0] if args else kwargs.get("hidden_states", kwargs.get("query"))
+            inputs = args[0] if args else kwargs.get(getattr(layout, "input_name", None) or "query")
             with torch.no_grad():
-                queries, keys = _queries_keys(module, inputs)
+                queries, keys = _queries_keys(module, inputs) if layout is None else layout.queries_keys(module, inputs)
             record = self.layers[index]
             record.queries, record.keys = queries.detach().float(), keys.detach().float()
         return hook
@@ -288,7 +325,7 @@ class AttentionRecorder:
     def batch_first_tokens(self, record):
         """Block input of ``record`` and its gradients as [B, N, D], whatever the model's layout
         (the block's ``nn.MultiheadAttention.batch_first`` says which it is)."""
-        if getattr(attention_of(self.blocks[record.index]), "batch_first", True):  # HF layers are batch-first
+        if getattr(attention_of(self.blocks[record.index]), "batch_first", True):  # layouts' blocks are batch-first
             return record.tokens, record.token_grads
         return record.tokens.transpose(0, 1), {k: g.transpose(0, 1) for k, g in record.token_grads.items()}
 
@@ -374,28 +411,18 @@ def keep_gradient(probs, grad):
     return grad.detach()
 
 
-def _ask_hf_for_weights(module, args, kwargs):
-    """transformers < 5 returns the probabilities only when asked; 5.x always does on the eager path."""
-    import inspect
-    if "output_attentions" in inspect.signature(module.forward).parameters:
-        return args, {**kwargs, "output_attentions": True}
-    return None
-
-
 def _queries_keys(attention, inputs):
-    """q, k [B, N, D] (heads side by side) of an attention module for its input, laid out as the
-    module takes it (``nn.MultiheadAttention`` may be sequence-first)."""
-    if isinstance(attention, nn.MultiheadAttention):
-        x = inputs if attention.batch_first else inputs.transpose(0, 1)
-        d = attention.embed_dim
-        if attention.in_proj_weight is not None:
-            w_q, w_k = attention.in_proj_weight[:d], attention.in_proj_weight[d:2 * d]
-        else:
-            w_q, w_k = attention.q_proj_weight, attention.k_proj_weight
-        bias = attention.in_proj_bias
-        b_q, b_k = (None, None) if bias is None else (bias[:d], bias[d:2 * d])
-        return torch.nn.functional.linear(x, w_q, b_q), torch.nn.functional.linear(x, w_k, b_k)
-    return attention.q_proj(inputs), attention.k_proj(inputs)
+    """q, k [B, N, D] (heads side by side) of an ``nn.MultiheadAttention`` for its input, laid out
+    as the module takes it (it may be sequence-first)."""
+    x = inputs if attention.batch_first else inputs.transpose(0, 1)
+    d = attention.embed_dim
+    if attention.in_proj_weight is not None:
+        w_q, w_k = attention.in_proj_weight[:d], attention.in_proj_weight[d:2 * d]
+    else:
+        w_q, w_k = attention.q_proj_weight, attention.k_proj_weight
+    bias = attention.in_proj_bias
+    b_q, b_k = (None, None) if bias is None else (bias[:d], bias[d:2 * d])
+    return torch.nn.functional.linear(x, w_q, b_q), torch.nn.functional.linear(x, w_k, b_k)
 
 
 def _track_gradient(module, args):

@@ -148,11 +148,6 @@ class ModifiedResNet(nn.Module):
         layers += [Bottleneck(self._inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
-    @property
-    def feature_grid(self):
-        """Side of the last stage's feature map (input_resolution / 32)."""
-        return self.input_resolution // 32
-
     def stem(self, x):
         x = self.relu1(self.bn1(self.conv1(x)))
         x = self.relu2(self.bn2(self.conv2(x)))

@@ -1,8 +1,8 @@
-"""Image loading and CLIP preprocessing with PIL + numpy (no torchvision), and crop-box mapping.
+"""Image loading and CLIP preprocessing with PIL + numpy (no torchvision); the crop box.
 
     rgb = load_image("photo.jpg")               # uint8 [H, W, 3], EXIF orientation applied
     x, box = preprocess_image(rgb, 224)         # float32 [3, 224, 224] and the CropBox
-    heat = map_to_photo(patch_map, box)         # [g, g] -> float32 [1, H, W], NaN outside the crop
+    (clipviz.maps.map_to_photo(patch_map, box) maps a patch grid back onto the photo)
 
 The transform is openai/CLIP's
 
@@ -367,48 +367,3 @@ class Preprocess:
 
     def __repr__(self):
         return f"Preprocess(size={self.size})"
-
-
-def map_to_photo(grid_map, box):
-    """Upsample patch-grid maps onto the original photo: [g, g] or [P, g, g] -> float32 [P, H, W].
-
-    grid_map: values per patch, row-major like the image ([P, gh, gw] also works); a numpy array
-    or a CPU torch tensor. Cell (i, j) covers model-input pixels [j*S/gw, (j+1)*S/gw) ×
-    [i*S/gh, (i+1)*S/gh) and its value sits at that patch's centre (align_corners=False
-    semantics; beyond the outermost centres the edge value is held, as torch's interpolate does).
-
-    Each photo pixel's centre is mapped into model-input coordinates through the CropBox and the
-    grid is sampled there bilinearly, so sub-pixel box offsets are exact. Photo pixels whose
-    centre lies outside the crop box were not seen by the model and are NaN.
-    """
-    if isinstance(grid_map, torch.Tensor):
-        grid_map = grid_map.detach().cpu().numpy()
-    grid = np.asarray(grid_map, dtype=np.float32)
-    if grid.ndim == 2:
-        grid = grid[None]
-    if grid.ndim != 3 or 0 in grid.shape:
-        raise ClipvizError(f"A patch map must be [g, g] or [P, g, g] and non-empty; got shape {grid.shape}.")
-    row_weights, row_seen = _bilinear_weights(box.photo_height, box.top, box.height, grid.shape[1])
-    col_weights, col_seen = _bilinear_weights(box.photo_width, box.left, box.width, grid.shape[2])
-    photo = row_weights @ grid @ col_weights.T  # [H, gh] @ [P, gh, gw] @ [gw, W] -> [P, H, W]
-    photo[:, ~row_seen, :] = np.nan
-    photo[:, :, ~col_seen] = np.nan
-    return photo
-
-
-def _bilinear_weights(n_pixels, start, length, cells):
-    """Interpolation along one photo axis: weights float32 [n_pixels, cells] and seen bool [n_pixels].
-
-    start, length: the crop box along this axis in photo pixels; cells: grid cells across it.
-    """
-    t = (np.arange(n_pixels) + 0.5 - start) / length  # pixel centre as a fraction across the box
-    seen = (t >= 0) & (t < 1)
-    g = np.clip(t * cells - 0.5, 0, cells - 1)  # grid coordinate: cell i's centre is at i
-    low = np.floor(g).astype(np.int64)
-    high = np.minimum(low + 1, cells - 1)
-    frac = g - low
-    weights = np.zeros((n_pixels, cells), dtype=np.float64)
-    pixels = np.arange(n_pixels)
-    np.add.at(weights, (pixels, low), 1 - frac)
-    np.add.at(weights, (pixels, high), frac)
-    return weights.astype(np.float32), seen

@@ -22,9 +22,9 @@ import json
 import numpy as np
 
 from .errors import ClipvizError
-from .explanation import normalise_maps
 from .explorer import Session, layer_option
-from .preprocess import CropBox, map_to_photo
+from .maps import map_to_photo, normalise_maps
+from .preprocess import CropBox
 from .render import colorize, colormap_table
 
 PHOTO_SIDE = 720   # longest side of the embedded photo, in pixels
@@ -87,9 +87,9 @@ def report_html(model, image, prompts, methods=None, *, first=None, against=None
 
 def write_report(path, page, *, protect=()):
     """Write the page atomically to ``path`` (.html); never over ``protect`` (the input photo)."""
-    from .render import _target, _write_atomically
-    path = _target(path, (".html", ".htm"), protect)
-    return _write_atomically(path, lambda handle: handle.write(page.encode("utf-8")))
+    from .outputs import check_target, write_atomically
+    path = check_target(path, (".html", ".htm"), protect)
+    return write_atomically(path, lambda handle: handle.write(page.encode("utf-8")))
 
 
 def _photo(photo):

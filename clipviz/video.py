@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ClipvizError
+from .outputs import refuse_existing, refuse_inputs
+from .progress import bar as progress_bar
 
 OUTPUT_FOURCC = "mp4v"  # MPEG-4 Part 2: the opencv wheels' FFmpeg has no H.264 encoder
 CURVE_FRACTION = 0.2    # the score strip under each overlay, as a share of the frame height
@@ -197,13 +199,13 @@ def explain_frames(model, path, prompts, method=None, *, against=None, every=Non
     of an image. Arguments as for ``explain_video``. ``state``: a DecodeState to fill (where
     decoding stopped). Raises ClipvizError when no frame decodes at all.
     """
-    from .explanation import explain, normalise_maps
-    from .preprocess import map_to_photo
+    from .explanation import explain
+    from .maps import map_to_photo, normalise_maps
 
     smoothing = _check_smoothing(smoothing)
     capture, info = open_video(path)
     state = state if state is not None else DecodeState()
-    bar = _progress_bar(info, every, fps, start, end, progress)
+    bar = progress_bar(_expected_samples(info, every, fps, start, end), "frame", progress)
     try:
         frames, _ = read_frames(capture, info, every=every, fps=fps, start=start, end=end, state=state)
         smoothed, explained = None, 0
@@ -218,13 +220,11 @@ def explain_frames(model, path, prompts, method=None, *, against=None, every=Non
                     exp.maps = map_to_photo(smoothed, exp.crop_box)
                 explained += 1
                 yield FrameExplanation(index, time, exp)
-            if bar is not None:
-                bar.update(len(batch))
+            bar.update(len(batch))
         if explained == 0:
             raise ClipvizError(_no_frames(path, info, state, start))
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         capture.release()
 
 
@@ -256,17 +256,6 @@ def _check_smoothing(smoothing):
         raise ClipvizError(f"smoothing must be in [0, 1) (the weight of the previous smoothed map; 0 = off), "
                            f"got {smoothing!r}")
     return float(value)
-
-
-def _progress_bar(info, every, fps, start, end, enabled):
-    """A tqdm bar counting explained frames (frames/s), or None when off or tqdm is missing."""
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=_expected_samples(info, every, fps, start, end), unit="frame", dynamic_ncols=True)
 
 
 def _expected_samples(info, every, fps, start, end):
@@ -375,7 +364,8 @@ def explain_video(model, path, prompts, method=None, *, against=None, every=None
     ``stopped`` saying where it ended. Raises ClipvizError for an unreadable or non-video file, a
     video with no frames (in the window), or bad options.
     """
-    from .explanation import clean_prompts, peak_xy
+    from .explanation import clean_prompts
+    from .maps import peak_xy
     from .methods import default_method
 
     prompt_list = clean_prompts(prompts)
@@ -422,7 +412,7 @@ def explain_video(model, path, prompts, method=None, *, against=None, every=None
 
 def output_names(path, prompts, out):
     """{"videos": [Path per prompt], "json": Path, "csv": Path} inside the folder ``out``."""
-    from .cli import slug  # the CLI's file-name rule: prompts can never leave the folder
+    from .outputs import slug  # the file-name rule: prompts can never leave the folder
 
     folder = Path(out).expanduser()
     stem = slug(Path(path).stem).rsplit("-", 1)[0]
@@ -439,13 +429,8 @@ def _check_outputs(names, source, force):
     except OSError as error:
         raise ClipvizError(f"cannot create the output folder {folder}: {error.strerror or error}") from None
     paths = names["videos"] + [names["json"], names["csv"]]
-    for path in paths:
-        if os.path.lexists(path) and os.path.realpath(path) == os.path.realpath(source):
-            raise ClipvizError(f"refusing to write {path}: it is the input video; choose another --out")
-    existing = [str(p) for p in paths if os.path.lexists(p)]
-    if existing and not force:
-        raise ClipvizError(f"output file {existing[0]} already exists; pass --force to replace it or choose "
-                           "another --out")
+    refuse_inputs(paths, [source], "the input video")
+    refuse_existing(paths, force)
 
 
 class _Outputs:
@@ -487,18 +472,17 @@ class _Outputs:
             self.writers.append(writer)
 
     def finish(self, result):
-        from .render import _umask, _write_atomically
+        from .outputs import publish, write_atomically
         for writer in self.writers:
             writer.release()
         for temp, target in zip(self.temps, self.names["videos"]):
-            os.chmod(temp, 0o666 & ~_umask())  # mkstemp made it private
-            os.replace(temp, target)
+            publish(temp, target)
         self.temps = []
         files = dict(self.names)
-        _write_atomically(self.names["csv"], lambda handle: handle.write(result.csv_text().encode()))
+        write_atomically(self.names["csv"], lambda handle: handle.write(result.csv_text().encode()))
         result.files = files
         text = json.dumps(result.to_dict(), indent=1) + "\n"
-        _write_atomically(self.names["json"], lambda handle: handle.write(text.encode()))
+        write_atomically(self.names["json"], lambda handle: handle.write(text.encode()))
         return files
 
     def abort(self):

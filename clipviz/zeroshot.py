@@ -15,8 +15,7 @@ import numpy as np
 import torch
 
 from .adapters import adapt, scores_from_embeddings
-from .errors import ClipvizError
-from .explanation import clean_prompts
+from .explanation import clean_prompts, image_list
 from .forms import explaining
 from .preprocess import load_image, preprocess_image
 
@@ -63,10 +62,7 @@ def classify(model, image, prompts):
     """
     adapter = adapt(model)
     prompt_list = clean_prompts(prompts)
-    single = not isinstance(image, (list, tuple))
-    images = [image] if single else list(image)
-    if not images:
-        raise ClipvizError("no image given: pass a path, a PIL image, an array, or a list of them")
+    images, single = image_list(image)
     ids = adapter.tokenize(prompt_list).to(adapter.device)
     pixels = torch.stack([preprocess_image(load_image(i), adapter.input_resolution)[0] for i in images])
     with explaining(adapter.model), torch.no_grad():  # as explain() sees the model (autocast, compiled, ...)

@@ -9,11 +9,13 @@ import torch
 from PIL import Image
 
 from clipviz import metrics
-from clipviz.bench import (CHANCE_ROWS, _class_probability_scorer, _usable_methods, add_arguments,
-                           class_text_embeddings, photo_knowledge, query_for, run, run_benchmark,
-                           run_data_benchmark)
+from clipviz.bench import run_benchmark, run_data_benchmark
+from clipviz.bench.common import usable_methods
+from clipviz.bench.photos import photo_knowledge
+from clipviz.bench.scene import CHANCE_ROWS, class_probability_scorer, class_text_embeddings, query_for
+from clipviz.cli.bench import add_arguments, run_parsed
 from clipviz.errors import ClipvizError
-from clipviz.methods import available_methods, is_prompt_specific
+from clipviz.methods import available_methods, get_method
 from clipviz.synth import all_class_prompts, object_prompt, scene_from_index
 
 
@@ -193,7 +195,7 @@ def test_perturbation_score_is_the_query_against_absent_classes(tiny_vit):
     adapter = adapt(tiny_vit)
     scene = scene_from_index(2, 0, n_objects=3)
     pixels, _ = preprocess_image(scene.image, adapter.input_resolution)
-    score = _class_probability_scorer(adapter, class_text_embeddings(adapter), scene, queried=1)
+    score = class_probability_scorer(adapter, class_text_embeddings(adapter), scene, queried=1)
     # by hand: cosine with every class prompt, the two other present objects dropped, softmax
     with torch.no_grad():
         image = torch.nn.functional.normalize(tiny_vit.encode_image(pixels[None]), dim=-1)[0]
@@ -227,7 +229,7 @@ def test_benchmark_numbers_agree_with_the_scenes(tiny_vit):
         assert record["objects"] == len(scene.objects)
         assert record["area_share"] == pytest.approx(scene.masks[queried].mean())
         for method in vit_methods:
-            if not is_prompt_specific(method):  # the same map for any prompt
+            if not get_method(method).prompt_specific:  # the same map for any prompt
                 assert record["metrics"][method]["prompt_spearman"] == pytest.approx(1.0)
     pointing = [r["metrics"]["relevance"]["pointing"] for r in result["scenes"]]
     assert result["summary"]["all"]["relevance"]["pointing"]["mean"] == pytest.approx(np.mean(pointing))
@@ -245,7 +247,7 @@ def test_benchmark_is_deterministic_through_the_cli(tiny_vit, tmp_path, capsys):
         args = add_arguments(argparse.ArgumentParser()).parse_args(
             ["--model", str(checkpoint), "--n", "3", "--steps", "4", "--sanity-scenes", "1", "--device", "cpu",
              "--out", str(out), "--quiet"])
-        assert run(args) == 0
+        assert run_parsed(args) == 0
         outputs.append(json.loads(out.read_text()))
     printed = capsys.readouterr().out
     assert "| relevance |" in printed and "*random map* (chance)" in printed and "2-object scenes only" in printed
@@ -279,7 +281,7 @@ def test_data_folder_end_to_end_warns_about_the_model(tiny_vit, tmp_path, capsys
     out = tmp_path / "data.json"
     args = add_arguments(argparse.ArgumentParser()).parse_args(
         ["--model", str(checkpoint), "--data", str(folder), "--out", str(out), "--quiet", "--device", "cpu"])
-    assert run(args) == 0
+    assert run_parsed(args) == 0
     printed = capsys.readouterr().out
     assert "WARNING" in printed and "synthetic" in printed
     result = json.loads(out.read_text())
@@ -321,10 +323,10 @@ def test_data_folder_errors(tmp_path, tiny_vit):
 def test_methods_that_do_not_apply_are_skipped_with_a_note(small_resnet, tiny_vit):
     from clipviz.adapters import adapt
 
-    usable, notes = _usable_methods(adapt(small_resnet), None)
+    usable, notes = usable_methods(adapt(small_resnet), None)
     assert "relevance" not in usable and "rollout" not in usable  # attention-block methods: ViT only
     assert sorted(list(usable) + [n.split(" skipped: ")[0] for n in notes]) == sorted(available_methods())
-    usable_vit, notes_vit = _usable_methods(adapt(tiny_vit), ["relevance", "rollout"])
+    usable_vit, notes_vit = usable_methods(adapt(tiny_vit), ["relevance", "rollout"])
     assert list(usable_vit) == ["relevance", "rollout"] and notes_vit == []
     result = run_benchmark(small_resnet, n=1, progress=False, steps=2, sanity=False)
     assert list(result["summary"]["all"]) == list(usable) + list(CHANCE_ROWS)

@@ -19,7 +19,9 @@ import torch
 from PIL import Image
 
 import clipviz
-from clipviz import cli
+from clipviz import cli, outputs, progress
+from clipviz.cli import explain as explain_command, inputs, models as models_command, plan, policy
+from clipviz.cli.parser import DEFAULT_METHOD_HELP, DEFAULT_MODEL, build_parser
 from clipviz.model import CLIP
 
 from conftest import TINY_VIT, perturbed
@@ -84,7 +86,7 @@ def test_one_prompt_json_equals_explain_and_force(work, model):
     an existing output is refused without --force (left untouched) and replaced with it."""
     photo = work / "photos" / "a.png"
     before = sha(photo)
-    target = work / "out1" / f"a--{cli.slug('a red dog')}.png"
+    target = work / "out1" / f"a--{plan.slug('a red dog')}.png"
     target.parent.mkdir()
     target.write_bytes(b"an earlier result")
 
@@ -114,8 +116,8 @@ def test_three_prompts_table_and_unsafe_prompt_stays_in_folder(work, model):
     assert result.returncode == 0, result.stderr
     new = files_under(work.parent) - everything_before
     out = work / "deep" / "out2"
-    assert new == {out / f"b--{cli.slug(p)}.png" for p in prompts}
-    assert re.fullmatch(r"x-[0-9a-f]{6}", cli.slug("../../x"))
+    assert new == {out / f"b--{plan.slug(p)}.png" for p in prompts}
+    assert re.fullmatch(r"x-[0-9a-f]{6}", plan.slug("../../x"))
 
     exp = clipviz.explain(model, str(work / "photos" / "b.jpg"), prompts)
     for t, prompt in enumerate(prompts):
@@ -123,8 +125,8 @@ def test_three_prompts_table_and_unsafe_prompt_stays_in_folder(work, model):
         score, prob = row.split()[-4:-2]
         assert float(score) == pytest.approx(exp.scores[t], abs=1e-4)
         assert float(prob.rstrip("%")) == pytest.approx(100 * exp.probs[t], abs=0.05)
-        assert f"-> deep/out2/b--{cli.slug(prompt)}.png" in result.stdout
-        image = np.asarray(Image.open(out / f"b--{cli.slug(prompt)}.png"))
+        assert f"-> deep/out2/b--{plan.slug(prompt)}.png" in result.stdout
+        image = np.asarray(Image.open(out / f"b--{plan.slug(prompt)}.png"))
         assert image.shape == exp.photo.shape  # full photo resolution
     assert "text tokens:" in result.stdout and "\x1b[" not in result.stdout  # no colour codes when piped
 
@@ -158,7 +160,7 @@ def test_folder_with_bad_files_keeps_going_and_exits_1(work):
     report = json.loads(result.stdout)
     assert sorted(Path(f["image"]).name for f in report["failures"]) == ["broken.jpg", "cut.png"]
     written = sorted(p.name for p in (work / "out4").iterdir())
-    assert written == sorted(f"{stem}--{cli.slug('a dog')}.png" for stem in "abc")
+    assert written == sorted(f"{stem}--{plan.slug('a dog')}.png" for stem in "abc")
 
 
 def test_pdf_figure_layers_heads(work):
@@ -166,7 +168,7 @@ def test_pdf_figure_layers_heads(work):
                      "--layers", "--heads", "--quiet", cwd=work)
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""  # --quiet
-    stem = f"c--{cli.slug('a dog')}"
+    stem = f"c--{plan.slug('a dog')}"
     expected = {"c.pdf", f"{stem}--layers.pdf", f"{stem}--heads.pdf"}
     assert {p.name for p in (work / "out5").iterdir()} == expected
     for name in expected:
@@ -187,9 +189,10 @@ def test_user_errors_exit_2_with_one_line(work):
         (["photos/a.png"], ["no prompt"]),
         (["a dog"], ["no image"]),
         (["photos", "a dog"], ["--images photos"]),                                       # a folder, positionally
-        (["photos/a.png", "a dog", "--out", "file.txt/sub"], ["cannot write into", "file.txt"]),
-        (["photos/a.png", "a dog", "--out", "file.txt/x.png"], ["cannot write into"]),
+        (["photos/a.png", "a dog", "--out", "file.txt/sub"], ["cannot create the output folder", "file.txt"]),
+        (["photos/a.png", "a dog", "--out", "file.txt/x.png"], ["cannot create the output folder"]),
         (["photos/a.png", "a dog", "--out", "photos/a.png", "--force"], ["input image"]),  # never the input
+        (["photos/a.png", "a dog", "--cmap", "nope"], ["unknown colormap 'nope'", "matplotlib"]),
         (["photos/a.png", "photos/b.jpg", "a dog", "--out", "one.png"], ["one file", "2 images"]),
         (["photos/a.png", "a dog", "--alpha", "2"], ["--alpha"]),                         # argparse, one line too
         (["photos/a.png", "a dog", "--bogus"], ["--bogus"]),
@@ -208,7 +211,7 @@ def test_output_folder_never_overwrites_an_input(work):
     folder = work / "same"
     folder.mkdir()
     (folder / "a.png").write_bytes((work / "photos" / "a.png").read_bytes())
-    victim = folder / f"a--{cli.slug('a dog')}.png"
+    victim = folder / f"a--{plan.slug('a dog')}.png"
     victim.write_bytes((work / "photos" / "c.png").read_bytes())
     before = {p: sha(p) for p in folder.iterdir()}
     result = run_cli("explain", "--images", folder, "a dog", "--out", folder, "--force", "--model", "tiny.pt", cwd=work)
@@ -249,8 +252,8 @@ def test_models_says_per_name_whether_present_and_from_where(work):
     assert rows["ViT-B/16"]["from"] == ("OpenAI URL openaipublic.azureedge.net/.../ViT-B-16.pt, then Hugging Face "
                                         "Hub timm/vit_base_patch16_clip_224.openai, then Hugging Face Hub "
                                         "openai/clip-vit-base-patch16")
-    if cli.DEFAULT_MODEL in rows:  # the small offline model ships inside the package
-        assert rows[cli.DEFAULT_MODEL]["status"] == "bundled"
+    if DEFAULT_MODEL in rows:  # the small offline model ships inside the package
+        assert rows[DEFAULT_MODEL]["status"] == "bundled"
     text = run_cli("models", cwd=work, env=env).stdout
     assert re.search(r"^ViT-B/32\s+cached", text, re.M) and "ViT-L/14@336px" in text
     assert re.search(r"^\s+from: Hugging Face Hub|from: OpenAI URL .*timm/resnet50x64_clip.openai", text, re.M)
@@ -286,10 +289,10 @@ def test_default_method_follows_the_model_family(work, tmp_path, small_resnet, c
     assert cli.main(["explain", str(photo), "a dog", "--model", str(work / "tiny.pt"), "--json",
                      "--out", str(tmp_path / "v"), "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out)["method"] == DEFAULT_METHODS["vit"] == "relevance"
-    assert cli.DEFAULT_METHOD_HELP.startswith(f"{DEFAULT_METHODS['vit']} for ViT models, "
+    assert DEFAULT_METHOD_HELP.startswith(f"{DEFAULT_METHODS['vit']} for ViT models, "
                                               f"{DEFAULT_METHODS['resnet']} for ResNet")
-    help_text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["explain"].format_help().split())
-    assert cli.DEFAULT_METHOD_HELP in help_text
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["explain"].format_help().split())
+    assert DEFAULT_METHOD_HELP in help_text
 
 
 def test_activation_flag_reaches_load(work, monkeypatch, capsys):
@@ -324,7 +327,7 @@ def test_demo_draws_the_synthetic_scene(work):
     with Image.open(work / "demo.png") as figure:
         assert figure.format == "PNG" and figure.width > 300
     assert_user_error(run_cli("demo", "--model", "tiny.pt", "--out", "demo.png", cwd=work), "already exists")
-    if cli.DEFAULT_MODEL not in clipviz.available_models():
+    if DEFAULT_MODEL not in clipviz.available_models():
         assert_user_error(run_cli("demo", "--out", "demo2.png", cwd=work), "--model")
 
 
@@ -334,10 +337,7 @@ def test_help_version_and_bench(work):
     assert "image suffix" in result.stdout  # the image-or-prompt rule is documented
     assert run_cli("--version", cwd=work).stdout.strip() == f"clipviz {clipviz.__version__}"
     bench = run_cli("bench", "--help", cwd=work)
-    if (Path(cli.__file__).parent / "bench.py").exists():
-        assert bench.returncode == 0
-    else:
-        assert_user_error(bench, "clipviz.bench")
+    assert bench.returncode == 0 and "--sanity-scenes" in bench.stdout
 
 
 # ----------------------------------------------------------------------------- in-process pieces
@@ -346,7 +346,7 @@ def test_unexpected_errors_exit_1_and_ask_for_a_report(monkeypatch, capsys):
     def broken(args):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cli, "run_models", broken)
+    monkeypatch.setattr(models_command, "run", broken)
     monkeypatch.delenv("CLIPVIZ_DEBUG", raising=False)
     assert cli.main(["models"]) == 1
     err = capsys.readouterr().err
@@ -361,38 +361,40 @@ def test_unexpected_errors_exit_1_and_ask_for_a_report(monkeypatch, capsys):
 def test_printed_text_is_terminal_safe(monkeypatch):
     """Prompts and tokens reach the terminal on one line with escape sequences defused; in a
     terminal the tokens are render.text_tokens_ansi's colours, elsewhere plain weights."""
-    assert cli._one_line("a \x1b[2Jdog\n\tcat \udcff") == "a \\x1b[2Jdog cat \\udcff"
+    assert policy.one_line("a \x1b[2Jdog\n\tcat \udcff") == "a \\x1b[2Jdog cat \\udcff"
     from clipviz.render import text_tokens_ansi
     monkeypatch.delenv("NO_COLOR", raising=False)
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
-    assert cli._tokens_text(["a", "dog"], [0.5, 2.0]) == text_tokens_ansi(["a", "dog"], [0.5, 2.0])
+    assert explain_command.tokens_text(["a", "dog"], [0.5, 2.0]) == text_tokens_ansi(["a", "dog"], [0.5, 2.0])
     monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
-    assert cli._tokens_text(["a", "dog"], [0.5, 2.0]) == "a(0.25) dog(1.00)"
+    assert explain_command.tokens_text(["a", "dog"], [0.5, 2.0]) == "a(0.25) dog(1.00)"
 
 
 def test_slug_and_split_rule(tmp_path):
-    assert cli.slug("A Photo of a Café!")[:-7] == "a-photo-of-a-cafe"
-    assert cli.slug("a dog") != cli.slug("a dog ") and cli.slug("/").startswith("x-")
-    long = cli.slug("word " * 50)
-    assert len(long) <= cli.SLUG_LENGTH + 7 and re.fullmatch(r"[a-z0-9-]+", long)
+    assert plan.slug("A Photo of a Café!")[:-7] == "a-photo-of-a-cafe"
+    assert plan.slug("a dog") != plan.slug("a dog ") and plan.slug("/").startswith("x-")
+    long = plan.slug("word " * 50)
+    assert len(long) <= outputs.SLUG_LENGTH + 7 and re.fullmatch(r"[a-z0-9-]+", long)
     existing = tmp_path / "README"
     existing.write_text("x")
-    images, prompts = cli.split_inputs([str(existing), "a dog", "a cat"])
+    images, prompts = inputs.split_inputs([str(existing), "a dog", "a cat"])
     assert images == [str(existing)] and prompts == ["a dog", "a cat"]
     with pytest.raises(clipviz.ClipvizError, match="with --prompt"):
-        cli.split_inputs(["a photo of a cat.jpg", "a dog"])
-    assert cli.image_labels(["x/a.png", "y/a.png", "b.jpg"])[2] == "b"
-    assert len(set(cli.image_labels(["x/a.png", "y/a.png"]))) == 2
+        inputs.split_inputs(["a photo of a cat.jpg", "a dog"])
+    assert plan.image_labels(["x/a.png", "y/a.png", "b.jpg"])[2] == "b"
+    assert len(set(plan.image_labels(["x/a.png", "y/a.png"]))) == 2
 
 
-def test_progress_bar_fallback(monkeypatch):
-    monkeypatch.setitem(sys.modules, "tqdm", None)  # as if tqdm were not installed
-    stream = io.StringIO()
-    bar = cli.Progress(3, enabled=True, stream=stream)
-    for name in ["a.png", "b.png", "c.png"]:
-        bar.update(name)
-    bar.close()
-    assert "3/3 c.png" in stream.getvalue() and "[" + "#" * 30 + "]" in stream.getvalue()
+def test_one_progress_bar_counts_and_keeps_notes_whole():
+    """clipviz.progress: tqdm counts the images on its stream; notes go to stdout whole, drawn or not."""
+    stream, notes = io.StringIO(), io.StringIO()
+    with progress.bar(3, "image", enabled=True, stream=stream) as bar:
+        for _ in range(3):
+            bar.write("a.png done", file=notes)
+            bar.update(1)
+    assert "3/3" in stream.getvalue() and "image" in stream.getvalue()
+    assert notes.getvalue() == "a.png done\n" * 3
     quiet = io.StringIO()
-    cli.Progress(3, enabled=False, stream=quiet).update("a.png")
+    with progress.bar(3, "image", enabled=False, stream=quiet) as bar:
+        bar.update(1)
     assert quiet.getvalue() == ""

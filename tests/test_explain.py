@@ -10,8 +10,8 @@ from clipviz.errors import ClipvizError
 from clipviz.hooks import AttentionRecorder
 from clipviz.methods import attention as attention_method
 from clipviz.methods.base import Records
-from clipviz.preprocess import map_to_photo, preprocess_image
-from clipviz.explanation import normalise_maps
+from clipviz.maps import map_to_photo, normalise_maps
+from clipviz.preprocess import preprocess_image
 
 import reference_clip as ref
 
@@ -183,7 +183,7 @@ def test_recorder_leaves_outputs_bit_identical(vit_b32):
         before = vit_b32.encode_image(pixels)
         with AttentionRecorder(vit_b32.visual) as recorder:
             during = vit_b32.encode_image(pixels)
-            assert hook_count(vit_b32) == recorder.hook_count > 0
+            assert hook_count(vit_b32) > 0
         after = vit_b32.encode_image(pixels)
     assert hook_count(vit_b32) == 0
     assert torch.equal(before, after)

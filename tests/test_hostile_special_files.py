@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from clipviz.checkpoints import read_checkpoint
-from clipviz.cli import list_images
+from clipviz.cli.inputs import list_images
 from clipviz.errors import ClipvizError
 from clipviz.preprocess import load_image
 from clipviz.tokenizer import parse_merges, read_vocab

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import clipviz
-from clipviz.methods import available_methods, get_method, is_prompt_specific
+from clipviz.methods import available_methods, get_method
 from clipviz.preprocess import preprocess_image
 
 import reference_clip as ref
@@ -173,11 +173,15 @@ def test_gradeclip_channel_term_is_the_head_summed_cls_gradient(model):
     assert rel_err(grad_a[:, 0, :].sum(dim=0).detach().numpy(), direct.detach().numpy()) <= 1e-10
 
 
-def test_registered_prompt_specific_and_explained_on_vits(model):
-    for name in ("legrad", "gradeclip"):
-        assert name in available_methods() and is_prompt_specific(name)
-        module = get_method(name)
-        assert module.__doc__ and "2024" in module.__doc__
+def test_registered_with_the_authors_defaults_and_explained_on_vits(model, small_resnet):
+    """Both are prompt-specific ViT methods whose one option defaults to the authors' choice
+    (LeGrad's reference code: the last two blocks; Grad-ECLIP's paper: the last block)."""
+    for name, first_block in (("legrad", -2), ("gradeclip", -1)):
+        method = get_method(name)
+        assert name in available_methods() and get_method(name).prompt_specific
+        assert method.options == {"start_layer": first_block} and method.families == ("vit",)
+        with pytest.raises(clipviz.ClipvizError, match="explains vit models; this is a resnet"):
+            clipviz.explain(small_resnet, photo(), "a dog", method=name)
     exp = clipviz.explain(model, photo(), PROMPTS, method="legrad")
     assert not np.allclose(exp.token_maps[0], exp.token_maps[1])  # the prompt matters
     assert exp.maps.shape == (len(PROMPTS), 90, 120)
@@ -189,3 +193,18 @@ def test_bad_options_are_clear_errors(model):
         clipviz.explain(model, photo(), "a dog", method="legrad", start_layer=9)
     with pytest.raises(clipviz.ClipvizError, match="no option"):
         clipviz.explain(model, photo(), "a dog", method="gradeclip", head_fusion="max")
+
+
+def test_every_method_has_one_explicit_signature():
+    """needs() and compute() of each registered method take the same options, written out (no
+    **kwargs), and Method.options is exactly those; a misspelt option is refused by name."""
+    import inspect
+    for name in available_methods():
+        method = get_method(name)
+        for function, first in ((method.module.needs, "model"), (method.module.compute, "records")):
+            parameters = list(inspect.signature(function).parameters.values())
+            assert parameters[0].name == first, name
+            assert all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty for p in parameters[1:]), name
+            assert {p.name: p.default for p in parameters[1:]} == method.options, name
+        with pytest.raises(clipviz.ClipvizError, match=f"method '{name}' has no option strat_layer"):
+            method.check_options({"strat_layer": 0})

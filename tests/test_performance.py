@@ -1,6 +1,6 @@
 """What the performance work relies on: batches split on out-of-memory with unchanged results, one
 image pass for many prompts, and a recorder that builds no graph before the first recorded block
-without changing any gradient. (Timings live in benchmarks/; see docs/performance.md.)"""
+without changing any gradient. (Timings live in perf/; see docs/performance.md.)"""
 
 import numpy as np
 import pytest

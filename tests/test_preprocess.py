@@ -24,7 +24,8 @@ from PIL import Image
 
 from clipviz import preprocess as pp
 from clipviz.errors import ClipvizError
-from clipviz.preprocess import CropBox, Preprocess, load_image, map_to_photo, preprocess_image
+from clipviz.maps import map_to_photo
+from clipviz.preprocess import CropBox, Preprocess, load_image, preprocess_image
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])

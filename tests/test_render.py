@@ -16,10 +16,11 @@ import pytest
 from PIL import Image
 
 import clipviz
-from clipviz import render
+from clipviz import outputs, render
 from clipviz.errors import ClipvizError
-from clipviz.explanation import Explanation, normalise_maps
-from clipviz.preprocess import map_to_photo, preprocess_image
+from clipviz.explanation import Explanation
+from clipviz.maps import map_to_photo, normalise_maps
+from clipviz.preprocess import preprocess_image
 
 
 PROMPTS = ["a dog on the <b>beach</b>", "two cats"]
@@ -81,15 +82,30 @@ def test_overlay_equals_hand_computed_blend():
     assert (render.overlay(image, heat, alpha=0.0) == image).all()
 
 
-def test_colour_tables_and_levels_match_matplotlib():
-    import matplotlib
-    values = np.concatenate([np.linspace(0, 1, 1001), [0.5 - 1e-9, 1 / 256, 255 / 256, 1.0]])
-    for name in render.BUILTIN_CMAPS:
-        drawn = matplotlib.colormaps[name](values)[:, :3] * 255  # what imshow would paint
-        ours = render.colorize(values, name)
-        assert np.abs(ours - drawn).max() <= (1e-9 if name == "jet" else 0.5), name
-    assert np.allclose(render.colormap_table("magma"), matplotlib.colormaps["magma"](np.linspace(0, 1, 256))[:, :3])
-    with pytest.raises(ClipvizError, match="unknown colormap 'nope'.*jet, viridis"):
+# Published end points of matplotlib's listed maps (viridis: van der Walt & Smith 2015, the first and
+# last rows of _viridis_data; turbo: Mikhailov 2019, the first and last rows of _turbo_data).
+GOLDEN = {"viridis": ((0.267004, 0.004874, 0.329415), (0.993248, 0.906157, 0.143936)),
+          "turbo": ((0.18995, 0.07176, 0.23217), (0.4796, 0.01583, 0.01055))}
+
+
+def test_colour_levels_and_any_registry_name_against_independent_numbers():
+    """Values pick table entry k = min(floor(256 v), 255), checked on jet's hand-worked curve at
+    the entry boundaries; any registry name works (viridis, turbo) and equals its published end
+    points; an unknown name says what to do."""
+    values = np.array([0.0, 1 / 256 - 1e-9, 1 / 256, 128 / 256 - 1e-9, 128 / 256, 255 / 256, 1.0])
+    entries = [0, 0, 1, 127, 128, 255, 255]
+    assert render.colour_levels(values).tolist() == entries
+    by_hand = np.array([[float(c) for c in jet_by_hand(Fraction(k, 255))] for k in entries]) * 255
+    assert np.abs(render.colorize(values, "jet") - by_hand).max() < 1e-9
+    for name, (low, high) in GOLDEN.items():
+        ends = render.colorize([0.0, 1.0], name) / 255
+        assert np.abs(ends - np.array([low, high])).max() < 5e-6, name
+        image = np.array([[[100, 100, 100], [0, 0, 0]]], np.uint8)
+        out = render.overlay(image, np.array([[0.0, 1.0]]), cmap=name, alpha=0.5)
+        expected = [[int(0.5 * p + 0.5 * 255 * c + 0.5) for p, c in zip(px, colour)]
+                    for px, colour in zip(image[0], (low, high))]
+        assert out[0].tolist() == expected, name
+    with pytest.raises(ClipvizError, match="unknown colormap 'nope'.*matplotlib"):
         render.colormap_table("nope")
 
 
@@ -115,14 +131,15 @@ def test_overlay_rejects_what_it_cannot_draw():
         render.overlay(image.astype(np.float32), np.zeros((4, 5)))
 
 
-def test_overlay_and_save_overlay_do_not_import_matplotlib(tmp_path):
+def test_matplotlib_is_imported_only_when_a_colour_is_needed(tmp_path):
+    """Importing clipviz.render (and the CLI) stays fast: matplotlib loads with the first colour map."""
     code = (
         "import sys, numpy as np\n"
-        "import clipviz.render as r\n"
+        "import clipviz.render as r, clipviz.cli\n"
+        "assert 'matplotlib' not in sys.modules\n"
         "p = np.zeros((6, 8, 3), np.uint8); h = np.full((6, 8), 0.5); h[0] = np.nan\n"
-        "for c in ('jet', 'viridis', 'inferno', 'turbo'): r.overlay(p, h, cmap=c)\n"
-        f"r.save_overlay({str(tmp_path / 'o.png')!r}, p, h)\n"
-        "assert 'matplotlib' not in sys.modules, sorted(m for m in sys.modules if 'matplotlib' in m)\n")
+        f"r.save_overlay({str(tmp_path / 'o.png')!r}, p, h, cmap='turbo')\n"
+        "assert 'matplotlib' in sys.modules and 'matplotlib.pyplot' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True)
     with Image.open(tmp_path / "o.png") as written:
         assert written.size == (8, 6)
@@ -142,14 +159,14 @@ def test_per_map_scaling_reaches_one_in_every_map():
     maps = render.photo_maps(e)
     assert [float(np.nanmax(m)) for m in maps] == [1.0, 1.0]
     assert [float(np.nanmin(m)) for m in maps] == [0.0, 0.0]
-    (grids,), scale = render.scale_grids([e.token_maps])  # what figures draw
+    (grids,), scale = render.shared_scale([e.token_maps])  # what figures draw
     assert scale == (0.0, 1.0) and np.allclose(grids, [ramp(1.0), ramp(1.0)])
 
 
 def test_shared_scale_of_figures_spans_every_map():
-    (first,), scale = render.scale_grids([[ramp(2.0), ramp(1.0) + 0.5]], shared=True)
+    (first,), scale = render.shared_scale([[ramp(2.0), ramp(1.0) + 0.5]], shared=True)
     assert scale == (0.0, 2.0) and np.allclose(first, [ramp(1.0), ramp(0.5) + 0.25])
-    assert np.allclose(render.scale_grids([np.ones((2, 3, 3))], shared=True)[0][0], 0)  # constant: no colour
+    assert np.allclose(render.shared_scale([np.ones((2, 3, 3))], shared=True)[0][0], 0)  # constant: no colour
 
 
 def test_shared_scale_lets_only_the_larger_map_reach_one():
@@ -309,7 +326,7 @@ def test_saving_into_a_read_only_folder_says_so(exp, tmp_path, monkeypatch):
     try:
         with monkeypatch.context() as patch:
             if os.geteuid() == 0:  # root writes anywhere: let the permission check see what a user would
-                patch.setattr(render.os, "access", lambda *args, **kwargs: False)
+                patch.setattr(outputs.os, "access", lambda *args, **kwargs: False)
             with pytest.raises(ClipvizError, match="locked' is not writable"):
                 render.save_figure(exp.figure(), locked / "out.png")
     finally:

@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 import clipviz
-from clipviz.explanation import normalise_maps
+from clipviz.maps import map_to_photo, normalise_maps
 from clipviz.model import CLIP
-from clipviz.preprocess import CropBox, map_to_photo
+from clipviz.preprocess import CropBox
 from clipviz.render import colorize
 from clipviz.report import MAP_SIDE, report_html
 

@@ -104,8 +104,10 @@ def test_hooks_removed_and_errors_are_clear(small_resnet):
     assert hook_count(small_resnet) == 0
     with pytest.raises(clipviz.ClipvizError, match="attention_pool"):
         clipviz.explain(small_resnet, photo(), "a dog", method="relevance")
-    with pytest.raises(clipviz.ClipvizError, match="no options"):
-        clipviz.explain(small_resnet, photo(), "a dog", method="gradcam", layer=-1)
+    with pytest.raises(clipviz.ClipvizError, match="no option start_layer"):
+        clipviz.explain(small_resnet, photo(), "a dog", method="gradcam", start_layer=0)
+    with pytest.raises(clipviz.ClipvizError, match="layer=2 is out of range"):  # one feature stage: -1 or 0
+        clipviz.explain(small_resnet, photo(), "a dog", method="gradcam", layer=2)
     assert hook_count(small_resnet) == 0
 
 

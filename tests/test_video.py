@@ -19,8 +19,7 @@ cv2 = pytest.importorskip("cv2")
 
 import clipviz
 from clipviz import ClipvizError, video
-from clipviz.explanation import normalise_maps, peak_xy
-from clipviz.preprocess import map_to_photo
+from clipviz.maps import map_to_photo, normalise_maps, peak_xy
 from clipviz.synth import COLOURS, SceneObject, object_mask, object_prompt
 from clipviz.video import ScoreCurve, explain_frames, explain_video, open_video, read_frames
 

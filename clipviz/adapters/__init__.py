@@ -47,6 +47,8 @@ class ClipAdapter:
 
     image_encoder / text_encoder: modules whose ResidualAttentionBlocks the recorder hooks.
     family: "vit" or "resnet". patch_grid: g (tokens N = 1 + g*g). input_resolution: S.
+    num_layers: what a method may record of the image tower: its blocks (ViT), or its one
+    last stage (ResNet: 1). text_layers: the text tower's blocks.
     """
 
     def __init__(self, model):
@@ -62,7 +64,7 @@ class ClipAdapter:
             self.num_layers = len(visual.transformer.resblocks)
         else:
             self.patch_grid = self.input_resolution // 32
-            self.num_layers = 0
+            self.num_layers = 1  # the last stage
         self.text_layers = len(self.text_encoder.resblocks)
         self.context_length = getattr(model, "context_length", 77)
 
@@ -100,6 +102,17 @@ class ClipAdapter:
 
     def logit_scale(self):
         return self.model.logit_scale.exp()
+
+    def image_recorder(self, needs):
+        """A recorder of the image tower for a method's ``needs`` (clipviz.methods.base.Needs): a
+        context manager with check_recorded(), backward(score, slot) and collect(records)."""
+        if self.family == "resnet":
+            from .resnet import ResNetRecorder
+            return ResNetRecorder(self.image_encoder, needs)
+        if needs.layers is None and not needs.features:
+            return None
+        from .vit import ViTRecorder
+        return ViTRecorder(self.image_encoder, needs)
 
     def image_head(self, tokens):
         """The ViT's head on a token: ln_post, then proj. [..., D] → [..., E] (LeGrad reads block

@@ -1,6 +1,7 @@
 """Hugging Face ``CLIPModel`` (``pip install clipviz[hf]``): ``hf:REPO_ID`` specs and an adapter.
 
-The recorder hooks each ``CLIPEncoderLayer``'s ``self_attn`` (see clipviz.hooks). Its probabilities
+The recorder hooks each ``CLIPEncoderLayer``'s ``self_attn`` through the AttentionLayout
+registered here (``HuggingFaceLayout``; clipviz.hooks knows only nn.MultiheadAttention). Its probabilities
 exist only on the eager attention path — SDPA and flash kernels never materialise them — so every
 forward pass the adapter runs switches the model's configs to eager attention and restores the
 previous setting afterwards, also when the pass raises. On the eager path the probabilities HF
@@ -20,7 +21,34 @@ import torch
 
 from ..errors import ClipvizError
 from ..forms import unwrap
+from ..hooks import AttentionLayout, register_layout
 from . import ClipAdapter, import_extra
+
+
+class HuggingFaceLayout(AttentionLayout):
+    """A ``*EncoderLayer`` whose ``self_attn`` has q/k/v/out projections (CLIPEncoderLayer)."""
+
+    input_name = "hidden_states"
+
+    def attention_of(self, block):
+        attn = getattr(block, "self_attn", None)
+        if type(block).__name__.endswith("EncoderLayer") and all(
+                isinstance(getattr(attn, name, None), torch.nn.Linear) for name in ("q_proj", "k_proj", "v_proj", "out_proj")):
+            return attn
+        return None
+
+    def ask_for_weights(self, module, args, kwargs):
+        """transformers < 5 returns the probabilities only when asked; 5.x always does on the eager path."""
+        import inspect
+        if "output_attentions" in inspect.signature(module.forward).parameters:
+            return args, {**kwargs, "output_attentions": True}
+        return None
+
+    def queries_keys(self, attention, inputs):
+        return attention.q_proj(inputs), attention.k_proj(inputs)
+
+
+register_layout(HuggingFaceLayout())
 
 
 def load_hf(repo_id, device):

@@ -85,7 +85,7 @@ class OpenClipAdapter(ClipAdapter):
         self.model = model
         visual = unwrap(model.visual)
         self.family = tower_family(visual)
-        self.num_layers = len(visual.transformer.resblocks) if self.family == "vit" else 0
+        self.num_layers = len(visual.transformer.resblocks) if self.family == "vit" else 1  # ResNet: its last stage
         self.image_encoder = visual
         self.input_resolution, self.patch_grid = tower_geometry(visual, self.family)
         text = unwrap(getattr(model, "text", None))

@@ -63,7 +63,7 @@ class TowerAdapter(ClipAdapter):
             self.family = "vit" if hasattr(model, "transformer") else "resnet"
             self.input_resolution = _resolution(model)
             self.patch_grid = self.input_resolution // (model.conv1.kernel_size[0] if self.family == "vit" else 32)
-        self.num_layers = len(model.transformer.resblocks) if self.family == "vit" else 0
+        self.num_layers = len(model.transformer.resblocks) if self.family == "vit" else 1  # ResNet: its last stage
 
     def encode_image(self, pixels):
         """[B, 3, S, S] → the tower's output (its pooled, projected embedding)."""

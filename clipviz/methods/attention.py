@@ -7,12 +7,14 @@ The simplest baseline; prompt-agnostic.
 
 from .base import MethodOutput, Needs, cls_to_patches, per_target, resolve_layer
 
-
-def needs(num_layers, layer=-1, **_):
-    return Needs(layers=(resolve_layer(layer, num_layers, "layer"),))
+FAMILIES = ("vit",)
 
 
-def compute(records, layer=-1, **_):
+def needs(model, layer=-1):
+    return Needs(layers=(resolve_layer(layer, model.num_layers, "layer"),))
+
+
+def compute(records, layer=-1):
     """records.probs[layer] [B, H, N, N] → token_maps [B, T, g, g], head_maps [B, T, H, g, g]."""
     probs = records.probs[resolve_layer(layer, records.num_layers, "layer")]
     heads = cls_to_patches(probs, records.patch_grid)  # [B, H, g, g]

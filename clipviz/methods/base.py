@@ -15,7 +15,9 @@ class Needs:
 
     layers:     image blocks whose attention probabilities to record (None = all)
     gradient:   reduce(probs [B,H,N,N], ∂S/∂probs [B,H,N,N]) kept per target, or None (forward only)
-    tokens:     record the input tokens of the recorded blocks (and their gradients if ``gradient``)
+    features:   record patch features F [B, K, C] and their gradients ∂S/∂F (K = g·g positions): for a
+                ViT the patch tokens entering block ``layers[0]``, for a ResNet its last stage's output
+    pool:       record a ResNet's attention-pool probabilities
     text:       text blocks to record for text-token relevance (None = no text recording)
     qk:         record the attention queries and keys of the recorded blocks
     readout:    None, or ``readout(block_output [B, N, D], head) → [B, E]``: how to read an image
@@ -27,10 +29,15 @@ class Needs:
 
     layers: tuple = None
     gradient: object = None
-    tokens: bool = False
+    features: bool = False
+    pool: bool = False
     text: tuple = None
     qk: bool = False
     readout: object = None
+
+    @property
+    def wants_gradient(self):
+        return self.gradient is not None or self.features
 
 
 @dataclass
@@ -39,8 +46,9 @@ class Records:
 
     probs:        {layer: [B, H, N, N]}
     grads:        {layer: {target: reduce(probs, ∂S_target/∂probs)}}
-    tokens:       {layer: [B, N, D]}           block inputs, batch-first
-    token_grads:  {layer: {target: [B, N, D]}}
+    features:     [B, K, C] patch features (Needs.features), K = g·g positions, row-major
+    feature_grads:{target: [B, K, C]} ∂S_target/∂features
+    pool_probs:   [B, H, 1, 1 + g·g] a ResNet's attention-pool probabilities (Needs.pool)
     queries, keys:{layer: [B, N, D]}           attention q and k, heads side by side (Needs.qk)
     text_probs:   {layer: [P, H, Lt, Lt]}      P = prompts actually encoded
     text_grads:   {layer: {(image, target): reduce(probs, grad)}}  over the P prompts; row p holds
@@ -55,8 +63,9 @@ class Records:
     targets: int
     probs: dict = field(default_factory=dict)
     grads: dict = field(default_factory=dict)
-    tokens: dict = field(default_factory=dict)
-    token_grads: dict = field(default_factory=dict)
+    features: torch.Tensor = None
+    feature_grads: dict = field(default_factory=dict)
+    pool_probs: torch.Tensor = None
     queries: dict = field(default_factory=dict)
     keys: dict = field(default_factory=dict)
     text_layers: int = 0
@@ -107,3 +116,8 @@ def resolve_layer(layer, num_layers, name="start_layer"):
         raise ClipvizError(f"{name}={layer!r} is out of range: the encoder has {num_layers} blocks "
                            f"(use 0 … {num_layers - 1}, or -1 for the last)")
     return layer % num_layers
+
+
+def blocks_from(start_layer, num_layers, name="start_layer"):
+    """The block indices start_layer … L-1 (start_layer resolved as in ``resolve_layer``): tuple."""
+    return tuple(range(resolve_layer(start_layer, num_layers, name), num_layers))

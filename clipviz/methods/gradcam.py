@@ -1,30 +1,31 @@
-"""Grad-CAM (Selvaraju et al. 2017, eq. 1–2) on the patch tokens entering the last block.
+"""Grad-CAM (Selvaraju et al. 2017, eqs. 1–2), one rule for every family, on patch features F [K, C]
+(K = g·g positions, row-major; C channels) and their gradient ∂S/∂F:
 
-    α_c = (1/K) Σ_k ∂S/∂X[k, c]            channel weights: token mean of the gradient (K patches)
-    map_k = ReLU(Σ_c α_c · X[k, c])         X = residual stream entering the last block, patches only
+    α_c   = (1/K) Σ_k ∂S/∂F[k, c]           channel weights: position mean of the gradient
+    map_k = ReLU(Σ_c α_c · F[k, c])
+
+What F is comes from the adapter (Needs.features): for a ViT the patch tokens entering block
+``layer`` (the residual stream, CLS left out; default the last block), for a ResNet CLIP the
+output of its last stage (``layer4``, before the attention pool) — the layer Grad-CAM uses for
+CNNs. A ResNet adapter offers that one stage (num_layers = 1), so ``layer`` is -1 or 0 there.
 """
 
 import torch
 
 from .base import MethodOutput, Needs, resolve_layer
 
-
-def needs(num_layers, layer=-1, **_):
-    return Needs(layers=(resolve_layer(layer, num_layers, "layer"),), gradient=_no_attention_gradient, tokens=True)
+FAMILIES = ("vit", "resnet")
 
 
-def _no_attention_gradient(probs, grad):
-    return None  # Grad-CAM reads token gradients only
+def needs(model, layer=-1):
+    return Needs(layers=(resolve_layer(layer, model.num_layers, "layer"),), features=True)
 
 
-def compute(records, layer=-1, **_):
-    """records.tokens[l] [B, N, D], token_grads[l][t] [B, N, D] → token_maps [B, T, g, g]."""
-    index = resolve_layer(layer, records.num_layers, "layer")
-    patches = records.tokens[index][:, 1:, :]  # [B, g*g, D]
-    g = records.patch_grid
+def compute(records, layer=-1):
+    """records.features [B, K, C], feature_grads {t: [B, K, C]} → token_maps [B, T, g, g]."""
+    features, g = records.features, records.patch_grid
     maps = []
     for target in range(records.targets):
-        weights = records.token_grads[index][target][:, 1:, :].mean(dim=1, keepdim=True)  # [B, 1, D]
-        cam = torch.relu((patches * weights).sum(dim=-1))  # [B, g*g]
-        maps.append(cam.reshape(-1, g, g))
+        weights = records.feature_grads[target].mean(dim=1, keepdim=True)  # α [B, 1, C]
+        maps.append(torch.relu((features * weights).sum(dim=-1)).reshape(-1, g, g))
     return MethodOutput(token_maps=torch.stack(maps, dim=1))

@@ -24,7 +24,9 @@ scales every map by the same positive constant.
 
 import torch
 
-from .base import MethodOutput, Needs, resolve_layer, target_rows
+from .base import MethodOutput, Needs, blocks_from, target_rows
+
+FAMILIES = ("vit",)
 
 
 def cls_gradient(probs, grad):
@@ -40,14 +42,13 @@ def loosened_attention(queries, keys):
     return (cosine - low) / span.clamp(min=torch.finfo(cosine.dtype).tiny)
 
 
-def needs(num_layers, start_layer=-1, **_):
-    first = resolve_layer(start_layer, num_layers)
-    return Needs(layers=tuple(range(first, num_layers)), gradient=cls_gradient, qk=True)
+def needs(model, start_layer=-1):
+    return Needs(layers=blocks_from(start_layer, model.num_layers), gradient=cls_gradient, qk=True)
 
 
-def compute(records, start_layer=-1, **_):
+def compute(records, start_layer=-1):
     """records.grads {l: {t: [B, N]}}, queries/keys {l: [B, N, D]} → token_maps [B, T, g, g]."""
-    layers = list(range(resolve_layer(start_layer, records.num_layers), records.num_layers))
+    layers = blocks_from(start_layer, records.num_layers)
     g = records.patch_grid
     per_layer = []
     for layer in layers:
@@ -55,4 +56,4 @@ def compute(records, start_layer=-1, **_):
         channel = target_rows(records, layer)  # [B, T, g*g]
         per_layer.append(torch.relu(channel * spatial[:, None, :]))  # [B, T, g*g]
     per_layer = torch.stack(per_layer, dim=2).reshape(records.batch, records.targets, len(layers), g, g)
-    return MethodOutput(token_maps=per_layer.sum(dim=2), layer_maps=per_layer, layer_indices=tuple(layers))
+    return MethodOutput(token_maps=per_layer.sum(dim=2), layer_maps=per_layer, layer_indices=layers)

@@ -22,7 +22,9 @@ the paper's equations. Each Ê^l comes from its own backward pass, which stops a
 
 import torch
 
-from .base import MethodOutput, Needs, resolve_layer, target_rows
+from .base import MethodOutput, Needs, blocks_from, target_rows
+
+FAMILIES = ("vit",)
 
 
 def token_mean_readout(block_output, head):
@@ -35,15 +37,14 @@ def positive_mean(probs, grad):
     return grad.clamp(min=0).mean(dim=(1, 2))
 
 
-def needs(num_layers, start_layer=-2, **_):
-    first = resolve_layer(start_layer, num_layers)
-    return Needs(layers=tuple(range(first, num_layers)), gradient=positive_mean, readout=token_mean_readout)
+def needs(model, start_layer=-2):
+    return Needs(layers=blocks_from(start_layer, model.num_layers), gradient=positive_mean, readout=token_mean_readout)
 
 
-def compute(records, start_layer=-2, **_):
+def compute(records, start_layer=-2):
     """records.grads {l: {t: Ê^l [B, N]}} → token_maps [B, T, g, g] = Ē; layer_maps = each Ê^l."""
-    layers = list(range(resolve_layer(start_layer, records.num_layers), records.num_layers))
+    layers = blocks_from(start_layer, records.num_layers)
     g = records.patch_grid
     per_layer = torch.stack([target_rows(records, l) for l in layers], dim=2)  # [B, T, L', g*g]
     per_layer = per_layer.reshape(*per_layer.shape[:3], g, g)
-    return MethodOutput(token_maps=per_layer.mean(dim=2), layer_maps=per_layer, layer_indices=tuple(layers))
+    return MethodOutput(token_maps=per_layer.mean(dim=2), layer_maps=per_layer, layer_indices=layers)

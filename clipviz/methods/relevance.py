@@ -17,7 +17,9 @@ last block's per-head (∇A ⊙ A)⁺[CLS, patches].
 
 import torch
 
-from .base import MethodOutput, Needs, cls_to_patches, resolve_layer
+from .base import MethodOutput, Needs, blocks_from, cls_to_patches
+
+FAMILIES = ("vit",)
 
 
 def positive_weighted(probs, grad):
@@ -31,12 +33,11 @@ def positive_weighted(probs, grad):
     return {"mean": weighted.mean(dim=1), "cls_heads": weighted[:, :, 0, :].clone()}
 
 
-def needs(num_layers, start_layer=-1, text_start_layer=-1, text_layers=None, text=True, **_):
-    first = resolve_layer(start_layer, num_layers)
+def needs(model, start_layer=-1, text_start_layer=-1, text=True):
     text_blocks = None
-    if text and text_layers:
-        text_blocks = tuple(range(resolve_layer(text_start_layer, text_layers, "text_start_layer"), text_layers))
-    return Needs(layers=tuple(range(first, num_layers)), gradient=positive_weighted, text=text_blocks)
+    if text and model.text_layers:
+        text_blocks = blocks_from(text_start_layer, model.text_layers, "text_start_layer")
+    return Needs(layers=blocks_from(start_layer, model.num_layers), gradient=positive_weighted, text=text_blocks)
 
 
 def propagate(weighted_means):
@@ -52,9 +53,10 @@ def propagate(weighted_means):
     return relevance, contributions
 
 
-def compute(records, start_layer=-1, text_start_layer=-1, **_):
-    """records.grads {l: {t: positive_weighted(...)}} → token_maps [B, T, g, g] and extras."""
-    layers = list(range(resolve_layer(start_layer, records.num_layers), records.num_layers))
+def compute(records, start_layer=-1, text_start_layer=-1, text=True):
+    """records.grads {l: {t: positive_weighted(...)}} → token_maps [B, T, g, g] and extras
+    (text relevance when ``text`` and the text blocks were recorded)."""
+    layers = blocks_from(start_layer, records.num_layers)
     g = records.patch_grid
     maps, layer_maps, head_maps = [], [], []
     for target in range(records.targets):
@@ -66,16 +68,16 @@ def compute(records, start_layer=-1, text_start_layer=-1, **_):
     return MethodOutput(
         token_maps=torch.stack(maps, dim=1),
         layer_maps=torch.stack(layer_maps, dim=1),
-        layer_indices=tuple(layers),
+        layer_indices=layers,
         head_maps=torch.stack(head_maps, dim=1),
-        text_relevance=text_relevance(records, text_start_layer) if records.text_grads else None)
+        text_relevance=text_relevance(records, text_start_layer) if text and records.text_grads else None)
 
 
 def text_relevance(records, text_start_layer=-1):
     """R_text[EOT, 1:EOT] per (image, target): [B, T, Lt], zero outside the prompt's word tokens.
 
     Every (image, target) pair is propagated at once, as a batch of B·T matrices."""
-    layers = list(range(resolve_layer(text_start_layer, records.text_layers, "text_start_layer"), records.text_layers))
+    layers = blocks_from(text_start_layer, records.text_layers, "text_start_layer")
     rows = records.target_prompt.tolist()  # each target's own prompt among those encoded
     pairs = [(b, t) for b in range(records.batch) for t in range(records.targets)]
     means = [torch.stack([records.text_grads[l][pair]["mean"][rows[pair[1]]] for pair in pairs]) for l in layers]

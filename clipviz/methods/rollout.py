@@ -13,13 +13,18 @@ Prompt-agnostic by definition: every target gets the same map.
 import torch
 
 from ..errors import ClipvizError
-from .base import MethodOutput, Needs, cls_to_patches, per_target, resolve_layer
+from .base import MethodOutput, Needs, blocks_from, cls_to_patches, per_target
 
+FAMILIES = ("vit",)
 HEAD_FUSIONS = ("mean", "max", "min")
 
 
-def needs(num_layers, start_layer=0, **_):
-    return Needs(layers=tuple(range(resolve_layer(start_layer, num_layers), num_layers)))
+def needs(model, start_layer=0, head_fusion="mean", discard_ratio=0.0):
+    if head_fusion not in HEAD_FUSIONS:  # checked before the model runs, as in compute
+        raise ClipvizError(f"head_fusion={head_fusion!r} is not one of {', '.join(HEAD_FUSIONS)}")
+    if not 0.0 <= discard_ratio < 1.0:
+        raise ClipvizError(f"discard_ratio={discard_ratio!r} must be in [0, 1)")
+    return Needs(layers=blocks_from(start_layer, model.num_layers))
 
 
 def fuse_heads(probs, head_fusion):
@@ -59,10 +64,9 @@ def augmented(probs, head_fusion="mean", discard_ratio=0.0):
     return a_hat / a_hat.sum(dim=-1, keepdim=True)
 
 
-def compute(records, start_layer=0, head_fusion="mean", discard_ratio=0.0, **_):
+def compute(records, start_layer=0, head_fusion="mean", discard_ratio=0.0):
     """records.probs {l: [B, H, N, N]} → token_maps [B, T, g, g]; layer_maps = CLS row of each Â_l."""
-    first = resolve_layer(start_layer, records.num_layers)
-    layers = list(range(first, records.num_layers))
+    layers = blocks_from(start_layer, records.num_layers)
     joint, per_layer = None, []
     for layer in layers:
         a_hat = augmented(records.probs[layer], head_fusion, discard_ratio)
@@ -71,4 +75,4 @@ def compute(records, start_layer=0, head_fusion="mean", discard_ratio=0.0, **_):
     return MethodOutput(
         token_maps=per_target(cls_to_patches(joint, records.patch_grid), records.targets),
         layer_maps=per_target(torch.stack(per_layer, dim=1), records.targets),
-        layer_indices=tuple(layers))
+        layer_indices=layers)

@@ -69,7 +69,8 @@ def peak_pointing(model, n, method="relevance"):
     queried object, over the first n ``clipviz bench`` scenes (the object bench queries) and the
     first n same-shape scenes -> (bench share, same-shape share). Ties go to the first peak, so
     this can differ slightly from bench's pointing_game."""
-    from ..bench import OBJECT_RANGE, query_for
+    from ..bench.scene import query_for
+    from ..bench.synthetic import OBJECT_RANGE
     from ..explanation import explain
     from .captions import object_prompt
 

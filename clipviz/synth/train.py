@@ -48,7 +48,6 @@ add in a varying order, so two GPU runs agree in accuracy, not in bits.
 """
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -59,6 +58,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..cache import file_sha256
 from ..model import CLIP
 from ..preprocess import MEAN, STD
 from .binding import N_CLASSES, NEGATIVES, multi_hot, training_scene, training_text
@@ -157,11 +157,6 @@ def learning_rate(step, peak, warmup, decay_start, steps, rewarm_from=None):
 def fp16_state_dict(model):
     """OpenAI's checkpoint layout: every tensor of the state dict in fp16, on the CPU."""
     return {name: tensor.detach().to("cpu", torch.float16).clone() for name, tensor in model.state_dict().items()}
-
-
-def file_sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def save(model, out, info):

@@ -1,6 +1,6 @@
 """Issue 17: explain_video's peak memory does not grow with the video; its CPU throughput in frames/s.
 
-    python benchmarks/video.py [--lengths 100 2000] [--frames 48] [--repeats 3]
+    python perf/video.py [--lengths 100 2000] [--frames 48] [--repeats 3]
                                [--models synth-vit-t16 ViT-B/16]
     python benchmarks/video.py --skip-memory --device cuda --dtype bf16 --batch 64 --frames 512  # GPU
 

@@ -1,6 +1,6 @@
 """Target 2: `rollout` costs <= 1.15 x a bare forward under torch.no_grad().
 
-    python benchmarks/rollout_cost.py [--repeats 9] [--models ViT-B/32 ViT-B/16]
+    python perf/rollout_cost.py [--repeats 9] [--models ViT-B/32 ViT-B/16]
 
 Both sides start from the same photo array and prompt string; random weights, 224 px, one image,
 one prompt, 2 torch threads. Rollout records every block (start_layer=0, its default).

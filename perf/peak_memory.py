@@ -1,6 +1,6 @@
 """Target 4: peak memory of `relevance` on ViT-L/14@336 is <= 1.3 x that of a bare forward + backward.
 
-    python benchmarks/peak_memory.py [--repeats 3] [--model ViT-L/14@336px]
+    python perf/peak_memory.py [--repeats 3] [--model ViT-L/14@336px]
 
 CPU, random weights, one photo, one prompt. Each measurement runs in a fresh process: build the
 model, preprocess and tokenize once (the vocabulary is loaded), warm the thread pools on a tiny

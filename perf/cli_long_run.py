@@ -1,7 +1,7 @@
 """Peak memory of `clipviz explain --images DIR` at 10 vs 1,000 images (issue 8, long runs).
 
-    python benchmarks/cli_long_run.py                 # 10 and 1000 images
-    python benchmarks/cli_long_run.py --counts 10 100 --bad 2
+    python perf/cli_long_run.py                 # 10 and 1000 images
+    python perf/cli_long_run.py --counts 10 100 --bad 2
 
 Makes small random PNGs (64×64 by default) in a temporary folder, a random-weight tiny ViT CLIP
 (64 px input, 3 blocks) saved as a checkpoint, then runs the CLI in a fresh subprocess per count

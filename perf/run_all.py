@@ -1,7 +1,7 @@
 """Every CPU benchmark in turn, then the RESULT lines together (the GPU one runs on its own:
 gpu_throughput.py, on a machine with a GPU).
 
-    python benchmarks/run_all.py [--quick]
+    python perf/run_all.py [--quick]
 
 --quick: fewer repeats (a check that everything runs; the figures are then noisier).
 """

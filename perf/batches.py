@@ -1,7 +1,7 @@
 """Target 5: N images x P prompts in one call; the batch splits itself when memory runs out, and
 the results equal one image at a time.
 
-    python benchmarks/batches.py [--images 8] [--prompts 4] [--fits 3] [--model ViT-B/32]
+    python perf/batches.py [--images 8] [--prompts 4] [--fits 3] [--model ViT-B/32]
 
 A memory limit is simulated: the image encoder raises the CPU allocator's out-of-memory error for
 batches larger than ``--fits`` images, so ``explain(..., batch_size=N)`` has to halve its way down

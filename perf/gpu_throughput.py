@@ -1,13 +1,13 @@
 """GPU figures: target 6 (`relevance` on ViT-B/16 at batch 64 under autocast reaches >= 0.8 x the
 throughput of a bare forward + backward), and the GPU side of targets 1-4.
 
-    python benchmarks/gpu_throughput.py [--repeats 10] [--out results.json]
+    python perf/gpu_throughput.py [--repeats 10] [--out results.json]
 
 Random weights built on the GPU (fp32 parameters, autocast fp16 / bf16 for the compute). Inputs
 are tensors already on the device: pixels [B, 3, 224, 224] and token ids shaped like tokenizer
 output (SOT, words, EOT, padding), so the comparison is the model work alone, CPU preprocessing
 excluded on both sides, and no tokenizer is needed. ``relevance`` runs through
-``clipviz.explanation.run_method`` (what ``explain`` runs after preprocessing) with its defaults,
+``clipviz.pipeline.run_method`` (what ``explain`` runs after preprocessing) with its defaults,
 text-token relevance included, and its maps are copied to the host. Times are medians of
 interleaved, synchronised runs after warm-up. One script, one device call: device time is scarce.
 """
@@ -70,7 +70,7 @@ def bare_forward(model, pixels, ids):
 def method(model, pixels, ids, name, **options):
     """run_method with one target per prompt; maps (and text relevance) end on the host."""
     from clipviz.adapters import adapt
-    from clipviz.explanation import run_method
+    from clipviz.pipeline import run_method
     from clipviz.methods import get_method
     prompts = ids.shape[0]
     _, cosine, _, output = run_method(adapt(model), pixels, ids, torch.eye(prompts), torch.arange(prompts),

@@ -1,16 +1,17 @@
-"""``clipviz explain clip.mp4 "a prompt" ...``: the command line's side of clipviz.video.
+"""``clipviz explain clip.mp4 "a prompt" ...``: the explain command's side of clipviz.video.
 
-Called by the explain command when its input is a video (by suffix, clipviz.video.VIDEO_SUFFIXES).
+Called by the explain runner when its input is a video (by suffix, clipviz.suffixes.VIDEO_SUFFIXES).
 Exit status: 0 done; 1 the file stopped decoding part-way (the frames before it are explained and
 written, and the message says where it stopped); usage errors raise ClipvizError (exit 2).
 """
 
+import argparse
 import json
+import math
 import sys
 
-from .errors import ClipvizError
-
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+from ..errors import ClipvizError
+from ..suffixes import FIGURE_SUFFIXES
 
 VIDEO_HELP = """\
 Videos (.mp4 .avi .mov .mkv .webm .m4v): one video per run. --out is a folder (default
@@ -19,11 +20,6 @@ the score curve so far underneath), "<video>.json" and "<video>.csv" (per frame:
 peak per prompt). --every N or --fps F pick the frames, --start/--end a window in seconds,
 --smoothing B an exponential moving average of the maps (B = weight of the past, default 0 = off).
 """
-
-
-def is_video(path):
-    """True if ``path`` ends in one of VIDEO_SUFFIXES (any case)."""
-    return str(path).lower().endswith(VIDEO_SUFFIXES)
 
 
 def add_video_arguments(parser):
@@ -40,30 +36,28 @@ def add_video_arguments(parser):
 
 def run_video(args, path):
     """Explain the video ``path`` with the explain command's arguments; returns the exit status."""
-    from .cli import check_prompts, load_model, model_name, split_inputs, _one_line
-    from .methods import get_method
+    from .explain import method_and_options
+    from .inputs import check_prompts, load_model, model_name, split_inputs
+    from .parser import DEFAULT_OUT
+    from .policy import one_line
 
     _, prompts = split_inputs(args.inputs, args.image, args.images, args.prompt)
     for flag, given in (("--figure", args.figure), ("--format", args.format), ("--layers", args.layers),
                         ("--heads", args.heads)):
         if given:
             raise ClipvizError(f"{flag} is for images; a video gets overlay videos, JSON and CSV in --out")
-    if args.out and args.out.lower().endswith((".png", ".pdf", ".svg")):
+    if args.out and args.out.lower().endswith(FIGURE_SUFFIXES):
         raise ClipvizError(f"--out {args.out}: a video's outputs go into a folder; give a folder name")
     name = model_name(args.model)
-    options = {} if args.start_layer is None else {"start_layer": args.start_layer}
-    from .explanation import check_options
-    if args.method is not None:  # checked before the model loads; else the family's default, after
-        check_options(get_method(args.method), args.method, options)
+    method, options = method_and_options(args) if args.method is not None else (None, None)
     check_prompts(prompts + ([args.against] if args.against else []))
-    model = load_model(name, args.device)
-    if args.method is None:
-        from .methods import default_method
+    model = load_model(name, args.device, args.activation)
+    if method is None:
+        from ..methods import default_method
         args.method = default_method(model)
-        check_options(get_method(args.method), args.method, options)
+        method, options = method_and_options(args)
 
-    from .cli import DEFAULT_OUT
-    from .video import explain_video
+    from ..video import explain_video
     result = explain_video(model, path, prompts, method=args.method, against=args.against, every=args.every,
                            fps=args.fps, start=args.start, end=args.end, smoothing=args.smoothing,
                            batch_size=args.batch_size, out=args.out or DEFAULT_OUT, cmap=args.cmap,
@@ -73,31 +67,28 @@ def run_video(args, path):
         json.dump({"model": name, **result.to_dict()}, sys.stdout, indent=1)
         sys.stdout.write("\n")
     elif not args.quiet:
-        print(f"{_one_line(path)}  ({args.method}, {len(result.frames)} frames explained, "
+        print(f"{one_line(path)}  ({args.method}, {len(result.frames)} frames explained, "
               f"{result.output_fps:.3g} frames/s out)")
         for row in result.best():
-            print(f"  best for \"{_one_line(row['prompt'])}\": frame {row['frame']} ({row['time']:.2f} s), "
+            print(f"  best for \"{one_line(row['prompt'])}\": frame {row['frame']} ({row['time']:.2f} s), "
                   f"score {row['score']:+.4f}")
         files = result.files
         for file in files["videos"] + [files["json"], files["csv"]]:
             print(f"  -> {file}")
     if result.stopped:
-        print(f"clipviz: {_one_line(path)}: {result.stopped}; the {len(result.frames)} frames before it "
+        print(f"clipviz: {one_line(path)}: {result.stopped}; the {len(result.frames)} frames before it "
               "were explained and written", file=sys.stderr)
         return 1
     return 0
 
 
 def _whole(text):
-    import argparse
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
     return int(text)
 
 
 def _number(text, check, what):
-    import argparse
-    import math
     try:
         value = float(text)
     except ValueError:

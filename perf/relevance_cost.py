@@ -1,6 +1,6 @@
 """Target 1: `relevance` with one prompt costs <= 1.15 x a bare forward + backward of the same score.
 
-    python benchmarks/relevance_cost.py [--repeats 9] [--models ViT-B/32 ViT-B/16]
+    python perf/relevance_cost.py [--repeats 9] [--models ViT-B/32 ViT-B/16]
 
 Both sides start from the same photo array and prompt string (see common.py for the baseline).
 Random weights, 224 px, one image, one prompt, 2 torch threads. ``explain`` runs with its

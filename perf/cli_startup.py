@@ -1,7 +1,7 @@
 """Target 7: `clipviz explain` on one image with the bundled offline model takes <= 1.5 x
 (`python -c "import torch"` + one bare forward + backward of the same model).
 
-    python benchmarks/cli_startup.py [--repeats 5] [--model synth-vit-t16]
+    python perf/cli_startup.py [--repeats 5] [--model synth-vit-t16]
 
 Three kinds of fresh process, interleaved, each timed from the outside (wall clock, median):
 

@@ -1,7 +1,7 @@
 """Target 3: 16 prompts on one image cost <= 4 x one prompt (the image is encoded once), and
 compared with repeating the image once per prompt (Chefer et al.'s CLIP notebook).
 
-    python benchmarks/many_prompts.py [--repeats 7] [--model ViT-B/16] [--prompts 16]
+    python perf/many_prompts.py [--repeats 7] [--model ViT-B/16] [--prompts 16]
 
 Random weights, 2 torch threads, ``explain`` defaults (start_layer=-1, text-token relevance on).
 The repeat-the-image approach, as in the authors' notebook: the image repeated P times, one

@@ -1,0 +1,31 @@
+"""Recording a ViT image tower: clipviz.hooks.AttentionRecorder set up from a method's Needs,
+and its records put where methods read them (clipviz.methods.base.Records)."""
+
+from ..hooks import AttentionRecorder
+
+
+class ViTRecorder(AttentionRecorder):
+    """The attention blocks ``needs.layers`` of ``encoder``, with what ``needs`` asks for:
+    reduced attention gradients, patch features (the tokens entering the first recorded block,
+    CLS left out) with their gradients, queries and keys, block outputs for a readout."""
+
+    def __init__(self, encoder, needs):
+        gradients = needs.gradient or (_no_attention_gradient if needs.features else None)
+        super().__init__(encoder, layers=needs.layers, gradients=gradients, tokens=needs.features,
+                         outputs=needs.readout is not None, qk=needs.qk)
+        self.needs = needs
+
+    def collect(self, records):
+        for index, layer in self.layers.items():
+            records.probs[index] = layer.probs
+            records.grads[index] = layer.grads
+            if layer.queries is not None:
+                records.queries[index], records.keys[index] = layer.queries, layer.keys
+        if self.needs.features:
+            tokens, grads = self.batch_first_tokens(self.layers[self.indices[0]])
+            records.features = tokens[:, 1:]
+            records.feature_grads = {t: g[:, 1:] for t, g in grads.items()}
+
+
+def _no_attention_gradient(probs, grad):
+    return None  # features only: the attention gradient is not kept

@@ -1,0 +1,119 @@
+"""What a command is given: images told apart from prompts, folders listed, prompts checked, and
+the model named and loaded — one set of rules for every command, checked before torch loads
+where possible."""
+
+import os
+import sys
+from pathlib import Path
+
+from ..errors import ClipvizError
+from ..suffixes import IMAGE_SUFFIXES, is_video, looks_like_image
+from .parser import DEFAULT_MODEL
+
+RANDOM = "random:"  # random:ARCH, e.g. random:ViT-B/16
+
+
+def split_inputs(positionals, images=(), folders=(), prompts=()):
+    """Tell images from prompts (the rule in EXPLAIN_HELP) → (image paths [str], prompts [str]).
+
+    Named images come first, then each folder's. Missing named files, unusable folders, and no
+    image or no prompt at all raise ClipvizError.
+    """
+    named, texts = list(images), []
+    for arg in positionals:
+        (named if os.path.isfile(arg) or looks_like_image(arg) or is_video(arg) else texts).append(arg)
+    texts += list(prompts)
+    for path in named:
+        if os.path.isdir(path):
+            raise ClipvizError(f"'{path}' is a folder, not an image file: pass it as --images {path}")
+        if not os.path.isfile(path):
+            raise ClipvizError(f"no image file at '{path}': check the path (a prompt that ends in an "
+                               "image suffix must be given with --prompt)")
+    listed = [p for folder in folders for p in list_images(folder)]
+    all_images = named + listed
+    if not all_images:
+        folders_given = [t for t in texts if os.path.isdir(t)]
+        hint = f" ('{folders_given[0]}' is a folder: use --images {folders_given[0]})" if folders_given else ""
+        raise ClipvizError(f"no image given{hint}: name image files (.jpg, .png, ...) or --images DIR")
+    if not texts:
+        raise ClipvizError("no prompt given: add a text query such as \"a photo of a dog\"")
+    if not all(t.strip() for t in texts):
+        raise ClipvizError("a prompt is empty: write what to look for, e.g. \"a photo of a dog\"")
+    return all_images, [t.strip() for t in texts]  # as explain() strips them
+
+
+def list_images(folder):
+    """Image files (by suffix) directly inside ``folder``, sorted by name; hidden files skipped.
+
+    Only regular files (or links to them) are listed, judged by stat, which never blocks: a FIFO,
+    device, socket, folder or broken link with an image suffix is skipped and named on stderr.
+    """
+    import stat
+
+    from ..files import kind_of
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise ClipvizError(f"--images {folder}: no such folder" if not path.exists()
+                           else f"--images {folder}: not a folder; pass an image file as --image {folder}")
+    try:
+        entries = sorted(path.iterdir())
+    except OSError as error:
+        raise ClipvizError(f"cannot list {folder}: {error.strerror or error}") from error
+    found, skipped = [], []
+    for entry in entries:
+        if entry.name.startswith(".") or not looks_like_image(entry.name):
+            continue
+        try:
+            mode = entry.stat().st_mode
+        except OSError as error:  # a broken link, a file removed since the listing
+            skipped.append(f"{entry.name} ({error.strerror or 'unreadable'})")
+            continue
+        if stat.S_ISREG(mode):
+            found.append(str(entry))
+        elif not stat.S_ISDIR(mode):  # folders named like images were always passed over quietly
+            skipped.append(f"{entry.name} ({kind_of(mode)})")
+    if skipped:
+        print(f"clipviz: skipping {len(skipped)} entries of {folder} that are not regular files: "
+              f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
+    if not found:
+        raise ClipvizError(f"--images {folder}: no image files in it (looked for {', '.join(IMAGE_SUFFIXES[:5])} ...)")
+    return found
+
+
+def model_name(name):
+    """``--model``, or the bundled default when it is installed; unknown names fail here, before
+    torch is imported (ClipvizError listing the registered names)."""
+    from .. import hub
+
+    if name is None:
+        if DEFAULT_MODEL not in hub.available_models():
+            raise ClipvizError(f"the bundled model {DEFAULT_MODEL} is not installed in this clipviz; pass "
+                               "--model NAME_OR_CHECKPOINT (see 'clipviz models')")
+        return DEFAULT_MODEL
+    if name.startswith(RANDOM):
+        return name  # clipviz.model.random_model names the architectures if ARCH is not one
+    if not name.startswith(hub.ADAPTER_PREFIXES) and not os.path.exists(os.path.expanduser(name)):
+        hub.model_info(name)  # raises for a name that is neither registered nor a file
+    return name
+
+
+def check_prompts(prompts):
+    """Over-long prompts (more than CLIP's 77 tokens) fail before the model loads."""
+    from ..tokenizer import tokenize
+
+    tokenize(prompts)
+
+
+def load_model(name, device, activation=None):
+    """The model for a name from ``model_name``: ``random:ARCH`` (random weights of an official
+    architecture, seed 0: pipeline checks) or anything clipviz.hub.load takes (``activation``:
+    the MLP activation, see clipviz.activation)."""
+    if name.startswith(RANDOM):
+        import torch
+        from ..model import random_model
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return random_model(name[len(RANDOM):], seed=0).to(device)
+    from ..hub import load
+
+    return load(name, device=device, activation=activation)[0]

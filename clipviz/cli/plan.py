@@ -1,0 +1,73 @@
+"""Output names, planned and checked before any work (the naming rule is in ``clipviz explain
+--help``): file names from prompts and image stems, unique, never an input, never an existing
+file without --force. Writing itself is clipviz.outputs' job."""
+
+import os
+from pathlib import Path
+
+from ..errors import ClipvizError
+from ..outputs import check_unique, prepare_folder, refuse_existing, refuse_inputs, slug
+from ..suffixes import looks_like_image
+from .parser import DEFAULT_OUT, FIGURE_FORMATS
+
+def image_labels(images):
+    """A short file-name part per image: its stem, made safe; stems that collide get a hash."""
+    stems = [slug(Path(p).stem).rsplit("-", 1)[0] for p in images]
+    counts = {}
+    for stem in stems:
+        counts[stem] = counts.get(stem, 0) + 1
+    return [stem if counts[stem] == 1 else f"{stem}-{slug(os.path.abspath(p))[-6:]}" for stem, p in zip(stems, images)]
+
+
+class OutputPlan:
+    """Where each image's files go (the naming rule in EXPLAIN_HELP), checked before any work by
+    ``check``: the folder must accept a new file, no input is ever a target, and an existing file
+    is a target only with ``force``.
+
+    ``files(i)`` → [(kind, prompt index or None, path)] with kind "overlay" | "figure" | "layers" |
+    "heads". Folder mode: any number of images. File mode (``out`` ends in .png/.pdf/.svg): one
+    image, its figure at ``out``, strips and grids beside it.
+    """
+
+    def __init__(self, out, images, prompts, fmt, figure, layers, heads, force, against=None):
+        self.layers, self.heads, self.force = layers, heads, force
+        out = out if out is not None else DEFAULT_OUT
+        suffix = Path(out).suffix.lower().lstrip(".")
+        self.file_mode = suffix in FIGURE_FORMATS and not Path(out).is_dir()
+        if not self.file_mode and looks_like_image(out) and not Path(out).is_dir():
+            raise ClipvizError(f"--out {out}: a figure file must end in .png, .pdf or .svg; or give a folder")
+        if self.file_mode:
+            if fmt is not None and fmt != suffix:
+                raise ClipvizError(f"--out {out} is a .{suffix} file but --format is {fmt}: make them agree")
+            if len(images) != 1:
+                raise ClipvizError(f"--out {out} names one file but {len(images)} images were given: "
+                                   "pass a folder as --out")
+            self.folder, self.format, self.figure = Path(out).parent, suffix, True
+            self.bases = [Path(out).stem]
+        else:
+            self.folder, self.format = Path(out), fmt or "png"
+            self.figure = figure or self.format != "png"
+            self.bases = image_labels(images)
+        self.prompt_slugs = [slug(p if against is None else f"{p} vs {against}") for p in prompts]
+        self.inputs = list(images)
+
+    def files(self, index):
+        """[(kind, prompt index or None, Path)] for image ``index``."""
+        base, fmt = self.bases[index], self.format
+        if self.figure:  # always so in file mode
+            planned = [("figure", None, self.folder / f"{base}.{fmt}")]
+        else:
+            planned = [("overlay", t, self.folder / f"{base}--{s}.png") for t, s in enumerate(self.prompt_slugs)]
+        for kind, wanted in (("layers", self.layers), ("heads", self.heads)):
+            if wanted:
+                planned += [(kind, t, self.folder / f"{base}--{s}--{kind}.{fmt}") for t, s in enumerate(self.prompt_slugs)]
+        return planned
+
+    def check(self, count):
+        """Create the folder; refuse (ClipvizError) if it is not writable, if two planned files of
+        the ``count`` images coincide, if any is an input image, or exists without --force."""
+        prepare_folder(self.folder)
+        planned = [path for index in range(count) for _, _, path in self.files(index)]
+        check_unique(planned)
+        refuse_inputs(planned, self.inputs)
+        refuse_existing(planned, self.force)

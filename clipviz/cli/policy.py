@@ -1,0 +1,64 @@
+"""The CLI's error policy: exit codes, one-line messages safe for a terminal, and what happens
+when some images of a run fail (the others are still done; the failures are listed at the end)."""
+
+import sys
+from pathlib import Path
+
+from ..errors import ClipvizError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def one_line(text):
+    """``text`` on one line, control characters and lone surrogates escaped: safe to print."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in " ".join(str(text).split()))
+
+
+def error_line(message):
+    print(f"clipviz: error: {one_line(message)}", file=sys.stderr)
+
+
+def warning_line(message, category, filename, lineno, file=None, line=None):
+    """Warnings as one ``clipviz: warning: ...`` line, without Python's file and line."""
+    print(f"clipviz: warning: {one_line(message)}", file=sys.stderr)
+
+
+def each_image(images, work, bar=None):
+    """Call ``work(index, image)`` for every image; returns the failures [(image, message)].
+
+    One bad file does not stop a run of several: its error is kept and the run goes on. A single
+    image's error, or the same error for the first five images (the problem is not the files: a
+    wrong model for the method, a broken install), is raised instead. ``bar`` (clipviz.progress)
+    advances once per image.
+    """
+    failures = []
+    for index, image in enumerate(images):
+        try:
+            work(index, image)
+        except Exception as error:
+            failures.append((image, _failure_text(error)))
+            if len(images) == 1 or _same_failure_throughout(failures, index):
+                raise
+        if bar is not None:
+            bar.update(1)
+    return failures
+
+
+def report_failures(failures, total):
+    """Print the failure summary on stderr → the exit status (EXIT_FAILED if any failed)."""
+    if not failures:
+        return EXIT_OK
+    lines = [f"clipviz: {len(failures)} of {total} images failed:"]
+    lines += [f"  {one_line(Path(image).name)}: {error}" for image, error in failures]
+    print("\n".join(lines), file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _same_failure_throughout(failures, index, count=5):
+    return index + 1 == count == len(failures) and len({text for _, text in failures}) == 1
+
+
+def _failure_text(error):
+    if isinstance(error, ClipvizError):
+        return one_line(str(error))
+    return f"unexpected {type(error).__name__}: {one_line(str(error))[:200]} (please report)"

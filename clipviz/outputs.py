@@ -1,0 +1,198 @@
+"""Writing output files safely: the one home for every command, figure and overlay.
+
+    path = check_target("out/dog.png", FIGURE_SUFFIXES, protect=["dog.png"])   # before any work
+    write_atomically(path, lambda handle: figure.savefig(handle, format="png"))
+
+Rules (issue 13 builds on them): a planned path has an allowed suffix, is not a folder, is
+never one of the inputs (compared as the same file on disk, so ``./a.png``, ``a.png`` and a
+link to it are all the input), and lies in a writable folder. Planned paths are unique before
+anything is written. Files appear atomically: they are written to a hidden temporary file
+beside the target and renamed over it, so a reader never sees half a file; the temporary file
+is removed on any error, on Ctrl-C and on SIGTERM/SIGHUP. Without ``force`` an existing file
+(or a link, followed or not) is never replaced; with it the link itself is replaced, never
+what it points to.
+"""
+
+import contextlib
+import hashlib
+import os
+import re
+import signal
+import tempfile
+import threading
+import unicodedata
+from pathlib import Path
+
+from .errors import ClipvizError
+
+SLUG_LENGTH = 60  # characters of readable text in a file name made from a prompt
+
+
+def slug(text, length=SLUG_LENGTH):
+    """A file-name-safe form of ``text``: lowercase ascii [a-z0-9-], at most ``length``
+    characters, plus '-' and a 6-hex hash of the whole text (distinct texts, distinct names).
+
+    slug("../../x") == "x-<hash>": no separator or dot survives, so it cannot leave a folder.
+    """
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    body = re.sub(r"[^a-z0-9]+", "-", ascii_text).strip("-")[:length].strip("-") or "x"
+    digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:6]
+    return f"{body}-{digest}"
+
+
+def same_file(a, b):
+    """True if paths ``a`` and ``b`` name one file (through links and ``..``); missing files
+    compare by their resolved paths."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_target(path, suffixes, protect=()):
+    """Check an output path before anything is drawn → Path. Raises ClipvizError for a bad
+    suffix, a folder, a protected file (an input), or a folder that cannot be created or written."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ClipvizError(f"the output path must be a file name, got {path!r}")
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ClipvizError(f"{str(path)!r} is a folder: give a file name ending in {', '.join(suffixes)}")
+    if path.suffix.lower() not in suffixes:
+        raise ClipvizError(f"cannot save {str(path)!r}: unknown file type {path.suffix or '(none)'!r}; "
+                           f"use a name ending in {', '.join(suffixes)}")
+    for other in protect:
+        if other and isinstance(other, (str, os.PathLike)) and same_file(path, Path(other).expanduser()):
+            raise ClipvizError(f"refusing to write {str(path)!r}: it is the input image {str(other)!r} (an input "
+                               "photo is never overwritten); choose another output name")
+    prepare_folder(path.parent)
+    return path
+
+
+def prepare_folder(folder):
+    """Create ``folder`` if needed and prove it accepts a new file (the one reliable test under
+    root, ACLs and read-only mounts); ClipvizError otherwise."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ClipvizError(f"cannot create the output folder {str(folder)!r}: {error.strerror or error}; "
+                           "choose another output path") from None
+    try:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(13, "permission denied")
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ClipvizError(f"the output folder {str(folder)!r} is not writable ({error.strerror or error}): "
+                           "choose another output path") from None
+
+
+def refuse_inputs(paths, inputs, what="one of the input images"):
+    """ClipvizError if any of ``paths`` is the same file as one of ``inputs`` (see same_file)."""
+    for path in paths:
+        for source in inputs:
+            if same_file(path, source):
+                raise ClipvizError(f"refusing to write {path}: it is {what}; choose another --out")
+
+
+def refuse_existing(paths, force):
+    """ClipvizError naming the paths that exist (links too) unless ``force``."""
+    existing = [str(p) for p in paths if os.path.lexists(p)] if not force else []
+    if existing:
+        more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+        raise ClipvizError(f"output file {', '.join(existing[:3])}{more} already exists; pass --force to "
+                           "replace it or choose another --out")
+
+
+def check_unique(paths):
+    """ClipvizError if two planned outputs are one file (e.g. names differing only in case on a
+    case-insensitive disk are caught when written; equal names are caught here)."""
+    seen = {}
+    for path in paths:
+        key = os.path.normcase(os.path.abspath(path))
+        if key in seen:
+            raise ClipvizError(f"two outputs would both be written to {path}: give the inputs distinct names "
+                               "or separate --out folders")
+        seen[key] = path
+
+
+def write_atomically(path, write, force=True):
+    """``write(handle)`` into a temporary file beside ``path``, then rename it to ``path`` → Path.
+
+    force=False: refuse (ClipvizError) if ``path`` exists when the file is ready, so nothing that
+    appeared since planning is replaced. The temporary file never outlives an error or a signal.
+    """
+    path = Path(path)
+    try:
+        handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix,
+                                             delete=False)
+    except OSError as error:
+        raise ClipvizError(f"cannot write to the folder {str(path.parent)!r}: {error.strerror or error}") from None
+    try:
+        with _signals_raise(), handle:
+            write(handle)
+            handle.flush()
+            publish(handle.name, path, force)
+    except OSError as error:
+        _remove(handle.name)
+        raise ClipvizError(f"cannot write {str(path)!r}: {error.strerror or error}") from None
+    except BaseException:
+        _remove(handle.name)
+        raise
+    _remove(handle.name)  # after _link_new, the name beside the target
+    return path
+
+
+def publish(temporary, path, force=True):
+    """Give a finished temporary file (beside ``path``) its name, with the permissions a new file
+    gets (temporary files are private). force=False: only if the name is free."""
+    os.chmod(temporary, 0o666 & ~_umask())
+    if force:
+        os.replace(temporary, path)  # replaces a link itself, never its target
+    else:
+        _link_new(temporary, path)
+
+
+def _link_new(temporary, path):
+    """Give the finished file its name only if that name is free (no check-then-write race)."""
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        refuse_existing([path], force=False)
+    except OSError:  # a file system without hard links: check, then rename
+        refuse_existing([path], force=False)
+        os.replace(temporary, path)
+
+
+@contextlib.contextmanager
+def _signals_raise():
+    """While writing, SIGTERM and SIGHUP raise SystemExit (as Ctrl-C raises KeyboardInterrupt),
+    so the temporary file is removed; handlers are restored after. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = [s for s in ("SIGTERM", "SIGHUP") if hasattr(signal, s)]
+    previous = {}
+    for name in names:
+        number = getattr(signal, name)
+        if signal.getsignal(number) is signal.SIG_DFL:
+            previous[number] = signal.signal(number, _exit_on_signal)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _exit_on_signal(number, frame):
+    raise SystemExit(128 + number)
+
+
+def _remove(name):
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

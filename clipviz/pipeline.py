@@ -1,0 +1,130 @@
+"""The one explanation pipeline, on tensors, for every model family: record what the method needs,
+score, backpropagate, compute.
+
+    needs = method.needs(adapter)                      the records the method asks for
+    adapter.image_recorder(needs)                      hooks of the family (ViT blocks, ResNet stage)
+    one forward pass: S[b, p] = logit_scale · cos(image_b, text_p)
+    one backward per target t of Σ_p W[t, p] · S[:, p], through the recorded part only
+    recorder.collect(records); method.compute(records) → MethodOutput (token maps [B, T, g, g])
+
+Methods never see the family; adapters never see the method (only its Needs).
+"""
+
+import torch
+
+from .adapters import scores_from_embeddings
+from .adapters.tower import text_tower_needed
+from .forms import check_trainable, explaining, usable
+from .hooks import AttentionRecorder, CausalPrefix
+from .methods.base import Records
+
+def run_method(adapter, pixels, ids, target_weights, target_prompt, method, options):
+    """Record, score, backpropagate and compute: the core of ``explain`` on tensors, for every family.
+
+    pixels [B, 3, S, S]; ids [P, Lt]; target_weights [T, P] (target t's score is
+    Σ_p W[t, p] · S[:, p]); target_prompt [T]; method: a clipviz.methods.Method. The adapter
+    records what ``method.needs`` asks for (its family's quirks are its own); the method computes
+    from the records alone. Returns (Records, cosine [B, P], logits [B, P], MethodOutput). Records
+    and maps are fp32 whatever the model's dtype.
+
+    Runs as clipviz.forms.explaining sets the model up (eager, autograd usable also inside
+    ``torch.inference_mode()``, checkpointing off); the model is as before afterwards.
+    """
+    with explaining(adapter.model):
+        return _run_method(adapter, usable(pixels), usable(ids), usable(target_weights), target_prompt, method,
+                           options)
+
+
+def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, options):
+    method.check_family(adapter)
+    needs = method.needs(adapter, options)
+    batch, targets = pixels.shape[0], target_weights.shape[0]
+    records = Records(num_layers=adapter.num_layers, patch_grid=adapter.patch_grid, batch=batch,
+                      targets=targets, text_layers=adapter.text_layers,
+                      eot=adapter.eot_positions(ids)[target_prompt].cpu(), target_prompt=target_prompt)
+    wants_gradient = needs.wants_gradient
+    if adapter.text_encoder is None and (wants_gradient or needs.text is not None):
+        raise text_tower_needed(method.name)
+    if wants_gradient:
+        check_trainable(adapter.model, method.name)
+    image_recorder = adapter.image_recorder(needs) or _NoRecorder()
+    text_recorder = AttentionRecorder(adapter.text_encoder, layers=needs.text, gradients=needs.gradient) \
+        if needs.text is not None else _NoRecorder()
+    # text gradients differ per image: give each image its own copy of the prompts (rows b·P … b·P+P-1)
+    per_image_text = needs.gradient is not None and needs.text is not None and needs.readout is None
+    # the text feature is read at EOT under a causal mask: positions after the last EOT never matter
+    short_text = CausalPrefix(adapter.text_encoder, int(adapter.eot_positions(ids).max()) + 1) \
+        if adapter.text_encoder is not None else _NoRecorder()
+    with torch.set_grad_enabled(wants_gradient), image_recorder, text_recorder, short_text:
+        image_emb = adapter.encode_image(pixels)
+        if adapter.text_encoder is None:  # an image tower alone: nothing to score against
+            cosine = logits = torch.full((batch, ids.shape[0]), float("nan"))
+        elif per_image_text:
+            text_emb = adapter.encode_text(ids.repeat(batch, 1))
+            cosine, logits = _paired_scores(image_emb, text_emb, adapter.logit_scale())
+        else:
+            text_emb = adapter.encode_text(ids)
+            cosine, logits = scores_from_embeddings(image_emb, text_emb, adapter.logit_scale())
+        image_recorder.check_recorded()
+        text_recorder.check_recorded()
+        if wants_gradient and needs.readout is not None:
+            _readout_backward(image_recorder, needs.readout, adapter, text_emb, target_weights)
+        elif wants_gradient:
+            target_scores = logits @ target_weights.to(logits).t()  # [B, T]
+            for t in range(targets):
+                # images are independent, so one backward of the batch sum serves every image
+                image_recorder.backward(target_scores[:, t].sum(), slot=t)
+            if per_image_text:
+                # text row (b, p) feeds S[b, p] alone: one backward of Σ S gives all B·P gradients
+                text_recorder.backward(logits.sum(), slot="rows")
+    image_recorder.collect(records)
+    _collect_text(records, text_recorder, ids.shape[0])
+    output = method.compute(records, options)
+    return records, cosine.detach(), logits.detach(), output
+
+def _readout_backward(recorder, readout, adapter, text_emb, target_weights):
+    """For each recorded block l and target t: ∂s^l_t/∂A^l, s^l_t = Σ_p W[t, p] · cos(readout(Z^l), text_p)
+    (see Needs.readout), stored under slot t of block l only."""
+    text = torch.nn.functional.normalize(text_emb.float(), dim=-1)
+    for index in recorder.layers:
+        image = readout(recorder.block_output(index), adapter.image_head)
+        cosine = torch.nn.functional.normalize(image.float(), dim=-1) @ text.t()  # [B, P]
+        scores = cosine @ target_weights.to(cosine).t()  # [B, T]
+        for t in range(scores.shape[1]):
+            recorder.backward(scores[:, t].sum(), slot=t, layers=(index,))
+
+def _paired_scores(image_emb, text_emb, logit_scale):
+    """Image b against its own copy of the prompts: image [B, E], text [B·P, E] → cosine, logits [B, P]."""
+    image = torch.nn.functional.normalize(image_emb.float(), dim=-1)
+    text = torch.nn.functional.normalize(text_emb.float(), dim=-1).view(image.shape[0], -1, image.shape[-1])
+    cosine = (text @ image.unsqueeze(-1)).squeeze(-1)
+    return cosine, logit_scale.float() * cosine
+
+def _collect_text(records, text_recorder, prompts):
+    for index, layer in text_recorder.layers.items():
+        records.text_probs[index] = layer.probs[:prompts]
+        rows = layer.grads.get("rows")  # [B·P, ...]: image b's prompts are rows b·P … b·P+P-1
+        records.text_grads[index] = {} if rows is None else {
+            (b, t): _rows(rows, b * prompts, (b + 1) * prompts)
+            for b in range(records.batch) for t in range(records.targets)}
+
+def _rows(value, start, stop):
+    """Rows start:stop of a reduced gradient (a tensor, or a dict of them)."""
+    if isinstance(value, dict):
+        return {key: _rows(item, start, stop) for key, item in value.items()}
+    return value[start:stop] if torch.is_tensor(value) else value
+
+class _NoRecorder:
+    layers = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def check_recorded(self):
+        pass
+
+    def collect(self, records):
+        pass

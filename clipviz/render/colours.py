@@ -1,0 +1,101 @@
+"""Colours and overlays: a value in [0, 1] → a colour of a matplotlib colour map → a blend over the photo.
+
+Colour of a value v in [0, 1], as matplotlib draws it with a 256-entry colour map:
+
+    k = min(floor(256 · v), 255)        colour(v) = 255 · table[k]      (table: [256, 3] in [0, 1])
+    overlay = floor((1 − α) · photo + α · colour(v) + 0.5)   where the model saw the pixel
+
+Any name in matplotlib's colour-map registry works (jet, viridis, turbo, magma, Reds, ...);
+matplotlib is imported when a table is first needed, never at ``import clipviz.render``.
+"""
+
+from functools import lru_cache
+
+import numpy as np
+
+from ..errors import ClipvizError
+from ..outputs import check_target, write_atomically
+from ..suffixes import OVERLAY_SUFFIXES
+
+
+@lru_cache(maxsize=None)
+def colormap_table(cmap="jet"):
+    """The colour map as float64 [256, 3] in [0, 1]: entry k is the colour of values in
+    [k/256, (k+1)/256), read from matplotlib's registry (``matplotlib.colormaps[cmap]``)."""
+    if not isinstance(cmap, str):
+        raise ClipvizError(f"cmap must be a colour-map name such as 'jet', got {type(cmap).__name__}")
+    import matplotlib  # here, not at import: start-up stays fast
+
+    try:
+        colour_map = matplotlib.colormaps[cmap]
+    except KeyError:
+        raise ClipvizError(f"unknown colormap {cmap!r}: use any matplotlib colour-map name, e.g. 'jet', "
+                           "'viridis', 'turbo', 'magma' or 'Reds'") from None
+    return colour_map(np.linspace(0.0, 1.0, 256))[:, :3].astype(np.float64)
+
+
+def colour_levels(values):
+    """Table index of each value: k = min(floor(256 · clip(v, 0, 1)), 255), int [...]. No NaN allowed."""
+    return np.minimum(np.floor(np.clip(values, 0.0, 1.0) * 256.0), 255).astype(np.intp)
+
+
+def colorize(values, cmap="jet"):
+    """float [...] in [0, 1] → float64 [..., 3] in [0, 255] (NaN rows give NaN)."""
+    values = np.asarray(values, dtype=np.float64)
+    seen = ~np.isnan(values)
+    colours = np.full(values.shape + (3,), np.nan)
+    colours[seen] = 255.0 * colormap_table(cmap)[colour_levels(values[seen])]
+    return colours
+
+
+def overlay(photo, heatmap, cmap="jet", alpha=0.5):
+    """Blend a heatmap over the photo at the photo's full resolution → uint8 [H, W, 3].
+
+    photo:   uint8 [H, W, 3] (or [H, W] grey, [H, W, 4] whose alpha is ignored)
+    heatmap: float [H, W] in [0, 1] (values outside are clipped); NaN = the model never saw the
+             pixel, which stays exactly the photo
+    out = floor((1 − alpha) · photo + alpha · colour(heatmap) + 0.5)
+    """
+    photo = _rgb(photo)
+    heat = np.asarray(heatmap)  # float64 block by block below: a whole copy is 8 bytes a photo pixel
+    if heat.shape != photo.shape[:2]:
+        raise ClipvizError(f"the heatmap is {heat.shape} but the photo is {photo.shape[:2]}: map patch grids "
+                           "onto the photo first with clipviz.map_to_photo(grid, crop_box)")
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ClipvizError(f"alpha must be between 0 (photo only) and 1 (heatmap only), got {alpha}")
+    table = 255.0 * colormap_table(cmap)
+    out = photo.copy()
+    rows = max(1, (1 << 20) // max(1, photo.shape[1]))  # about a million pixels at a time, in float64
+    for top in range(0, photo.shape[0], rows):
+        block = heat[top:top + rows].astype(np.float64)
+        seen = ~np.isnan(block)
+        blend = (1.0 - alpha) * photo[top:top + rows][seen] + alpha * table[colour_levels(block[seen])]
+        out[top:top + rows][seen] = np.clip(np.floor(blend + 0.5), 0, 255).astype(np.uint8)
+    return out
+
+
+def save_overlay(path, photo, heatmap, cmap="jet", alpha=0.5, *, protect=(), force=True):
+    """Write ``overlay(photo, heatmap)`` as a .png (or .jpg) with PIL; returns the Path written.
+
+    protect: paths never to overwrite (the input photo). force=False: refuse to replace a file
+    that exists when the overlay is ready (clipviz.outputs.write_atomically).
+    """
+    from PIL import Image
+    path = check_target(path, OVERLAY_SUFFIXES, protect)
+    image = Image.fromarray(overlay(photo, heatmap, cmap=cmap, alpha=alpha))
+    fmt = "PNG" if path.suffix.lower() == ".png" else "JPEG"
+    return write_atomically(path, lambda handle: image.save(handle, format=fmt), force=force)
+
+
+def _rgb(photo):
+    if hasattr(photo, "convert"):  # a PIL image
+        photo = photo.convert("RGB")
+    photo = np.asarray(photo)
+    if photo.dtype != np.uint8:
+        raise ClipvizError(f"the photo must be uint8, got {photo.dtype}: load it with clipviz.load_image")
+    if photo.ndim == 2:
+        photo = np.repeat(photo[:, :, None], 3, axis=2)
+    if photo.ndim != 3 or photo.shape[2] not in (3, 4):
+        raise ClipvizError(f"the photo must be [H, W, 3] RGB, got shape {photo.shape}")
+    return np.ascontiguousarray(photo[:, :, :3])

@@ -1,0 +1,26 @@
+"""Saving figures (PNG, PDF, SVG); Jupyter display is clipviz.display's."""
+
+from ..errors import ClipvizError
+from ..outputs import check_target, write_atomically
+from ..suffixes import FIGURE_SUFFIXES
+from .figures import explanation_figure
+
+
+def save_figure(fig, path, dpi=200, *, protect=(), force=True):
+    """Write a Figure to ``path``; the format comes from the suffix (.png, .pdf, .svg). Returns the Path.
+
+    dpi: pixels per inch for PNG (and for images inside PDF/SVG). Missing folders are created.
+    protect: paths never to overwrite (the input photo). force=False: refuse to replace a file
+    that exists when the figure is ready (clipviz.outputs.write_atomically).
+    """
+    if not isinstance(dpi, (int, float)) or isinstance(dpi, bool) or not 10 <= dpi <= 2400:
+        raise ClipvizError(f"dpi must be a number between 10 and 2400, got {dpi!r}")
+    path = check_target(path, FIGURE_SUFFIXES, protect)
+    fmt = path.suffix.lower()[1:]
+    return write_atomically(path, lambda handle: fig.savefig(handle, format=fmt, dpi=dpi), force=force)
+
+
+def save_explanation(exp, path, dpi=200, **kwargs):
+    """``explanation_figure(exp, **kwargs)`` saved to ``path``; never overwrites the input photo."""
+    fig = explanation_figure(exp, **kwargs)
+    return save_figure(fig, path, dpi=dpi, protect=[exp.source] if exp.source else ())
