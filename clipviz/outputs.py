@@ -9,8 +9,10 @@ link to it are all the input), and lies in a writable folder. Planned paths are 
 anything is written. Files appear atomically: they are written to a hidden temporary file
 beside the target and renamed over it, so a reader never sees half a file; the temporary file
 is removed on any error, on Ctrl-C and on SIGTERM/SIGHUP. Without ``force`` an existing file
-(or a link, followed or not) is never replaced; with it the link itself is replaced, never
-what it points to.
+(or a link, followed or not) is never replaced, unless clipviz wrote it itself and it is
+unchanged since (see ``is_own_output``): so the same command run twice replaces its own earlier
+outputs, while a file of the user's needs ``force``. With ``force`` the link itself is replaced,
+never what it points to.
 """
 
 import contextlib
@@ -26,6 +28,11 @@ from pathlib import Path
 from .errors import ClipvizError
 
 SLUG_LENGTH = 60  # characters of readable text in a file name made from a prompt
+# clipviz remembers the files it wrote, one record per output folder kept in its cache
+# (<cache>/outputs/<sha1 of the folder's real path>), so output folders hold only the outputs:
+# lines "<sha256>  <name>", appended, the last line for a name wins. A file is clipviz's own while
+# its bytes still match its record.
+OUTPUT_RECORDS = "outputs"
 
 
 def slug(text, length=SLUG_LENGTH):
@@ -94,9 +101,20 @@ def refuse_inputs(paths, inputs, what="one of the input images"):
                 raise ClipvizError(f"refusing to write {path}: it is {what}; choose another --out")
 
 
+def is_own_output(path):
+    """True if ``path`` is a regular file (not a link) that clipviz wrote (its folder's record
+    names it, see record_path) and that is unchanged since (same sha256): a re-run may replace it."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return False
+    recorded = _record(path.parent).get(path.name)
+    return recorded is not None and recorded == _sha256(path)
+
+
 def refuse_existing(paths, force):
-    """ClipvizError naming the paths that exist (links too) unless ``force``."""
-    existing = [str(p) for p in paths if os.path.lexists(p)] if not force else []
+    """ClipvizError naming the paths that exist (links too) unless ``force``; clipviz's own
+    unchanged outputs (is_own_output) are not in the way."""
+    existing = [str(p) for p in paths if os.path.lexists(p) and not is_own_output(p)] if not force else []
     if existing:
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
         raise ClipvizError(f"output file {', '.join(existing[:3])}{more} already exists; pass --force to "
@@ -144,12 +162,51 @@ def write_atomically(path, write, force=True):
 
 def publish(temporary, path, force=True):
     """Give a finished temporary file (beside ``path``) its name, with the permissions a new file
-    gets (temporary files are private). force=False: only if the name is free."""
+    gets (temporary files are private), and record it as clipviz's own (record_path).
+    force=False: only if the name is free or holds clipviz's own unchanged output."""
+    path = Path(path)
     os.chmod(temporary, 0o666 & ~_umask())
-    if force:
+    digest = _sha256(temporary)
+    if force or is_own_output(path):
         os.replace(temporary, path)  # replaces a link itself, never its target
     else:
         _link_new(temporary, path)
+    _remember(path, digest)
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_path(folder):
+    """The file in clipviz's cache that records what clipviz wrote into ``folder``."""
+    from .cache import cache_dir
+    key = hashlib.sha1(os.path.realpath(folder).encode("utf-8", "surrogatepass")).hexdigest()
+    return cache_dir() / OUTPUT_RECORDS / key
+
+
+def _record(folder):
+    """{file name: sha256} from ``folder``'s record (empty when there is none or it is unreadable)."""
+    try:
+        lines = record_path(folder).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    entries = (line.split("  ", 1) for line in lines)
+    return {name: digest for digest, name in (e for e in entries if len(e) == 2)}
+
+
+def _remember(path, digest):
+    """Append "<sha256>  <name>" to the folder's record; a failure here only costs the re-run
+    convenience, never the output just written."""
+    record = record_path(path.parent)
+    with contextlib.suppress(OSError):
+        record.parent.mkdir(parents=True, exist_ok=True)
+        with open(record, "a", encoding="utf-8") as handle:
+            handle.write(f"{digest}  {path.name}\n")
 
 
 def _link_new(temporary, path):

@@ -326,7 +326,11 @@ def test_demo_draws_the_synthetic_scene(work):
         assert object_prompt(obj.shape, obj.colour) in result.stdout
     with Image.open(work / "demo.png") as figure:
         assert figure.format == "PNG" and figure.width > 300
+    again = run_cli("demo", "--model", "tiny.pt", "--out", "demo.png", cwd=work)  # a re-run replaces its own file
+    assert again.returncode == 0 and again.stdout == result.stdout, again.stderr
+    (work / "demo.png").write_bytes(b"edited by hand")  # no longer clipviz's own: kept without --force
     assert_user_error(run_cli("demo", "--model", "tiny.pt", "--out", "demo.png", cwd=work), "already exists")
+    assert (work / "demo.png").read_bytes() == b"edited by hand"
     if DEFAULT_MODEL not in clipviz.available_models():
         assert_user_error(run_cli("demo", "--out", "demo2.png", cwd=work), "--model")
 
@@ -398,3 +402,29 @@ def test_one_progress_bar_counts_and_keeps_notes_whole():
     with progress.bar(3, "image", enabled=False, stream=quiet) as bar:
         bar.update(1)
     assert quiet.getvalue() == ""
+
+def test_a_rerun_replaces_its_own_outputs_but_never_a_file_clipviz_did_not_write(work):
+    """Issue 16 item 6: the same command twice succeeds; files of the user's need --force; --json
+    prints JSON also for an error."""
+    photo = work / "photos" / "a.png"
+    command = ["explain", photo, "a red dog", "a cat", "--model", "tiny.pt", "--out", "again"]
+    first = run_cli(*command, cwd=work)
+    assert first.returncode == 0, first.stderr
+    written = sorted((work / "again").glob("*.png"))
+    assert len(written) == 2
+    contents = [path.read_bytes() for path in written]
+    second = run_cli(*command, cwd=work)
+    assert second.returncode == 0, second.stderr
+    assert [path.read_bytes() for path in written] == contents  # the same bytes, written again
+    record = outputs.record_path(work / "again").read_text().splitlines()  # in the cache, not beside the files
+    assert {line.split("  ")[1] for line in record} == {path.name for path in written}
+    assert all(line.split("  ")[0] == sha(work / "again" / line.split("  ")[1]) for line in record[-2:])
+
+    written[0].write_bytes(b"the user's own notes")  # changed since clipviz wrote it
+    refused = run_cli(*command, cwd=work)
+    assert_user_error(refused, written[0].name, "--force")
+    assert written[0].read_bytes() == b"the user's own notes" and photo.exists()
+    as_json = run_cli(*command, "--json", cwd=work)
+    assert as_json.returncode == 2 and "already exists" in json.loads(as_json.stdout)["error"]
+    forced = run_cli(*command, "--force", cwd=work)
+    assert forced.returncode == 0 and written[0].read_bytes() == contents[0]

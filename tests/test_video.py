@@ -292,8 +292,11 @@ def test_outputs_videos_json_csv_and_no_temporary_files(model, tmp_path):
     best = int(np.argmax(result.scores[:, 0]))
     assert summary["best"][0] == {"prompt": prompts[0], "frame": 3 * best, "time": pytest.approx(0.3 * best),
                                   "score": pytest.approx(float(result.scores[best, 0]))}
+    explain_video(model, path, prompts, every=3, out=out)  # a re-run replaces clipviz's own files
+    files["csv"].write_text("my own notes")  # changed by the user: no longer clipviz's to replace
     with pytest.raises(ClipvizError, match="already exists"):
         explain_video(model, path, prompts, every=3, out=out)
+    assert files["csv"].read_text() == "my own notes"
     explain_video(model, path, prompts, every=6, out=out, force=True)
     assert len(decoded_frames(files["videos"][0])) == 2
 

@@ -44,6 +44,7 @@ def main(argv=None):
     except ClipvizError as error:
         _traceback(debug)
         error_line(str(error))
+        _json_error(args, str(error))
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("clipviz: interrupted", file=sys.stderr)
@@ -56,7 +57,20 @@ def main(argv=None):
         print(f"clipviz: unexpected error: {type(error).__name__}: {one_line(str(error))[:300]}\n"
               "This is a bug in clipviz; please report it with the command you ran "
               "(re-run with --debug or CLIPVIZ_DEBUG=1 for the traceback).", file=sys.stderr)
+        _json_error(args, f"unexpected error: {type(error).__name__}: {one_line(str(error))[:300]}")
         return EXIT_FAILED
+
+
+def _json_error(args, message):
+    """With --json, stdout always holds JSON: on an error, {"error": message} (stderr has the line)."""
+    if getattr(args, "json", False):
+        import json
+        try:
+            json.dump({"error": one_line(message)}, sys.stdout)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        except (BrokenPipeError, ValueError):  # stdout closed: nothing to tell it
+            pass
 
 
 def _traceback(debug):
