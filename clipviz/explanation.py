@@ -184,7 +184,7 @@ def explain_batch(adapter, images, prompts, module, method, against, options):
     return explanations
 
 
-def run_method(adapter, pixels, ids, target_weights, target_prompt, module, options):
+def run_method(adapter, pixels, ids, target_weights, target_prompt, module, options, closed_form=True):
     """Record, score, backpropagate and compute: the core of ``explain`` on tensors.
 
     pixels [B, 3, S, S]; ids [P, Lt]; target_weights [T, P] (target t's score is
@@ -193,12 +193,16 @@ def run_method(adapter, pixels, ids, target_weights, target_prompt, module, opti
 
     Runs as clipviz.forms.explaining sets the model up (eager, autograd usable also inside
     ``torch.inference_mode()``, checkpointing off); the model is as before afterwards.
+
+    closed_form: take ∂S/∂A of the last block from its closed form (clipviz.last_block) when the
+    method reads that block alone; False forces the general autograd path (same maps, slower).
     """
     with explaining(adapter.model):
-        return _run_method(adapter, usable(pixels), usable(ids), usable(target_weights), target_prompt, module, options)
+        return _run_method(adapter, usable(pixels), usable(ids), usable(target_weights), target_prompt, module,
+                           options, closed_form)
 
 
-def _run_method(adapter, pixels, ids, target_weights, target_prompt, module, options):
+def _run_method(adapter, pixels, ids, target_weights, target_prompt, module, options, closed_form=True):
     if adapter.family != "vit":
         from .methods.resnet import run_resnet  # ResNets have no attention blocks to record
         return run_resnet(adapter, pixels, ids, target_weights, target_prompt, module, options)
@@ -213,9 +217,14 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, module, opt
         raise text_tower_needed(method)
     if wants_gradient:
         check_trainable(adapter.model, method)
-    image_recorder = AttentionRecorder(adapter.image_encoder, layers=needs.layers, gradients=needs.gradient,
-                                       tokens=needs.tokens, outputs=needs.readout is not None, qk=needs.qk) \
-        if needs.layers is not None else _NoRecorder()
+    last = _closed_form_block(adapter, needs) if closed_form and wants_gradient else None
+    if last is not None:  # forward only: the last block's input is all the closed form needs
+        image_recorder = AttentionRecorder(adapter.image_encoder, layers=needs.layers, tokens=True, qk=needs.qk)
+    elif needs.layers is not None:
+        image_recorder = AttentionRecorder(adapter.image_encoder, layers=needs.layers, gradients=needs.gradient,
+                                           tokens=needs.tokens, outputs=needs.readout is not None, qk=needs.qk)
+    else:
+        image_recorder = _NoRecorder()
     text_recorder = AttentionRecorder(adapter.text_encoder, layers=needs.text, gradients=needs.gradient) \
         if needs.text is not None else _NoRecorder()
     # text gradients differ per image: give each image its own copy of the prompts (rows b·P … b·P+P-1)
@@ -224,7 +233,8 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, module, opt
     short_text = CausalPrefix(adapter.text_encoder, int(adapter.eot_positions(ids).max()) + 1) \
         if adapter.text_encoder is not None else _NoRecorder()
     with torch.set_grad_enabled(wants_gradient), image_recorder, text_recorder, short_text:
-        image_emb = adapter.encode_image(pixels)
+        with torch.set_grad_enabled(wants_gradient and last is None):
+            image_emb = adapter.encode_image(pixels)
         if adapter.text_encoder is None:  # an image tower alone: nothing to score against
             cosine = logits = torch.full((batch, ids.shape[0]), float("nan"))
         elif per_image_text:
@@ -237,6 +247,10 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, module, opt
         text_recorder.check_recorded()
         if wants_gradient and needs.readout is not None:
             _readout_backward(image_recorder, needs.readout, adapter, text_emb, target_weights)
+        elif last is not None:
+            _closed_form_gradients(image_recorder, last, needs.gradient, adapter, text_emb, target_weights)
+            if per_image_text:
+                text_recorder.backward(logits.sum(), slot="rows")
         elif wants_gradient:
             target_scores = logits @ target_weights.to(logits).t()  # [B, T]
             for t in range(targets):
@@ -248,6 +262,32 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, module, opt
     _collect(records, image_recorder, text_recorder, ids.shape[0])
     output = module.compute(records, **options)
     return records, cosine.detach(), logits.detach(), output
+
+
+def _closed_form_block(adapter, needs):
+    """The last block's parts when ∂S/∂A of the last block alone is asked for and its closed form
+    applies (clipviz.last_block), else None."""
+    from .hooks import find_blocks
+    from .last_block import block_parts
+    if needs.readout is not None or needs.tokens or adapter.text_encoder is None \
+            or tuple(needs.layers or ()) != (adapter.num_layers - 1,):
+        return None
+    return block_parts(find_blocks(adapter.image_encoder)[-1])
+
+
+def _closed_form_gradients(recorder, parts, reduce, adapter, text_emb, target_weights):
+    """Store reduce(A, ∂S_t/∂A) of the last block under slot t for every target, from the closed
+    form; text_emb is [P, E] or each image's own copy [B·P, E] (rows b·P … are equal)."""
+    from .last_block import cls_row_gradients, full_gradient
+    record = next(iter(recorder.layers.values()))
+    tokens, _ = recorder.batch_first_tokens(record)
+    text = text_emb.detach()[:target_weights.shape[1]]  # the copies of image 0 = the prompts
+    cls_rows = cls_row_gradients(parts, adapter.image_head, tokens.to(adapter.dtype), record.probs, text,
+                                 adapter.logit_scale().detach(), target_weights)  # [B, T, H, N]
+    n = record.probs.shape[-1]
+    for t in range(cls_rows.shape[1]):
+        record.grads[t] = reduce(record.probs, full_gradient(cls_rows[:, t], n))
+    record.tokens = record._live_tokens = None  # not asked for by the method
 
 
 def _readout_backward(recorder, readout, adapter, text_emb, target_weights):
