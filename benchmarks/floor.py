@@ -21,6 +21,7 @@ rounds of method ÷ baseline (see common.py). Prints RESULT lines; exits 1 when 
 """
 
 import argparse
+import functools
 
 import torch
 
@@ -59,13 +60,14 @@ def attention_floor(model, image):
             handle.remove()
 
 
-def general_path(model, image, prompts):
-    saved = explanation._closed_form_block
-    explanation._closed_form_block = lambda adapter, needs: None
+def general_path(model, image, prompts, **options):
+    """explain() as before issue 19: one backward per target (run_method(fast=False))."""
+    saved = explanation.run_method
+    explanation.run_method = functools.partial(saved, fast=False)
     try:
-        return clipviz.explain(model, image, prompts, method="relevance")
+        return clipviz.explain(model, image, prompts, method="relevance", **options)
     finally:
-        explanation._closed_form_block = saved
+        explanation.run_method = saved
 
 
 def main(argv=None):

@@ -184,7 +184,7 @@ def explain_batch(adapter, images, prompts, module, method, against, options):
     return explanations
 
 
-def run_method(adapter, pixels, ids, target_weights, target_prompt, module, options, closed_form=True):
+def run_method(adapter, pixels, ids, target_weights, target_prompt, module, options, fast=True):
     """Record, score, backpropagate and compute: the core of ``explain`` on tensors.
 
     pixels [B, 3, S, S]; ids [P, Lt]; target_weights [T, P] (target t's score is
@@ -194,15 +194,17 @@ def run_method(adapter, pixels, ids, target_weights, target_prompt, module, opti
     Runs as clipviz.forms.explaining sets the model up (eager, autograd usable also inside
     ``torch.inference_mode()``, checkpointing off); the model is as before afterwards.
 
-    closed_form: take ∂S/∂A of the last block from its closed form (clipviz.last_block) when the
-    method reads that block alone; False forces the general autograd path (same maps, slower).
+    fast: take ∂S/∂A of the last block from its closed form (clipviz.last_block) when the method
+    reads that block alone, else every target's gradients in batched backward passes
+    (``AttentionRecorder.backward_batched``). False runs the general path clipviz ran before:
+    one backward per target through the recorded blocks (the same maps, slower).
     """
     with explaining(adapter.model):
         return _run_method(adapter, usable(pixels), usable(ids), usable(target_weights), target_prompt, module,
-                           options, closed_form)
+                           options, fast)
 
 
-def _run_method(adapter, pixels, ids, target_weights, target_prompt, module, options, closed_form=True):
+def _run_method(adapter, pixels, ids, target_weights, target_prompt, module, options, fast=True):
     if adapter.family != "vit":
         from .methods.resnet import run_resnet  # ResNets have no attention blocks to record
         return run_resnet(adapter, pixels, ids, target_weights, target_prompt, module, options)
@@ -217,7 +219,7 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, module, opt
         raise text_tower_needed(method)
     if wants_gradient:
         check_trainable(adapter.model, method)
-    last = _closed_form_block(adapter, needs) if closed_form and wants_gradient else None
+    last = _closed_form_block(adapter, needs) if fast and wants_gradient else None
     if last is not None:  # forward only: the last block's input is all the closed form needs
         image_recorder = AttentionRecorder(adapter.image_encoder, layers=needs.layers, tokens=True, qk=needs.qk)
     elif needs.layers is not None:
@@ -252,10 +254,13 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, module, opt
             if per_image_text:
                 text_recorder.backward(logits.sum(), slot="rows")
         elif wants_gradient:
-            target_scores = logits @ target_weights.to(logits).t()  # [B, T]
-            for t in range(targets):
-                # images are independent, so one backward of the batch sum serves every image
-                image_recorder.backward(target_scores[:, t].sum(), slot=t)
+            # images are independent, so one backward of the batch sum serves every image
+            target_scores = (logits @ target_weights.to(logits).t()).sum(dim=0)  # [T]
+            if fast and targets > 1:
+                image_recorder.backward_batched(target_scores, slots=range(targets))
+            else:
+                for t in range(targets):
+                    image_recorder.backward(target_scores[t], slot=t)
             if per_image_text:
                 # text row (b, p) feeds S[b, p] alone: one backward of Σ S gives all B·P gradients
                 text_recorder.backward(logits.sum(), slot="rows")

@@ -5,6 +5,8 @@ before the closed form existed; both must give the same maps, head maps and text
 for each model family, one and sixteen prompts, plain and contrastive targets.
 """
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -20,9 +22,9 @@ FEW = ["a photo of a dog"]
 
 
 def general(monkeypatch, *args, **kwargs):
-    """explain() on the general autograd path."""
+    """explain() on the general autograd path as before issue 19: one backward per target."""
     with monkeypatch.context() as patch:
-        patch.setattr(explanation, "_closed_form_block", lambda adapter, needs: None)
+        patch.setattr(explanation, "run_method", functools.partial(explanation.run_method, fast=False))
         return clipviz.explain(*args, **kwargs)
 
 
@@ -70,6 +72,24 @@ def test_start_layer_zero_keeps_the_general_path(models, monkeypatch):  # noqa: 
     monkeypatch.setattr(explanation, "_closed_form_gradients", lambda *a: called.append(a))
     clipviz.explain(models["clipviz"], photo(), FEW, method="relevance", start_layer=0)
     assert not called
+
+
+@pytest.mark.parametrize("family", ["clipviz", "open_clip", "hf"])
+@pytest.mark.parametrize("method,options", [("relevance", {"start_layer": 0}), ("gradeclip", {"start_layer": 0}),
+                                            ("gradcam", {}), ("legrad", {})])
+def test_batched_backward_equals_one_backward_per_target(models, monkeypatch, family, method, options):  # noqa: F811
+    """Every block recorded: all targets' gradients from batched backward passes (chunks of 8,
+    so 16 prompts take two) equal the loop of one backward per target."""
+    model, images = models[family], [photo(0), photo(1)]
+    fast = clipviz.explain(model, images, MANY, method=method, **options)
+    assert_same(fast, general(monkeypatch, model, images, MANY, method=method, **options))
+
+
+def test_batched_backward_with_contrast_targets(models, monkeypatch):  # noqa: F811
+    model, against = models["clipviz"], ["a red car", MANY[5], "a cat"]
+    fast = clipviz.explain(model, photo(2), MANY[:3], method="relevance", against=against, start_layer=0)
+    assert_same(fast, general(monkeypatch, model, photo(2), MANY[:3], method="relevance", against=against,
+                              start_layer=0))
 
 
 def test_cls_row_gradient_matches_a_hand_autograd(models):  # noqa: F811
