@@ -23,7 +23,7 @@ from .adapters.tower import text_tower_needed
 from .errors import ClipvizError
 from .forms import check_trainable, explaining, usable
 from .hooks import AttentionRecorder, CausalPrefix
-from .methods import get_method
+from .methods import get_method, is_prompt_specific
 from .methods.base import Records
 from .preprocess import load_image, map_to_photo, preprocess_image
 from .tokenizer import clean_text
@@ -163,6 +163,7 @@ def explain_batch(adapter, images, prompts, module, method, against, options):
     probs = logits[:, :len(prompts)].softmax(dim=-1)
 
     token_maps = output.token_maps.float().cpu().numpy()
+    same_for_all = not is_prompt_specific(method)  # rollout, attention: one map, mapped once
     text_tokens = text_relevance = None
     if output.text_relevance is not None:
         from .tokenizer import token_strings
@@ -175,13 +176,20 @@ def explain_batch(adapter, images, prompts, module, method, against, options):
         explanations.append(Explanation(
             photo=photo, prompts=list(prompts), against=against,
             scores=cosine[b, :len(prompts)].cpu().numpy(), probs=probs[b].cpu().numpy(),
-            token_maps=token_maps[b], maps=map_to_photo(normalise_maps(token_maps[b]), box),
+            token_maps=token_maps[b], maps=_photo_maps(token_maps[b], box, same_for_all),
             crop_box=box, method=method, options=dict(options),
             layer_maps=_numpy(output.layer_maps, b), layer_indices=output.layer_indices,
             head_maps=_numpy(output.head_maps, b), text_tokens=text_tokens,
             text_relevance=None if text_relevance is None else text_relevance[b],
             source=images[b] if isinstance(images[b], str) else getattr(images[b], "filename", None) or None))
     return explanations
+
+
+def _photo_maps(token_maps, box, same_for_all):
+    """Normalised maps on the photo [T, H, W]; a prompt-independent map is mapped once and repeated."""
+    if same_for_all:
+        return np.repeat(map_to_photo(normalise_maps(token_maps[:1]), box), token_maps.shape[0], axis=0)
+    return map_to_photo(normalise_maps(token_maps), box)
 
 
 def run_method(adapter, pixels, ids, target_weights, target_prompt, module, options, fast=True):
@@ -290,8 +298,10 @@ def _closed_form_gradients(recorder, parts, reduce, adapter, text_emb, target_we
     cls_rows = cls_row_gradients(parts, adapter.image_head, tokens.to(adapter.dtype), record.probs, text,
                                  adapter.logit_scale().detach(), target_weights)  # [B, T, H, N]
     n = record.probs.shape[-1]
+    from_row = getattr(reduce, "cls_row", None)  # a reducer's shortcut for a CLS-row-only gradient
     for t in range(cls_rows.shape[1]):
-        record.grads[t] = reduce(record.probs, full_gradient(cls_rows[:, t], n))
+        record.grads[t] = from_row(record.probs, cls_rows[:, t]) if from_row is not None \
+            else reduce(record.probs, full_gradient(cls_rows[:, t], n))
     record.tokens = record._live_tokens = None  # not asked for by the method
 
 

@@ -122,3 +122,33 @@ def test_cls_row_gradient_matches_a_hand_autograd(models):  # noqa: F811
     got = cls_row_gradients(block_parts(block), lambda t: model.visual.ln_post(t) @ model.visual.proj,
                             x, probs.detach(), text, scale, weights)
     torch.testing.assert_close(got, expected[:, :, :, 0], rtol=1e-5, atol=1e-7)
+
+
+def test_rollout_row_product_equals_the_matrix_product(models):  # noqa: F811
+    """Rollout reads J's CLS row through row-vector products; the full J = Â_L ⋯ Â_0 (N×N
+    products, written out here) has the same CLS row, for each head fusion and discard ratio."""
+    from clipviz.hooks import AttentionRecorder
+    from clipviz.methods import rollout
+    model = models["clipviz"]
+    pixels = torch.randn(2, 3, 80, 80)
+    with torch.no_grad(), AttentionRecorder(model.visual) as recorder:
+        model.encode_image(pixels)
+    records = explanation.Records(num_layers=3, patch_grid=5, batch=2, targets=3,
+                                  probs={i: r.probs for i, r in recorder.layers.items()})
+    for fusion, discard in (("mean", 0.0), ("max", 0.3), ("min", 0.0)):
+        joint = None
+        for layer in range(3):
+            a_hat = rollout.augmented(records.probs[layer], fusion, discard)
+            joint = a_hat if joint is None else a_hat @ joint
+        got = rollout.compute(records, head_fusion=fusion, discard_ratio=discard).token_maps
+        expected = joint[:, 0, 1:].reshape(2, 1, 5, 5).expand(2, 3, 5, 5)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["rollout", "attention"])
+def test_prompt_independent_maps_are_mapped_once_and_equal(models, method):  # noqa: F811
+    one = clipviz.explain(models["clipviz"], photo(4), MANY[:1], method=method)
+    many = clipviz.explain(models["clipviz"], photo(4), MANY[:5], method=method)
+    assert many.maps.shape[0] == 5
+    for row in many.maps:
+        np.testing.assert_array_equal(row, one.maps[0])
