@@ -12,10 +12,7 @@ backward to the pixels.
 
 import argparse
 import functools
-import json
 import statistics
-import subprocess
-import sys
 
 KINDS = ("no-grad encode_image", "bare forward + grad to pixels", "start_layer=0 P=16 batched",
          "start_layer=0 P=16 per-target loop (before)")
@@ -48,22 +45,12 @@ def runner(kind, model, image):
 
 
 def child(kind, model_name):
-    import gc
-    from pathlib import Path
-
     from clipviz.model import random_model
-    from common import photo, setup
-    from peak_memory import _status
+    from common import photo, print_peak_of, setup
     setup()
     image = photo()
     runner(kind, random_model("ViT-B/32", vision_layers=1, transformer_layers=1), image)()  # warm-up
-    model = random_model(model_name)
-    run = runner(kind, model, image)
-    gc.collect()
-    before = _status("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")
-    run()
-    print(json.dumps({"peak_bytes": _status("VmHWM") - before}))
+    print_peak_of(runner(kind, random_model(model_name), image))
 
 
 def main(argv=None):
@@ -77,19 +64,14 @@ def main(argv=None):
         child(args.child, args.model)
         return 0
     from clipviz.model import random_model
-    from common import header, interleaved, photo, print_times, report, report_ratio, setup
+    from common import header, interleaved, peaks_in_fresh_processes, photo, print_times, report, report_ratio, setup
     setup()
     header(f"issue 19 start_layer=0, 16 prompts, {args.model}")
     model, image = random_model(args.model), photo()
     times = interleaved({kind: runner(kind, model, image) for kind in KINDS[2:]}, args.repeats)
     print_times(times)
     met = report_ratio(f"19 start_layer=0 P=16 time batched/before {args.model}", times, KINDS[2], KINDS[3], SPEED_LIMIT)
-    peaks = {kind: [] for kind in KINDS}
-    for round_ in range(args.memory_repeats):
-        for kind in KINDS[round_ % 4:] + KINDS[:round_ % 4]:
-            out = subprocess.run([sys.executable, __file__, "--child", kind, "--model", args.model],
-                                 capture_output=True, text=True, check=True)
-            peaks[kind].append(json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"])
+    peaks = peaks_in_fresh_processes(__file__, KINDS, args.model, args.memory_repeats)
     median = {kind: statistics.median(values) for kind, values in peaks.items()}
     for kind, values in peaks.items():
         print(f"  peak {kind:<44} median {median[kind] / 2**20:8.1f} MiB  all: "
