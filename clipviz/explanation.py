@@ -273,6 +273,7 @@ def explanations_from(recording, output, method, options):
         probs = torch.sigmoid(logits[:, :len(prompts)] - logits[:, rows])
         against_scores = cosine[:, rows].cpu().numpy()
     token_maps = output.token_maps.float().cpu().numpy()
+    same_for_all = not method.prompt_specific  # rollout, attention: one map, mapped once
     text_tokens = text_relevance = None
     batch = len(recording.photos)
     if output.text_relevance is not None:
@@ -286,7 +287,7 @@ def explanations_from(recording, output, method, options):
         explanations.append(Explanation(
             photo=photo, prompts=list(prompts), against=against,
             scores=cosine[b, :len(prompts)].cpu().numpy(), probs=probs[b].cpu().numpy(),
-            token_maps=token_maps[b], maps=map_to_photo(normalise_maps(token_maps[b]), box),
+            token_maps=token_maps[b], maps=_photo_maps(token_maps[b], box, same_for_all),
             crop_box=box, method=method.name, options=dict(options),
             layer_maps=_numpy(output.layer_maps, b), layer_indices=output.layer_indices,
             head_maps=_numpy(output.head_maps, b), text_tokens=text_tokens,
@@ -334,6 +335,12 @@ def check_scores(adapter, cosine, prompts):
                        "is NaN or infinite although its weights are finite: it overflows in its dtype "
                        f"({adapter.dtype}); load it in float32")
 
+
+def _photo_maps(token_maps, box, same_for_all):
+    """Normalised maps on the photo [T, H, W]; a prompt-independent map is mapped once and repeated."""
+    if same_for_all:
+        return np.repeat(map_to_photo(normalise_maps(token_maps[:1]), box), token_maps.shape[0], axis=0)
+    return map_to_photo(normalise_maps(token_maps), box)
 
 
 def clean_prompts(prompts):

@@ -313,6 +313,38 @@ class AttentionRecorder:
         finally:
             self._slot = None
 
+    def backward_batched(self, scores, slots, chunk=8):
+        """``backward(scores[i], slot=slots[i])`` for every i, as vectorised backward passes.
+
+        scores: [T] scalars of one graph. ``torch.autograd.grad(..., is_grads_batched=True)`` runs
+        the backward for ``chunk`` targets at once (vmap over the grad_outputs rows of an identity):
+        one traversal of the graph instead of T, with batched matrix products. Each chunk holds
+        ``chunk`` full ∂S/∂A per recorded block until they are reduced, which bounds the memory.
+        """
+        slots = list(slots)
+        chosen = [r for r in self.layers.values() if r._live_probs is not None]
+        token_records = [r for r in self.layers.values() if r._live_tokens is not None and r._live_tokens.requires_grad]
+        targets = [r._live_probs for r in chosen] + [r._live_tokens for r in token_records]
+        if not targets:
+            raise ClipvizError(
+                "nothing was recorded with gradients: run the forward pass inside the recorder, "
+                "with gradients enabled (not under torch.no_grad())")
+        identity = torch.eye(len(slots), dtype=scores.dtype, device=scores.device)
+        for start in range(0, len(slots), chunk):
+            rows = identity[start:start + chunk]  # [k, T]: row i picks target start + i
+            grads = torch.autograd.grad(scores, targets, grad_outputs=rows, retain_graph=True,
+                                        is_grads_batched=True, allow_unused=True)
+            for i, slot in enumerate(slots[start:start + chunk]):
+                for record, grad in zip(chosen, grads):  # the hooks saw batched tensors and kept nothing
+                    if grad is not None:
+                        shape = record.probs.shape  # [B, H, N, N]; the live tensor may be its [B·H, N, N] base
+                        probs = record._live_probs.detach().view(shape)
+                        record.grads[slot] = self.gradients(probs.float(), grad[i].view(shape).float())
+                for record, grad in zip(token_records, grads[len(chosen):]):
+                    if grad is not None:
+                        record.token_grads[slot] = grad[i].detach().float()
+            del grads
+
     def check_recorded(self):
         """Raise a clear error if a forward pass recorded nothing (e.g. it bypassed the blocks)."""
         missing = [i for i, r in self.layers.items() if r.probs is None]

@@ -4,7 +4,8 @@ score, backpropagate, compute.
     needs = method.needs(adapter)                      the records the method asks for
     adapter.image_recorder(needs)                      hooks of the family (ViT blocks, ResNet stage)
     one forward pass: S[b, p] = logit_scale · cos(image_b, text_p)
-    one backward per target t of Σ_p W[t, p] · S[:, p], through the recorded part only
+    one backward per target t of Σ_p W[t, p] · S[:, p], through the recorded part only (batched
+    backward passes; the last block alone: its closed form, clipviz.last_block)
     recorder.collect(records); method.compute(records) → MethodOutput (token maps [B, T, g, g])
 
 Methods never see the family; adapters never see the method (only its Needs).
@@ -15,10 +16,12 @@ import torch
 from .adapters import scores_from_embeddings
 from .adapters.tower import text_tower_needed
 from .forms import check_trainable, explaining, usable
-from .hooks import AttentionRecorder, CausalPrefix
+from .adapters.vit import ViTRecorder
+from .hooks import AttentionRecorder, CausalPrefix, find_blocks
+from .last_block import block_parts, cls_row_gradients, full_gradient
 from .methods.base import Records
 
-def run_method(adapter, pixels, ids, target_weights, target_prompt, method, options):
+def run_method(adapter, pixels, ids, target_weights, target_prompt, method, options, fast=True):
     """Record, score, backpropagate and compute: the core of ``explain`` on tensors, for every family.
 
     pixels [B, 3, S, S]; ids [P, Lt]; target_weights [T, P] (target t's score is
@@ -29,13 +32,18 @@ def run_method(adapter, pixels, ids, target_weights, target_prompt, method, opti
 
     Runs as clipviz.forms.explaining sets the model up (eager, autograd usable also inside
     ``torch.inference_mode()``, checkpointing off); the model is as before afterwards.
+
+    fast: take ∂S/∂A of the last block from its closed form (clipviz.last_block) when the method
+    reads that block alone, else every target's gradients in batched backward passes
+    (``AttentionRecorder.backward_batched``). False runs the general path: one backward per target
+    through the recorded blocks (the same maps, slower).
     """
     with explaining(adapter.model):
         return _run_method(adapter, usable(pixels), usable(ids), usable(target_weights), target_prompt, method,
-                           options)
+                           options, fast)
 
 
-def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, options):
+def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, options, fast=True):
     method.check_family(adapter)
     needs = method.needs(adapter, options)
     batch, targets = pixels.shape[0], target_weights.shape[0]
@@ -47,7 +55,11 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, opt
         raise text_tower_needed(method.name)
     if wants_gradient:
         check_trainable(adapter.model, method.name)
-    image_recorder = adapter.image_recorder(needs) or _NoRecorder()
+    last = _closed_form_block(adapter, needs) if fast and wants_gradient else None
+    if last is not None:  # forward only: the last block's input is all the closed form needs
+        image_recorder = ViTRecorder(adapter.image_encoder, needs, block_input=True)
+    else:
+        image_recorder = adapter.image_recorder(needs) or _NoRecorder()
     text_recorder = AttentionRecorder(adapter.text_encoder, layers=needs.text, gradients=needs.gradient) \
         if needs.text is not None else _NoRecorder()
     # text gradients differ per image: give each image its own copy of the prompts (rows b·P … b·P+P-1)
@@ -56,7 +68,8 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, opt
     short_text = CausalPrefix(adapter.text_encoder, int(adapter.eot_positions(ids).max()) + 1) \
         if adapter.text_encoder is not None else _NoRecorder()
     with torch.set_grad_enabled(wants_gradient), image_recorder, text_recorder, short_text:
-        image_emb = adapter.encode_image(pixels)
+        with torch.set_grad_enabled(wants_gradient and last is None):
+            image_emb = adapter.encode_image(pixels)
         if adapter.text_encoder is None:  # an image tower alone: nothing to score against
             cosine = logits = torch.full((batch, ids.shape[0]), float("nan"))
         elif per_image_text:
@@ -69,11 +82,18 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, opt
         text_recorder.check_recorded()
         if wants_gradient and needs.readout is not None:
             _readout_backward(image_recorder, needs.readout, adapter, text_emb, target_weights)
+        elif last is not None:
+            _closed_form_gradients(image_recorder, last, needs.gradient, adapter, text_emb, target_weights)
+            if per_image_text:
+                text_recorder.backward(logits.sum(), slot="rows")
         elif wants_gradient:
-            target_scores = logits @ target_weights.to(logits).t()  # [B, T]
-            for t in range(targets):
-                # images are independent, so one backward of the batch sum serves every image
-                image_recorder.backward(target_scores[:, t].sum(), slot=t)
+            # images are independent, so one backward of the batch sum serves every image
+            target_scores = (logits @ target_weights.to(logits).t()).sum(dim=0)  # [T]
+            if fast and targets > 1 and hasattr(image_recorder, "backward_batched"):  # ResNets: one per target
+                image_recorder.backward_batched(target_scores, slots=range(targets))
+            else:
+                for t in range(targets):
+                    image_recorder.backward(target_scores[t], slot=t)
             if per_image_text:
                 # text row (b, p) feeds S[b, p] alone: one backward of Σ S gives all B·P gradients
                 text_recorder.backward(logits.sum(), slot="rows")
@@ -81,6 +101,31 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, opt
     _collect_text(records, text_recorder, ids.shape[0])
     output = method.compute(records, options)
     return records, cosine.detach(), logits.detach(), output
+
+def _closed_form_block(adapter, needs):
+    """The last block's parts when ∂S/∂A of the last ViT block alone is asked for and its closed
+    form applies (clipviz.last_block), else None."""
+    if adapter.family != "vit" or needs.readout is not None or needs.features or adapter.text_encoder is None \
+            or tuple(needs.layers or ()) != (adapter.num_layers - 1,):
+        return None
+    return block_parts(find_blocks(adapter.image_encoder)[-1])
+
+
+def _closed_form_gradients(recorder, parts, reduce, adapter, text_emb, target_weights):
+    """Store reduce(A, ∂S_t/∂A) of the last block under slot t for every target, from the closed
+    form; text_emb is [P, E] or each image's own copy [B·P, E] (rows b·P … are equal)."""
+    record = next(iter(recorder.layers.values()))
+    tokens, _ = recorder.batch_first_tokens(record)
+    text = text_emb.detach()[:target_weights.shape[1]]  # the copies of image 0 = the prompts
+    cls_rows = cls_row_gradients(parts, adapter.image_head, tokens.to(adapter.dtype), record.probs, text,
+                                 adapter.logit_scale().detach(), target_weights)  # [B, T, H, N]
+    n = record.probs.shape[-1]
+    from_row = getattr(reduce, "cls_row", None)  # a reducer's shortcut for a CLS-row-only gradient
+    for t in range(cls_rows.shape[1]):
+        record.grads[t] = from_row(record.probs, cls_rows[:, t]) if from_row is not None \
+            else reduce(record.probs, full_gradient(cls_rows[:, t], n))
+    record.tokens = record._live_tokens = None  # not asked for by the method
+
 
 def _readout_backward(recorder, readout, adapter, text_emb, target_weights):
     """For each recorded block l and target t: ∂s^l_t/∂A^l, s^l_t = Σ_p W[t, p] · cos(readout(Z^l), text_p)

@@ -20,6 +20,7 @@ printed with its quartiles and the ratio of the fastest runs.
 """
 
 import gc
+import json
 import os
 import statistics
 import time
@@ -138,6 +139,60 @@ def print_ratio(label, times, method, baseline):
     """A ratio with no target (for information)."""
     median, spread = _spread(times, method, baseline)
     print(f"INFO {label}: {median:.3f}  [{spread}]", flush=True)
+
+
+def proc_status(field):
+    """A field of /proc/self/status in bytes (VmRSS, VmHWM)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def print_peak_of(run):
+    """A memory child's one job: reset the peak resident set (5 → /proc/self/clear_refs makes
+    VmHWM equal VmRSS; Linux >= 4.0), call ``run()`` once, print {"peak_bytes": VmHWM − VmRSS before}."""
+    gc.collect()
+    before = proc_status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    run()
+    print(json.dumps({"peak_bytes": proc_status("VmHWM") - before}))
+
+
+def peaks_in_fresh_processes(script, kinds, model, repeats):
+    """{kind: [peak bytes]}: ``script --child KIND --model MODEL`` (which calls print_peak_of) in a
+    fresh process per measurement, ``repeats`` per kind, interleaved with the order rotated."""
+    import subprocess
+    import sys
+    peaks = {kind: [] for kind in kinds}
+    for round_ in range(repeats):
+        shift = round_ % len(kinds)
+        for kind in kinds[shift:] + kinds[:shift]:
+            out = subprocess.run([sys.executable, str(script), "--child", kind, "--model", model],
+                                 capture_output=True, text=True, check=True)
+            peaks[kind].append(json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"])
+    return peaks
+
+
+def child_or_arguments(parser, kinds, child, argv=None):
+    """Parse argv with the hidden ``--child KIND`` that peaks_in_fresh_processes starts a
+    measurement with: then run ``child(kind, args.model)`` and return None; else the arguments."""
+    import argparse
+    parser.add_argument("--child", choices=kinds, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.model)
+        return None
+    return args
+
+
+def print_peaks(peaks):
+    """Print each kind's median peak and every measurement (MiB); returns {kind: median bytes}."""
+    medians = {kind: statistics.median(values) for kind, values in peaks.items()}
+    for kind, values in peaks.items():
+        print(f"  peak {kind:<44} median {medians[kind] / 2**20:8.1f} MiB  all: "
+              f"{', '.join(f'{v / 2**20:.1f}' for v in values)}")
+    return medians
 
 
 def load_average():

@@ -12,22 +12,15 @@ CPU allocator is invisible to tracemalloc, hence the RSS reading. The GPU figure
 """
 
 import argparse
-import json
-import statistics
-import subprocess
-import sys
-from pathlib import Path
 
 LIMIT = 1.3
 KINDS = ("bare forward + grad to pixels", "explain(method='relevance')", "explain(relevance, start_layer=0)")
 
 
 def child(kind, model_name):
-    import gc
-
     import clipviz
     from clipviz.model import random_model
-    from common import PROMPTS, bare_forward_backward, photo, setup
+    from common import PROMPTS, bare_forward_backward, photo, print_peak_of, setup
 
     setup()
     image, prompt = photo(), PROMPTS[:1]
@@ -36,46 +29,23 @@ def child(kind, model_name):
            KINDS[2]: lambda m: clipviz.explain(m, image, prompt[0], method="relevance", start_layer=0)}[kind]
     run(random_model("ViT-B/32", vision_layers=1, transformer_layers=1))  # thread pools, vocabulary, kernels
     model = random_model(model_name)
-    gc.collect()
-    before = _status("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")
-    run(model)
-    peak = _status("VmHWM")
-    print(json.dumps({"kind": kind, "peak_bytes": peak - before, "model_bytes": before}))
-
-
-def _status(field):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
+    print_peak_of(lambda: run(model))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default="ViT-L/14@336px")
-    parser.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        child(args.child, args.model)
+    from common import child_or_arguments, header, peaks_in_fresh_processes, print_peaks, report, setup
+    args = child_or_arguments(parser, KINDS, child, argv)
+    if args is None:
         return 0
-    from common import header, report, setup
     setup()
     header(f"peak memory above the loaded model, {args.model}, fresh process per measurement")
-    peaks = {kind: [] for kind in KINDS}
-    for round_ in range(args.repeats):
-        for kind in KINDS[round_ % 3:] + KINDS[:round_ % 3]:
-            out = subprocess.run([sys.executable, __file__, "--child", kind, "--model", args.model],
-                                 capture_output=True, text=True, check=True)
-            peaks[kind].append(json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"])
-    for kind, values in peaks.items():
-        print(f"  {kind:<34} median {statistics.median(values) / 2**20:8.1f} MiB   "
-              f"all: {', '.join(f'{v / 2**20:.1f}' for v in values)}")
-    base = statistics.median(peaks[KINDS[0]])
-    every_block = statistics.median(peaks[KINDS[2]]) / base
+    median = print_peaks(peaks_in_fresh_processes(__file__, KINDS, args.model, args.repeats))
+    every_block = median[KINDS[2]] / median[KINDS[0]]
     print(f"INFO 4 peak memory relevance start_layer=0 (every block recorded)/bare {args.model}: {every_block:.3f}")
-    ratio = statistics.median(peaks[KINDS[1]]) / base
+    ratio = median[KINDS[1]] / median[KINDS[0]]
     return 0 if report(f"4 peak memory relevance/bare {args.model}", ratio, LIMIT) else 1
 
 

@@ -2,7 +2,7 @@
 
     python perf/video.py [--lengths 100 2000] [--frames 48] [--repeats 3]
                                [--models synth-vit-t16 ViT-B/16]
-    python benchmarks/video.py --skip-memory --device cuda --dtype bf16 --batch 64 --frames 512  # GPU
+    python perf/video.py --skip-memory --device cuda --dtype bf16 --batch 64 --frames 512  # GPU
 
 Clips: 320×240 at 25 fps, mp4v in .mp4 (what the opencv-python-headless wheel writes), a red circle
 moving on a grey background; made once in a temporary folder before anything is measured.

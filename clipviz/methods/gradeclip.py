@@ -34,6 +34,9 @@ def cls_gradient(probs, grad):
     return grad[:, :, 0, :].sum(dim=1)
 
 
+cls_gradient.cls_row = lambda probs, cls_grad: cls_grad.sum(dim=1)  # the same, from the CLS row [B, H, N]
+
+
 def loosened_attention(queries, keys):
     """λ: min-max over patches of cos(q_CLS, k_i). queries, keys [B, N, D] → [B, N-1]."""
     cosine = torch.nn.functional.cosine_similarity(queries[:, :1], keys[:, 1:], dim=-1)

@@ -33,6 +33,19 @@ def positive_weighted(probs, grad):
     return {"mean": weighted.mean(dim=1), "cls_heads": weighted[:, :, 0, :].clone()}
 
 
+def _positive_weighted_cls_row(probs, cls_grad):
+    """positive_weighted(probs, grad) for a gradient that is zero outside the CLS row, from that
+    row alone: cls_grad [B, H, N] (clipviz.last_block) → the same dict, without touching the
+    [B, H, N, N] zeros."""
+    weighted = (cls_grad * probs[:, :, 0, :]).clamp(min=0)  # [B, H, N]
+    mean = weighted.new_zeros(*probs.shape[:1], *probs.shape[2:])
+    mean[:, 0, :] = weighted.mean(dim=1)
+    return {"mean": mean, "cls_heads": weighted}
+
+
+positive_weighted.cls_row = _positive_weighted_cls_row
+
+
 def needs(model, start_layer=-1, text_start_layer=-1, text=True):
     text_blocks = None
     if text and model.text_layers:

@@ -67,12 +67,14 @@ def augmented(probs, head_fusion="mean", discard_ratio=0.0):
 def compute(records, start_layer=0, head_fusion="mean", discard_ratio=0.0):
     """records.probs {l: [B, H, N, N]} → token_maps [B, T, g, g]; layer_maps = CLS row of each Â_l."""
     layers = blocks_from(start_layer, records.num_layers)
-    joint, per_layer = None, []
-    for layer in layers:
-        a_hat = augmented(records.probs[layer], head_fusion, discard_ratio)
-        joint = a_hat if joint is None else a_hat @ joint  # J = Â_l · J: later layers multiply from the left
-        per_layer.append(cls_to_patches(a_hat, records.patch_grid))
+    a_hats = [augmented(records.probs[layer], head_fusion, discard_ratio) for layer in layers]
+    # only J's CLS row is read: e_CLSᵀ Â_L ⋯ Â_start, a row vector times each matrix (last block
+    # first) instead of N×N matrix products
+    joint_row = a_hats[-1][:, :1, :]  # [B, 1, N]
+    for a_hat in reversed(a_hats[:-1]):
+        joint_row = joint_row @ a_hat
+    per_layer = [cls_to_patches(a_hat, records.patch_grid) for a_hat in a_hats]
     return MethodOutput(
-        token_maps=per_target(cls_to_patches(joint, records.patch_grid), records.targets),
+        token_maps=per_target(cls_to_patches(joint_row, records.patch_grid), records.targets),
         layer_maps=per_target(torch.stack(per_layer, dim=1), records.targets),
         layer_indices=layers)

@@ -48,6 +48,10 @@ def colorize(values, cmap="jet"):
     return colours
 
 
+# zlib level 1 instead of PIL's 6: PNG encoding was half the CLI's CPU time; files about 10% larger
+PNG_COMPRESS_LEVEL = 1
+
+
 def overlay(photo, heatmap, cmap="jet", alpha=0.5):
     """Blend a heatmap over the photo at the photo's full resolution → uint8 [H, W, 3].
 
@@ -64,15 +68,27 @@ def overlay(photo, heatmap, cmap="jet", alpha=0.5):
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:
         raise ClipvizError(f"alpha must be between 0 (photo only) and 1 (heatmap only), got {alpha}")
-    table = 255.0 * colormap_table(cmap)
+    blended = blend_table(255.0 * colormap_table(cmap), alpha)  # [256 levels, 3, 256 photo values]
+    channels = np.arange(3)
     out = photo.copy()
     rows = max(1, (1 << 20) // max(1, photo.shape[1]))  # about a million pixels at a time, in float64
     for top in range(0, photo.shape[0], rows):
         block = heat[top:top + rows].astype(np.float64)
         seen = ~np.isnan(block)
-        blend = (1.0 - alpha) * photo[top:top + rows][seen] + alpha * table[colour_levels(block[seen])]
-        out[top:top + rows][seen] = np.clip(np.floor(blend + 0.5), 0, 255).astype(np.uint8)
+        out[top:top + rows][seen] = blended[colour_levels(block[seen])[:, None], channels, photo[top:top + rows][seen]]
     return out
+
+
+def blend_table(table, alpha):
+    """Every blend the overlay can produce, looked up instead of computed per pixel.
+
+    table: float [256, 3] colours in [0, 255]. Returns uint8 [256, 3, 256]:
+    out[k, c, p] = floor((1 − alpha) · p + alpha · table[k, c] + 0.5), the same float64 expression
+    as a per-pixel blend, so the lookup is bit-identical to it (and 5-10× faster on a photo).
+    """
+    photo_values = np.arange(256, dtype=np.float64)
+    blend = (1.0 - alpha) * photo_values[None, None, :] + alpha * table[:, :, None]
+    return np.clip(np.floor(blend + 0.5), 0, 255).astype(np.uint8)
 
 
 def save_overlay(path, photo, heatmap, cmap="jet", alpha=0.5, *, protect=(), force=True):
@@ -84,8 +100,9 @@ def save_overlay(path, photo, heatmap, cmap="jet", alpha=0.5, *, protect=(), for
     from PIL import Image
     path = check_target(path, OVERLAY_SUFFIXES, protect)
     image = Image.fromarray(overlay(photo, heatmap, cmap=cmap, alpha=alpha))
-    fmt = "PNG" if path.suffix.lower() == ".png" else "JPEG"
-    return write_atomically(path, lambda handle: image.save(handle, format=fmt), force=force)
+    options = {"format": "PNG", "compress_level": PNG_COMPRESS_LEVEL} if path.suffix.lower() == ".png" \
+        else {"format": "JPEG"}
+    return write_atomically(path, lambda handle: image.save(handle, **options), force=force)
 
 
 def _rgb(photo):

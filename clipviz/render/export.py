@@ -3,6 +3,7 @@
 from ..errors import ClipvizError
 from ..outputs import check_target, write_atomically
 from ..suffixes import FIGURE_SUFFIXES
+from .colours import PNG_COMPRESS_LEVEL
 from .figures import explanation_figure
 
 
@@ -17,7 +18,8 @@ def save_figure(fig, path, dpi=200, *, protect=(), force=True):
         raise ClipvizError(f"dpi must be a number between 10 and 2400, got {dpi!r}")
     path = check_target(path, FIGURE_SUFFIXES, protect)
     fmt = path.suffix.lower()[1:]
-    return write_atomically(path, lambda handle: fig.savefig(handle, format=fmt, dpi=dpi), force=force)
+    options = {"pil_kwargs": {"compress_level": PNG_COMPRESS_LEVEL}} if fmt == "png" else {}
+    return write_atomically(path, lambda handle: fig.savefig(handle, format=fmt, dpi=dpi, **options), force=force)
 
 
 def save_explanation(exp, path, dpi=200, **kwargs):

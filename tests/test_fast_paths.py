@@ -1,0 +1,156 @@
+"""The last block's ∂S/∂A in closed form (clipviz.last_block) against the general autograd path.
+
+The general path (one backward per target through the recorded block) is what clipviz computed
+before the closed form existed; both must give the same maps, head maps and text-token relevance
+for each model family, one and sixteen prompts, plain and contrastive targets.
+"""
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+import clipviz
+import clipviz.explanation as explanation
+import clipviz.pipeline as pipeline
+from clipviz.hooks import find_blocks
+from clipviz.last_block import block_parts, cls_row_gradients
+from clipviz.methods.base import Records
+from test_adapters import libraries, models, photo  # noqa: F401 (fixtures)
+
+MANY = [f"a photo of thing number {i}" for i in range(16)]
+FEW = ["a photo of a dog"]
+
+
+def general(monkeypatch, *args, **kwargs):
+    """explain() on the general autograd path as before issue 19: one backward per target."""
+    with monkeypatch.context() as patch:
+        patch.setattr(explanation, "run_method", functools.partial(pipeline.run_method, fast=False))
+        return clipviz.explain(*args, **kwargs)
+
+
+def assert_same(fast, slow):
+    for a, b in zip(fast if isinstance(fast, list) else [fast], slow if isinstance(slow, list) else [slow]):
+        for name in ("token_maps", "layer_maps", "head_maps", "maps", "scores"):
+            x, y = getattr(a, name), getattr(b, name)
+            if y is None:
+                assert x is None, name
+                continue
+            scale = max(np.abs(y).max(), 1e-12) if name != "maps" else 1.0
+            assert np.nanmax(np.abs(x - y)) / scale <= 1e-5, name
+        if b.text_relevance is not None:
+            for x, y in zip(a.text_relevance, b.text_relevance):
+                np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6 * np.abs(y).max())
+
+
+@pytest.mark.parametrize("family", ["clipviz", "open_clip", "hf"])
+@pytest.mark.parametrize("prompts", [FEW, MANY], ids=["P1", "P16"])
+@pytest.mark.parametrize("method", ["relevance", "gradeclip"])
+def test_closed_form_equals_general_path(models, monkeypatch, family, prompts, method):  # noqa: F811
+    model = models[family]
+    images = [photo(0), photo(1)]
+    fast = clipviz.explain(model, images, prompts, method=method)
+    assert_same(fast, general(monkeypatch, model, images, prompts, method=method))
+
+
+@pytest.mark.parametrize("family", ["clipviz", "open_clip", "hf"])
+def test_closed_form_with_contrast_targets(models, monkeypatch, family):  # noqa: F811
+    model, prompts, against = models[family], MANY[:4], ["a red car", MANY[5], "a cat", MANY[0]]
+    fast = clipviz.explain(model, photo(2), prompts, method="relevance", against=against)
+    assert_same(fast, general(monkeypatch, model, photo(2), prompts, method="relevance", against=against))
+
+
+def test_closed_form_on_vit_b16_sixteen_prompts(monkeypatch):
+    model = clipviz.model.random_model("ViT-B/16")
+    image = np.random.default_rng(3).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    fast = clipviz.explain(model, image, MANY, method="relevance", text=False)
+    assert_same(fast, general(monkeypatch, model, image, MANY, method="relevance", text=False))
+
+
+def test_start_layer_zero_keeps_the_general_path(models, monkeypatch):  # noqa: F811
+    """Below the last block the closed form does not apply: explain() must not use it."""
+    called = []
+    monkeypatch.setattr(pipeline, "_closed_form_gradients", lambda *a: called.append(a))
+    clipviz.explain(models["clipviz"], photo(), FEW, method="relevance", start_layer=0)
+    assert not called
+
+
+@pytest.mark.parametrize("family", ["clipviz", "open_clip", "hf"])
+@pytest.mark.parametrize("method,options", [("relevance", {"start_layer": 0}), ("gradeclip", {"start_layer": 0}),
+                                            ("gradcam", {}), ("legrad", {})])
+def test_batched_backward_equals_one_backward_per_target(models, monkeypatch, family, method, options):  # noqa: F811
+    """Every block recorded: all targets' gradients from batched backward passes (chunks of 8,
+    so 16 prompts take two) equal the loop of one backward per target."""
+    model, images = models[family], [photo(0), photo(1)]
+    fast = clipviz.explain(model, images, MANY, method=method, **options)
+    assert_same(fast, general(monkeypatch, model, images, MANY, method=method, **options))
+
+
+def test_batched_backward_with_contrast_targets(models, monkeypatch):  # noqa: F811
+    model, against = models["clipviz"], ["a red car", MANY[5], "a cat"]
+    fast = clipviz.explain(model, photo(2), MANY[:3], method="relevance", against=against, start_layer=0)
+    assert_same(fast, general(monkeypatch, model, photo(2), MANY[:3], method="relevance", against=against,
+                              start_layer=0))
+
+
+def test_cls_row_gradient_matches_a_hand_autograd(models):  # noqa: F811
+    """The formula ⟨∂S/∂o_h, v_j⟩ against autograd through the whole last block of the clipviz
+    model, written out here by hand (attention recomputed from q, k, v)."""
+    model = models["clipviz"]
+    block = find_blocks(model.visual)[-1]
+    attn, heads = block.attn, block.attn.num_heads
+    torch.manual_seed(0)
+    x = torch.randn(2, 17, 128)
+    text = torch.nn.functional.normalize(torch.randn(3, 64), dim=-1)
+    scale = torch.tensor(7.0)
+    weights = torch.tensor([[1.0, 0, 0], [0, 1.0, -1.0]])
+
+    def scores_of(probs):
+        h = block.ln_1(x)
+        v = torch.nn.functional.linear(h, attn.in_proj_weight[256:], attn.in_proj_bias[256:]).view(2, 17, heads, 64)
+        o = torch.einsum("bhij,bjhc->bihc", probs, v).reshape(2, 17, 128)
+        y = x + attn.out_proj(o)
+        y = y + block.mlp(block.ln_2(y))
+        emb = torch.nn.functional.normalize(model.visual.ln_post(y[:, 0]) @ model.visual.proj, dim=-1)
+        return (scale * emb @ text.t()) @ weights.t()  # [B, T]
+
+    q, k = [torch.nn.functional.linear(block.ln_1(x), attn.in_proj_weight[i * 128:(i + 1) * 128],
+                                       attn.in_proj_bias[i * 128:(i + 1) * 128]).view(2, 17, heads, 64).transpose(1, 2)
+            for i in (0, 1)]
+    probs = (q @ k.transpose(-1, -2) / 8.0).softmax(-1).detach().requires_grad_(True)
+    expected = torch.stack([torch.autograd.grad(scores_of(probs)[:, t].sum(), probs)[0] for t in range(2)], dim=1)
+    assert expected[:, :, :, 1:].abs().max() == 0  # only the CLS row is non-zero
+    got = cls_row_gradients(block_parts(block), lambda t: model.visual.ln_post(t) @ model.visual.proj,
+                            x, probs.detach(), text, scale, weights)
+    torch.testing.assert_close(got, expected[:, :, :, 0], rtol=1e-5, atol=1e-7)
+
+
+def test_rollout_row_product_equals_the_matrix_product(models):  # noqa: F811
+    """Rollout reads J's CLS row through row-vector products; the full J = Â_L ⋯ Â_0 (N×N
+    products, written out here) has the same CLS row, for each head fusion and discard ratio."""
+    from clipviz.hooks import AttentionRecorder
+    from clipviz.methods import rollout
+    model = models["clipviz"]
+    pixels = torch.randn(2, 3, 80, 80)
+    with torch.no_grad(), AttentionRecorder(model.visual) as recorder:
+        model.encode_image(pixels)
+    records = Records(num_layers=3, patch_grid=5, batch=2, targets=3,
+                                  probs={i: r.probs for i, r in recorder.layers.items()})
+    for fusion, discard in (("mean", 0.0), ("max", 0.3), ("min", 0.0)):
+        joint = None
+        for layer in range(3):
+            a_hat = rollout.augmented(records.probs[layer], fusion, discard)
+            joint = a_hat if joint is None else a_hat @ joint
+        got = rollout.compute(records, head_fusion=fusion, discard_ratio=discard).token_maps
+        expected = joint[:, 0, 1:].reshape(2, 1, 5, 5).expand(2, 3, 5, 5)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["rollout", "attention"])
+def test_prompt_independent_maps_are_mapped_once_and_equal(models, method):  # noqa: F811
+    one = clipviz.explain(models["clipviz"], photo(4), MANY[:1], method=method)
+    many = clipviz.explain(models["clipviz"], photo(4), MANY[:5], method=method)
+    assert many.maps.shape[0] == 5
+    for row in many.maps:
+        np.testing.assert_array_equal(row, one.maps[0])
