@@ -101,20 +101,29 @@ def refuse_inputs(paths, inputs, what="one of the input images"):
                 raise ClipvizError(f"refusing to write {path}: it is {what}; choose another --out")
 
 
-def is_own_output(path):
+def is_own_output(path, record=None):
     """True if ``path`` is a regular file (not a link) that clipviz wrote (its folder's record
-    names it, see record_path) and that is unchanged since (same sha256): a re-run may replace it."""
+    names it, see record_path) and that is unchanged since (same sha256): a re-run may replace it.
+    record: the folder's record when the caller has read it already ({name: sha256})."""
     path = Path(path)
     if path.is_symlink() or not path.is_file():
         return False
-    recorded = _record(path.parent).get(path.name)
+    recorded = (_record(path.parent) if record is None else record).get(path.name)
     return recorded is not None and recorded == _sha256(path)
 
 
 def refuse_existing(paths, force):
     """ClipvizError naming the paths that exist (links too) unless ``force``; clipviz's own
-    unchanged outputs (is_own_output) are not in the way."""
-    existing = [str(p) for p in paths if os.path.lexists(p) and not is_own_output(p)] if not force else []
+    unchanged outputs (is_own_output) are not in the way. Each folder's record is read once."""
+    records = {}
+
+    def in_the_way(path):
+        folder = Path(path).parent
+        if folder not in records:
+            records[folder] = _record(folder)
+        return not is_own_output(path, records[folder])
+
+    existing = [str(p) for p in paths if os.path.lexists(p) and in_the_way(p)] if not force else []
     if existing:
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
         raise ClipvizError(f"output file {', '.join(existing[:3])}{more} already exists; pass --force to "
