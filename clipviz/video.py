@@ -366,7 +366,6 @@ def explain_video(model, path, prompts, method=None, *, against=None, every=None
     """
     from .explanation import clean_prompts
     from .maps import peak_xy
-    from .methods import default_method
 
     prompt_list = clean_prompts(prompts)
     _check_smoothing(smoothing)
@@ -394,7 +393,7 @@ def explain_video(model, path, prompts, method=None, *, against=None, every=None
             if writers is not None:
                 writers.write(item)
         result = VideoExplanation(
-            source=str(path), prompts=prompt_list, method=method or default_method(model),
+            source=str(path), prompts=prompt_list, method=method or exp.method,  # explain's own choice (unwrapped model)
             against=None if against is None else clean_prompts(against),
             frames=np.asarray(frames, dtype=np.int64), times=np.asarray(times, dtype=np.float64),
             scores=np.stack(scores), probs=np.stack(probs), peaks=np.asarray(peaks, dtype=np.int64),
