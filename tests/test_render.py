@@ -74,12 +74,29 @@ def test_overlay_equals_hand_computed_blend():
     for alpha in (Fraction(1, 2), Fraction(3, 10)):
         out = render.overlay(image, heat, cmap="jet", alpha=float(alpha))
         assert out.dtype == np.uint8 and out.shape == image.shape
-        for i, x in enumerate(xs):
+        for i, x in enumerate(xs):  # level k = 255 x, so its opacity alpha · k / 255 = alpha · x
             colour = [255 * c for c in jet_by_hand(x)]
-            expected = [int((1 - alpha) * int(p) + alpha * c + Fraction(1, 2)) for p, c in zip(image[0, i], colour)]
+            a = alpha * x
+            expected = [int((1 - a) * int(p) + a * c + Fraction(1, 2)) for p, c in zip(image[0, i], colour)]
             assert out[0, i].tolist() == expected, (i, alpha)
         assert out[0, 5].tolist() == [5, 6, 7]  # NaN: the photo, untouched
     assert (render.overlay(image, heat, alpha=0.0) == image).all()
+
+
+def test_zero_relevance_leaves_the_photo_as_it_is():
+    """No tinted square: where the map is 0 (or below the first colour level, 1/256) the overlay is
+    the photo's own pixel, for every colour map and opacity; the opacity grows with the value."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    for cmap in ("jet", "viridis", "magma", "turbo"):
+        for alpha in (0.3, 0.5, 1.0):
+            assert (render.overlay(image, np.zeros((20, 30)), cmap=cmap, alpha=alpha) == image).all()
+            faint = np.full((20, 30), 0.99 / 256)
+            assert (render.overlay(image, faint, cmap=cmap, alpha=alpha) == image).all()
+    grey = np.full((1, 4, 3), 128, np.uint8)
+    out = render.overlay(grey, np.array([[0.0, 0.25, 0.5, 1.0]]), cmap="gray", alpha=1.0)  # gray(x) = (x, x, x)
+    # gray at level k is k/255 white; opacity k/255: 128 + (k/255)(k − 128), k = 0, 64, 128, 255
+    assert out[0, :, 0].tolist() == [int(128 + k / 255 * (k - 128) + 0.5) for k in (0, 64, 128, 255)]
 
 
 # Published end points of matplotlib's listed maps (viridis: van der Walt & Smith 2015, the first and
@@ -102,8 +119,8 @@ def test_colour_levels_and_any_registry_name_against_independent_numbers():
         assert np.abs(ends - np.array([low, high])).max() < 5e-6, name
         image = np.array([[[100, 100, 100], [0, 0, 0]]], np.uint8)
         out = render.overlay(image, np.array([[0.0, 1.0]]), cmap=name, alpha=0.5)
-        expected = [[int(0.5 * p + 0.5 * 255 * c + 0.5) for p, c in zip(px, colour)]
-                    for px, colour in zip(image[0], (low, high))]
+        # value 0: opacity 0, the photo itself; value 1: the full alpha 0.5
+        expected = [[100, 100, 100], [int(0.5 * 0 + 0.5 * 255 * c + 0.5) for c in high]]
         assert out[0].tolist() == expected, name
     with pytest.raises(ClipvizError, match="unknown colormap 'nope'.*matplotlib"):
         render.colormap_table("nope")
@@ -115,8 +132,10 @@ def test_overlay_on_a_real_explanation_keeps_unseen_pixels(exp):
     assert out.shape == exp.photo.shape  # the photo's full resolution
     unseen = np.isnan(exp.maps[0])
     assert unseen.any() and (out[unseen] == exp.photo[unseen]).all()  # the wide photo's sides
-    colour = matplotlib.colormaps["jet"](exp.maps[0][~unseen])[:, :3] * 255
-    expected = np.floor(0.6 * exp.photo[~unseen] + 0.4 * colour + 0.5)
+    values = exp.maps[0][~unseen]
+    colour = matplotlib.colormaps["jet"](values)[:, :3] * 255
+    opacity = 0.4 * np.minimum(np.floor(values * 256), 255)[:, None] / 255  # grows with the relevance
+    expected = np.floor((1 - opacity) * exp.photo[~unseen] + opacity * colour + 0.5)
     assert np.abs(out[~unseen].astype(float) - expected).max() <= 1  # rounding at exact ties only
     assert (exp.overlay(0, alpha=0.4) == out).all()
 
