@@ -303,10 +303,12 @@ def test_comparison_layer_and_head_figures(exp, tiny_vit):
 def test_png_pdf_and_svg_are_written_and_open(exp, tmp_path):
     fig = exp.figure()
     w_in, h_in = fig.get_size_inches()
-    for dpi in (100, 200):
+    for dpi in (300, 450):
         path = render.save_figure(fig, tmp_path / f"fig{dpi}.png", dpi=dpi)
         with Image.open(path) as png:
             assert png.format == "PNG" and png.size == (int(w_in * dpi), int(h_in * dpi))  # Agg truncates
+    with Image.open(render.save_figure(fig, tmp_path / "default.png")) as png:
+        assert png.size == (int(w_in * 300), int(h_in * 300))  # the resolution rule's default
     pdf = render.save_figure(fig, tmp_path / "fig.pdf").read_bytes()
     assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page\b", pdf)) == 1
     if shutil.which("pdftoppm"):
@@ -314,6 +316,55 @@ def test_png_pdf_and_svg_are_written_and_open(exp, tmp_path):
     root = ET.parse(render.save_figure(fig, tmp_path / "fig.svg")).getroot()
     assert root.tag.endswith("svg") and root.get("width", "").startswith(f"{w_in * 72:.0f}")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary files left
+
+
+def pdf_fonts(path):
+    """pdffonts' table of a PDF (poppler-utils): [(name, type)] — the type column read by its
+    position under the dashed header, since a type such as "CID TrueType" has a space."""
+    text = subprocess.run(["pdffonts", str(path)], check=True, capture_output=True, text=True).stdout.splitlines()
+    start = text[0].index("type")
+    dashes = text[1].split(" ")
+    end = start + len(dashes[1]) if len(dashes) > 1 else None
+    return [(line.split()[0], line[start:end].strip()) for line in text[2:]]
+
+
+def test_pdf_embeds_truetype_fonts_and_svg_keeps_text(exp, tmp_path):
+    """PDF fonts are TrueType (pdffonts lists no Type 3, which IEEE PDF eXpress rejects), embedded;
+    SVG text is <text> elements with the figure's words; the user's rcParams are left as they were."""
+    import matplotlib
+    before = {k: matplotlib.rcParams[k] for k in ("pdf.fonttype", "ps.fonttype", "svg.fonttype")}
+    fig = exp.figure()
+    pdf_path = render.save_figure(fig, tmp_path / "fig.pdf")
+    pdf = pdf_path.read_bytes()
+    assert b"/Type3" not in pdf.replace(b" ", b"") and b"/FontFile2" in pdf  # embedded TrueType programs
+    if shutil.which("pdffonts"):
+        fonts = pdf_fonts(pdf_path)
+        assert fonts and all("TrueType" in kind and "Type 3" not in kind for _, kind in fonts), fonts
+    elif os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail("pdffonts is not installed: apt-get install poppler-utils (.ci/run does)")
+    root = ET.parse(render.save_figure(fig, tmp_path / "fig.svg")).getroot()
+    texts = ["".join(t.itertext()) for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    assert "photo" in texts and any("two cats" in t for t in texts), texts[:10]
+    assert {k: matplotlib.rcParams[k] for k in before} == before
+
+
+def test_figures_are_saved_at_300_dpi_or_more(exp, tmp_path):
+    from clipviz.cli.parser import FIGURE_DPI
+    from clipviz.render.layout import FIGURE_DPI as RULE
+    assert FIGURE_DPI == RULE == 300  # the CLI's copy (kept import-free) is the rule's
+    fig = exp.figure()
+    for dpi in (150, 299, 2401, True, "300"):
+        with pytest.raises(ClipvizError, match="dpi must be a number from 300 to 2400"):
+            render.save_figure(fig, tmp_path / "low.png", dpi=dpi)
+    assert not (tmp_path / "low.png").exists()
+    # panels sample the photo at 300 px per inch: the 130-px photo is not downsized in a 1.1 in panel,
+    # a 2000-px one is (to 300 px/in of its panel)
+    wide = Explanation(**{**exp.__dict__, "photo": np.zeros((1000, 2000, 3), np.uint8),
+                          "crop_box": preprocess_image(np.zeros((1000, 2000, 3), np.uint8), 64)[1]})
+    fig = render.explanation_figure(wide, columns=1, width="single")
+    shown = [ax.get_images()[0].get_array().shape for ax in fig.axes if ax.get_images()]
+    panel_in = 3.5 - 2 * 0.04
+    assert shown[0][1] == round(panel_in * 300)
 
 
 def test_saving_refuses_bad_paths(exp, tmp_path):

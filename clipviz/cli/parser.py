@@ -8,6 +8,7 @@ from .video import add_video_arguments
 
 DEFAULT_MODEL = "synth-vit-t16"
 DEFAULT_OUT = "clipviz-out"
+FIGURE_DPI = 300  # = clipviz.render.layout.FIGURE_DPI (not imported here: --help stays cheap)
 # keep in step with clipviz.methods.DEFAULT_METHODS (not imported here: --help stays cheap)
 DEFAULT_METHOD_HELP = "relevance for ViT models, gradcam for ResNet ones (RN50 ...)"
 FIGURE_FORMATS = tuple(s.lstrip(".") for s in FIGURE_SUFFIXES)
@@ -90,7 +91,8 @@ def build_parser():
     explain.add_argument("--cmap", default="jet", help="colour map of the heatmap: any matplotlib name, e.g. jet "
                          "(default), turbo, viridis, magma")
     explain.add_argument("--alpha", type=_fraction, default=0.5, help="heatmap opacity in [0, 1] (default 0.5)")
-    explain.add_argument("--dpi", type=_dpi, default=150, help="resolution of figures (default 150)")
+    explain.add_argument("--dpi", type=_dpi, default=FIGURE_DPI, help=f"resolution of figures, {FIGURE_DPI} to "
+                         f"2400 (default {FIGURE_DPI}); overlay PNGs are always at the photo's own resolution")
     explain.add_argument("--layers", action="store_true", help="also a strip of per-block maps per prompt "
                          "(implies --start-layer 0 unless given)")
     explain.add_argument("--heads", action="store_true", help="also a grid of per-head maps per prompt")
@@ -125,7 +127,8 @@ def build_parser():
     demo.add_argument("--seed", type=int, default=0, help="which scene (default 0)")
     demo.add_argument("--method", help=f"explanation method (default {DEFAULT_METHOD_HELP})")
     demo.add_argument("--out", default="clipviz-demo.png", help="figure file .png/.pdf/.svg (default clipviz-demo.png)")
-    demo.add_argument("--dpi", type=_dpi, default=150, help="figure resolution (default 150)")
+    demo.add_argument("--dpi", type=_dpi, default=FIGURE_DPI, help=f"figure resolution, {FIGURE_DPI} to 2400 "
+                      f"(default {FIGURE_DPI})")
     demo.add_argument("--force", action="store_true", help="replace an existing output file")
     demo.add_argument("--json", action="store_true", help="machine-readable results on stdout")
 
@@ -169,6 +172,7 @@ def _fraction(text):
 
 
 def _dpi(text):
-    if not text.isdigit() or not 10 <= int(text) <= 2400:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 10 to 2400")
+    if not text.isdigit() or not FIGURE_DPI <= int(text) <= 2400:  # clipviz.render.export's resolution rule
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from {FIGURE_DPI} to 2400 (figures are "
+                                         f"saved at {FIGURE_DPI} dpi or more)")
     return int(text)

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import ClipvizError
 from ..maps import PER_MAP, SHARED, map_to_photo, scaling_label, shared_scale
 from .colours import overlay
-from .layout import PANEL_DPI, column_count, draw, font_size, panel_width, width_inches
+from .layout import FIGURE_DPI, column_count, draw, font_size, panel_width, width_inches
 from .tokens import TOKEN_SCALE, token_colours
 
 _SEEN_NOTE = "dashed box: the square the model saw; pixels outside it are not coloured"
@@ -128,7 +128,7 @@ def _panel_images(exp, grids, panel_w, cmap, alpha, crop=False):
     from PIL import Image
     from ..preprocess import CropBox
     box, (height, width) = exp.crop_box, exp.photo.shape[:2]
-    target = int(round(panel_w * PANEL_DPI * (width / box.width if crop else 1.0)))
+    target = int(round(panel_w * FIGURE_DPI * (width / box.width if crop else 1.0)))
     photo = exp.photo
     if width > target:  # downsize first: a 12-megapixel photo in every panel makes huge PDFs
         small_w, small_h = target, max(1, int(round(height * target / width)))

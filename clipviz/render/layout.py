@@ -13,7 +13,9 @@ from ..errors import ClipvizError
 from .colours import colormap_table
 
 WIDTHS = {"single": 3.5, "double": 7.16}  # inches: one and two columns of a two-column paper
-PANEL_DPI = 300       # panel images are downsized to this many pixels per inch of panel (small PDFs)
+# panels sample the photo at this many pixels per inch, and figures are saved at this dpi or more
+# (clipviz.render.export: the resolution rule); bigger photos are downsized, which keeps PDFs small
+FIGURE_DPI = 300
 _GAP = 0.06           # inches between panels
 _MARGIN = 0.04        # inches around the figure
 _BAR = 0.07           # colorbar thickness in inches (a horizontal bar under the panels)
