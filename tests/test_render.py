@@ -268,7 +268,7 @@ def test_explanation_figure_titles_sizes_and_layout(exp, width, inches):
     fig = exp.figure(width=width)
     assert fig.get_size_inches()[0] == pytest.approx(inches)
     assert len(image_axes(fig)) == 1 + len(PROMPTS)
-    texts = " ".join(t.get_text() for t in fig.texts)
+    texts = " ".join(t.get_text().replace("\u00a0", " ") for t in fig.texts)  # no-break spaces tie "cos 0.1"
     for t in range(len(PROMPTS)):
         assert f"cos {exp.scores[t]:.3f} · p {exp.probs[t]:.2f}" in texts
     assert "two cats" in texts and "method: relevance" in texts
@@ -296,6 +296,54 @@ def test_comparison_layer_and_head_figures(exp, tiny_vit):
         render.head_grid(rollout)
     with pytest.raises(ClipvizError, match="out of range"):
         render.layer_strip(exp, prompt=5)
+
+
+LONG = ["a photograph of an extraordinarily photogenic golden retriever puppy sitting on a windowsill",
+        "incomprehensibilities", "a cat"]
+
+
+def test_labels_wrap_between_words_and_shrink_for_a_long_word(tiny_vit):
+    """Every grid's labels: each drawn line is whole words of what was asked for (a long label
+    ends in "…" after a whole word), and it fits its cell — a word wider than the cell shrinks the
+    cell's font (never below MIN_FONT) instead of being cut."""
+    from clipviz.render.layout import MIN_FONT
+    image = photo(120, 120)
+    exps = {m: clipviz.explain(tiny_vit, image, LONG, method=m, **({"start_layer": 0} if m == "relevance" else {}))
+            for m in ("relevance", "rollout", "gradcam", "legrad")}
+    source_words = {w for text in LONG for w in text.split()}
+    figures = [render.comparison_grid(exps, width="double"), render.comparison_grid(exps, width="single"),
+               exps["relevance"].figure(width="single", columns=3, show_text=False), render.layer_strip(exps["relevance"], 0, width="single"),
+               render.head_grid(exps["relevance"], 1, width="single")]
+    for fig in figures:
+        renderer = fig.canvas.get_renderer()
+        for text in fig.texts:
+            line = text.get_text().replace("\u00a0", " ")
+            for word in (w.strip("“”…") for w in line.split()):
+                broken = [s for s in source_words if len(word) >= 3 and word not in source_words | {"photo"}
+                          and (s.startswith(word) or s.endswith(word))]
+                assert not broken, f"{line!r}: {word!r} is a piece of {broken}"  # whole words only
+            width = text.get_window_extent(renderer).width / fig.dpi
+            assert width <= fig.get_size_inches()[0], line
+            assert text.get_fontsize() >= MIN_FONT
+        assert_no_overlapping_text(fig)
+    for fig in figures[:3]:
+        assert "incomprehensibilities" in " ".join(t.get_text() for t in fig.texts)  # never cut
+    # “incomprehensibilities” does not fit a 1.1 in column at 7 pt: that title shrinks, the others keep 7 pt
+    sizes = {t.get_text(): t.get_fontsize() for t in figures[2].texts}
+    assert MIN_FONT <= sizes["“incomprehensibilities”"] < 7.0 and sizes["“a cat”"] == 7.0
+
+
+def test_wrap_keeps_words_whole_by_hand():
+    """fit_text on a fixed-width 'font' (0.1 in per character at 10 pt, scaling with the size)."""
+    from clipviz.render.layout import MIN_FONT, fit_text
+    measure = lambda text, size: 0.01 * size * len(text)  # noqa: E731
+    assert fit_text(["a dog on the beach"], 0.8, measure, 10) == (["a dog on", "the", "beach"], 10)
+    lines, size = fit_text(["an incomprehensible dog"], 0.8, measure, 10)  # 16 letters > 8: shrink to 10 · 8/16
+    assert lines == ["an", "incomprehensible", "dog"] and size == pytest.approx(5.0, rel=1e-2)
+    lines, size = fit_text(["one two three four five six seven"], 1.0, measure, 10, max_lines=2)
+    assert lines == ["one two", "three …"] and size == 10
+    lines, size = fit_text(["x" * 100], 0.8, measure, 10)  # too wide even at MIN_FONT: shortened, says so
+    assert size == MIN_FONT and lines[0].endswith("…") and measure(lines[0], size) <= 0.8
 
 
 # --- files ------------------------------------------------------------------------------------
