@@ -58,6 +58,9 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser():
     from .. import __version__
+    from ..methods import available_methods  # the registry only: no torch, --help stays cheap
+
+    method_names = ", ".join(available_methods())
 
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a subcommand's default must not undo `clipviz --debug explain ...`
@@ -79,8 +82,7 @@ def build_parser():
     explain = command("explain", "heatmaps of what the model looked at for each prompt", EXPLAIN_HELP)
     _add_inputs(explain)
     _add_model(explain)
-    explain.add_argument("--method", help=f"explanation method: relevance, rollout, attention, gradcam, ... "
-                         f"(see clipviz.available_methods()); default {DEFAULT_METHOD_HELP}")
+    explain.add_argument("--method", help=f"explanation method: {method_names}; default {DEFAULT_METHOD_HELP}")
     explain.add_argument("--against", metavar="PROMPT", help="contrastive: explain S(prompt) - S(PROMPT); the "
                          "table, title and JSON show both scores and their difference (prompt-specific methods only)")
     explain.add_argument("--start-layer", type=int, help="first block the method uses (relevance: -1 = last)")
@@ -125,7 +127,7 @@ def build_parser():
                    "lands on the named object.")
     _add_model(demo)
     demo.add_argument("--seed", type=int, default=0, help="which scene (default 0)")
-    demo.add_argument("--method", help=f"explanation method (default {DEFAULT_METHOD_HELP})")
+    demo.add_argument("--method", help=f"explanation method: {method_names}; default {DEFAULT_METHOD_HELP}")
     demo.add_argument("--out", default="clipviz-demo.png", help="figure file .png/.pdf/.svg (default clipviz-demo.png)")
     demo.add_argument("--dpi", type=_dpi, default=FIGURE_DPI, help=f"figure resolution, {FIGURE_DPI} to 2400 "
                       f"(default {FIGURE_DPI})")
@@ -145,8 +147,9 @@ def _add_inputs(sub):
 
 
 def _add_model(sub):
-    sub.add_argument("--model", help=f"registered name, checkpoint path, 'openclip:...' or 'hf:...' "
-                     f"(default: the bundled {DEFAULT_MODEL})")
+    sub.add_argument("--model", help=f"registered name, checkpoint path, 'openclip:...', 'hf:...' or 'random:ARCH' "
+                     f"(an official architecture with random weights, e.g. random:ViT-B/16) (default: the bundled "
+                     f"{DEFAULT_MODEL}, trained on synthetic shapes only)")
     sub.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     sub.add_argument("--activation", choices=("quick_gelu", "gelu"), help="MLP activation the checkpoint "
                      "was trained with: needed for a plain open_clip checkpoint file trained with GELU "
