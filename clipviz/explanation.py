@@ -26,8 +26,8 @@ from .maps import map_to_photo, normalise_maps, peak_xy
 from .methods import Method, get_method
 from .pipeline import run_method
 from .model import check_finite
-from .preprocess import load_image, preprocess_image
-from .tokenizer import clean_text
+from .pixels import image_list, model_inputs, notice_unseen_photos
+from .tokenizer import clean_text, prompts_from_tokens
 
 # One photo's maps, float32 [P, H, W], may take at most this much memory; above it explain()
 # refuses before the forward pass and says how many prompts fit. 2 GiB is 8 prompts on a
@@ -38,7 +38,8 @@ MAX_MAP_BYTES = 2 << 30
 class Explanation:
     """The result of ``explain`` for one photo.
 
-    photo:          uint8 [H, W, 3], the original photo (EXIF-rotated, RGB)
+    photo:          uint8 [H, W, 3], the original photo (EXIF-rotated, RGB); for a preprocessed
+                    tensor, that tensor de-normalised [S, S, 3] (clipviz.pixels)
     prompts:        the T prompts explained (for a contrast: "A − B" pairs are in ``against``)
     scores:         float [T] cosine similarity of the photo with each prompt
     probs:          float [T] softmax over the prompts of logit_scale · cosine; for a contrast,
@@ -150,8 +151,13 @@ def explain(model, image, prompts, method=None, *, against=None, batch_size=8, *
     """Explain which regions of ``image`` drove the model's match with each prompt.
 
     model:   from ``clipviz.load`` (or any supported CLIP; see clipviz.adapters)
-    image:   a path, PIL image or uint8 array — or a list of them (then a list of Explanations)
-    prompts: one string or a list of T strings; all share one image forward pass
+    image:   a path, PIL image or uint8 array — or a list of them (then a list of Explanations);
+             or a preprocessed tensor as openai/clip's preprocess gives it, float [3, S, S] (one
+             Explanation) or [B, 3, S, S] (a list of B), normalised with CLIP's mean and std: then
+             the maps are on that S×S square and ``photo`` is the tensor de-normalised
+             (clipviz.pixels)
+    prompts: one string or a list of T strings, or their token ids [T, 77] (clip.tokenize,
+             clipviz.tokenize); all share one image forward pass
     method:  a name from ``clipviz.available_methods()`` (or a clipviz.methods.Method); None: the
              model family's default (``relevance`` for ViTs, ``gradcam`` for ResNets;
              ``clipviz.methods.default_method``)
@@ -171,6 +177,7 @@ def explain(model, image, prompts, method=None, *, against=None, batch_size=8, *
     check_contrast(chosen, against)
     query = prepare_query(adapter, prompts, against)
     images, single = image_list(image)
+    notice_unseen_photos(adapter.model, images)
     results, start, size = [], 0, max(1, int(batch_size))
     while start < len(images):
         chunk = images[start:start + size]
@@ -244,16 +251,11 @@ class Recording:
 
 
 def record_batch(adapter, images, query, method, options):
-    """Load and preprocess B images, run the model once with the recorder → a Recording."""
-    photos, pixels, boxes = [], [], []
-    for image in images:
-        photo = load_image(image)
-        tensor, box = preprocess_image(photo, adapter.input_resolution)
-        photos.append(photo)
-        pixels.append(tensor)
-        boxes.append(box)
+    """Load and preprocess B images (or take preprocessed tensors), run the model once with the
+    recorder → a Recording."""
+    photos, pixels, boxes = model_inputs(images, adapter.input_resolution)
     check_map_memory(photos, len(query.prompts))
-    pixels = torch.stack(pixels).to(adapter.device, adapter.dtype)
+    pixels = pixels.to(adapter.device, adapter.dtype)
     records, cosine, logits, output = run_method(adapter, pixels, query.ids, query.target_weights,
                                                  query.target_prompt, method, options)
     check_scores(adapter, cosine, query.encoded)
@@ -298,15 +300,6 @@ def explanations_from(recording, output, method, options):
     return explanations
 
 
-def image_list(image):
-    """One image or a list of them → (list of images, whether one was given); none is an error."""
-    single = not isinstance(image, (list, tuple))
-    images = [image] if single else list(image)
-    if not images:
-        raise ClipvizError("no image given: pass a path, a PIL image, an array, or a list of them")
-    return images, single
-
-
 def check_map_memory(photos, prompts):
     """Refuse up front when one photo's maps (float32 [P, H, W]) would exceed MAX_MAP_BYTES."""
     for photo in photos:
@@ -344,6 +337,10 @@ def _photo_maps(token_maps, box, same_for_all):
 
 
 def clean_prompts(prompts):
+    """One prompt, a list of them, or their token ids [P, L] (clipviz.tokenizer.prompts_from_tokens)
+    → the prompts stripped and checked, list[str]; an empty one raises ClipvizError."""
+    if isinstance(prompts, torch.Tensor) or (isinstance(prompts, np.ndarray) and prompts.dtype.kind in "iub"):
+        prompts = prompts_from_tokens(prompts)
     items = [prompts] if isinstance(prompts, str) else list(prompts) if prompts is not None else []
     if not items:
         raise ClipvizError("no prompt given: pass a text query such as \"a photo of a dog\"")

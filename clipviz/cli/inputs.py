@@ -10,7 +10,6 @@ from ..errors import ClipvizError
 from ..suffixes import IMAGE_SUFFIXES, is_video, looks_like_image
 from .parser import DEFAULT_MODEL
 
-RANDOM = "random:"  # random:ARCH, e.g. random:ViT-B/16
 
 
 def split_inputs(positionals, images=(), folders=(), prompts=()):
@@ -91,7 +90,7 @@ def model_name(name):
             raise ClipvizError(f"the bundled model {DEFAULT_MODEL} is not installed in this clipviz; pass "
                                "--model NAME_OR_CHECKPOINT (see 'clipviz models')")
         return DEFAULT_MODEL
-    if name.startswith(RANDOM):
+    if name.startswith(hub.RANDOM):
         return name  # clipviz.model.random_model names the architectures if ARCH is not one
     if not name.startswith(hub.ADAPTER_PREFIXES) and not os.path.exists(os.path.expanduser(name)):
         hub.model_info(name)  # raises for a name that is neither registered nor a file
@@ -106,14 +105,8 @@ def check_prompts(prompts):
 
 
 def load_model(name, device, activation=None):
-    """The model for a name from ``model_name``: ``random:ARCH`` (random weights of an official
-    architecture, seed 0: pipeline checks) or anything clipviz.hub.load takes (``activation``:
-    the MLP activation, see clipviz.activation)."""
-    if name.startswith(RANDOM):
-        import torch
-        from ..model import random_model
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return random_model(name[len(RANDOM):], seed=0).to(device)
+    """The model for a name from ``model_name``: anything clipviz.hub.load takes, ``random:ARCH``
+    included (``activation``: the MLP activation, see clipviz.activation)."""
     from ..hub import load
 
     return load(name, device=device, activation=activation)[0]

@@ -8,6 +8,7 @@ from .video import add_video_arguments
 
 DEFAULT_MODEL = "synth-vit-t16"
 DEFAULT_OUT = "clipviz-out"
+FIGURE_DPI = 300  # = clipviz.render.layout.FIGURE_DPI (not imported here: --help stays cheap)
 # keep in step with clipviz.methods.DEFAULT_METHODS (not imported here: --help stays cheap)
 DEFAULT_METHOD_HELP = "relevance for ViT models, gradcam for ResNet ones (RN50 ...)"
 FIGURE_FORMATS = tuple(s.lstrip(".") for s in FIGURE_SUFFIXES)
@@ -57,6 +58,9 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser():
     from .. import __version__
+    from ..methods import available_methods  # the registry only: no torch, --help stays cheap
+
+    method_names = ", ".join(available_methods())
 
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a subcommand's default must not undo `clipviz --debug explain ...`
@@ -78,8 +82,7 @@ def build_parser():
     explain = command("explain", "heatmaps of what the model looked at for each prompt", EXPLAIN_HELP)
     _add_inputs(explain)
     _add_model(explain)
-    explain.add_argument("--method", help=f"explanation method: relevance, rollout, attention, gradcam, ... "
-                         f"(see clipviz.available_methods()); default {DEFAULT_METHOD_HELP}")
+    explain.add_argument("--method", help=f"explanation method: {method_names}; default {DEFAULT_METHOD_HELP}")
     explain.add_argument("--against", metavar="PROMPT", help="contrastive: explain S(prompt) - S(PROMPT); the "
                          "table, title and JSON show both scores and their difference (prompt-specific methods only)")
     explain.add_argument("--start-layer", type=int, help="first block the method uses (relevance: -1 = last)")
@@ -90,7 +93,8 @@ def build_parser():
     explain.add_argument("--cmap", default="jet", help="colour map of the heatmap: any matplotlib name, e.g. jet "
                          "(default), turbo, viridis, magma")
     explain.add_argument("--alpha", type=_fraction, default=0.5, help="heatmap opacity in [0, 1] (default 0.5)")
-    explain.add_argument("--dpi", type=_dpi, default=150, help="resolution of figures (default 150)")
+    explain.add_argument("--dpi", type=_dpi, default=FIGURE_DPI, help=f"resolution of figures, {FIGURE_DPI} to "
+                         f"2400 (default {FIGURE_DPI}); overlay PNGs are always at the photo's own resolution")
     explain.add_argument("--layers", action="store_true", help="also a strip of per-block maps per prompt "
                          "(implies --start-layer 0 unless given)")
     explain.add_argument("--heads", action="store_true", help="also a grid of per-head maps per prompt")
@@ -123,9 +127,10 @@ def build_parser():
                    "lands on the named object.")
     _add_model(demo)
     demo.add_argument("--seed", type=int, default=0, help="which scene (default 0)")
-    demo.add_argument("--method", help=f"explanation method (default {DEFAULT_METHOD_HELP})")
+    demo.add_argument("--method", help=f"explanation method: {method_names}; default {DEFAULT_METHOD_HELP}")
     demo.add_argument("--out", default="clipviz-demo.png", help="figure file .png/.pdf/.svg (default clipviz-demo.png)")
-    demo.add_argument("--dpi", type=_dpi, default=150, help="figure resolution (default 150)")
+    demo.add_argument("--dpi", type=_dpi, default=FIGURE_DPI, help=f"figure resolution, {FIGURE_DPI} to 2400 "
+                      f"(default {FIGURE_DPI})")
     demo.add_argument("--force", action="store_true", help="replace an existing output file")
     demo.add_argument("--json", action="store_true", help="machine-readable results on stdout")
 
@@ -142,8 +147,9 @@ def _add_inputs(sub):
 
 
 def _add_model(sub):
-    sub.add_argument("--model", help=f"registered name, checkpoint path, 'openclip:...' or 'hf:...' "
-                     f"(default: the bundled {DEFAULT_MODEL})")
+    sub.add_argument("--model", help=f"registered name, checkpoint path, 'openclip:...', 'hf:...' or 'random:ARCH' "
+                     f"(an official architecture with random weights, e.g. random:ViT-B/16) (default: the bundled "
+                     f"{DEFAULT_MODEL}, trained on synthetic shapes only)")
     sub.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     sub.add_argument("--activation", choices=("quick_gelu", "gelu"), help="MLP activation the checkpoint "
                      "was trained with: needed for a plain open_clip checkpoint file trained with GELU "
@@ -169,6 +175,7 @@ def _fraction(text):
 
 
 def _dpi(text):
-    if not text.isdigit() or not 10 <= int(text) <= 2400:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 10 to 2400")
+    if not text.isdigit() or not FIGURE_DPI <= int(text) <= 2400:  # clipviz.render.export's resolution rule
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from {FIGURE_DPI} to 2400 (figures are "
+                                         f"saved at {FIGURE_DPI} dpi or more)")
     return int(text)
