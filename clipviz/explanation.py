@@ -248,7 +248,7 @@ def record_batch(adapter, images, query, method, options):
     photos, pixels, boxes = [], [], []
     for image in images:
         photo = load_image(image)
-        tensor, box = preprocess_image(photo, adapter.input_resolution)
+        tensor, box = preprocess_image(photo, adapter.input_resolution, crop=adapter.crop)
         photos.append(photo)
         pixels.append(tensor)
         boxes.append(box)

@@ -64,7 +64,7 @@ def classify(model, image, prompts):
     prompt_list = clean_prompts(prompts)
     images, single = image_list(image)
     ids = adapter.tokenize(prompt_list).to(adapter.device)
-    pixels = torch.stack([preprocess_image(load_image(i), adapter.input_resolution)[0] for i in images])
+    pixels = torch.stack([preprocess_image(load_image(i), adapter.input_resolution, crop=adapter.crop)[0] for i in images])
     with explaining(adapter.model), torch.no_grad():  # as explain() sees the model (autocast, compiled, ...)
         image_emb = adapter.encode_image(pixels.to(adapter.device, adapter.dtype))
         text_emb = adapter.encode_text(ids)

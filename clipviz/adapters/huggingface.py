@@ -1,4 +1,5 @@
-"""Hugging Face ``CLIPModel`` (``pip install clipviz[hf]``): ``hf:REPO_ID`` specs and an adapter.
+"""Hugging Face ``CLIPModel`` (``pip install clipviz[hf]``): ``hf:REPO_ID`` specs and an adapter
+(SigLIP and SigLIP 2 checkpoints are handed to clipviz.adapters.siglip).
 
 The recorder hooks each ``CLIPEncoderLayer``'s ``self_attn`` through the AttentionLayout
 registered here (``HuggingFaceLayout``; clipviz.hooks knows only nn.MultiheadAttention). Its probabilities
@@ -60,6 +61,12 @@ def load_hf(repo_id, device):
     if not repo_id:
         raise ClipvizError("'hf:' needs a repository id, e.g. 'hf:openai/clip-vit-base-patch32'")
     try:
+        config = transformers.AutoConfig.from_pretrained(repo_id)
+        if config.model_type in ("siglip", "siglip2"):  # SigLIP and SigLIP 2: clipviz.adapters.siglip
+            from .siglip import SiglipAdapter, load_siglip
+            model = load_siglip(transformers, repo_id, config, device)
+            adapter = SiglipAdapter(model)
+            return model, Preprocess(adapter.input_resolution, crop=adapter.crop)
         model = transformers.CLIPModel.from_pretrained(repo_id)
     except (OSError, ValueError) as error:  # unknown repo, no network, not a CLIP checkpoint
         raise ClipvizError(f"could not load Hugging Face model {repo_id!r}: {error}") from None
