@@ -21,7 +21,9 @@ mean of ∂S/∂A ⊙ A never holds every layer's full ``[B, H, N, N]`` gradient
 Other libraries' blocks are recorded through an ``AttentionLayout`` their adapter registers
 (``register_layout``): how to find the attention module of a block, how to ask it for its
 per-head probabilities, how to read its queries and keys. Hugging Face's lives in
-clipviz.adapters.huggingface; this module knows only ``nn.MultiheadAttention``.
+clipviz.adapters.huggingface (and its SigLIP pooling head in clipviz.adapters.siglip); timm's,
+whose attention never returns probabilities and is therefore recomputed by a forward hook, in
+clipviz.adapters.timm. This module knows only ``nn.MultiheadAttention``.
 
 Only the graph from the first recorded block on is built: ``backward()`` never reaches further
 back, so with gradients the encoder runs its embedding and earlier blocks without autograd and

@@ -252,6 +252,9 @@ def test_legrad_equals_the_authors_compute_legrad_siglip(openclip_siglip):
         ours = clipviz.explain(model, photo(), [prompt], method="legrad").token_maps[0]
         ours = (ours - ours.min()) / (ours.max() - ours.min())
         assert np.abs(ours - theirs.numpy()).max() <= 1e-5
+    # the model is as before: no hook left, timm's fused attention untouched
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert model.visual.trunk.blocks[0].attn.fused_attn == model.visual.trunk.attn_pool.fused_attn
 
 
 # --- the same weights through Hugging Face and open_clip --------------------------------------
@@ -363,3 +366,42 @@ def test_siglip2_patches_match_its_image_processor(libraries, hf_siglip2):
     finally:
         handle.remove()
     assert torch.allclose(seen["x"], processed["pixel_values"], atol=1e-5)
+
+
+# --- loading: 'hf:' specs of SigLIP checkpoints, the listing ---------------------------------------
+
+def test_hf_spec_loads_siglip_with_its_own_tokenizer(tmp_path, libraries):
+    """A SigLIP checkpoint folder (config model_type 'siglip') loads as SiglipModel with the folder's
+    tokenizer, padded to max_length; resize without crop. The tokenizer is a word-level fast
+    tokenizer saved beside it (SigLIP's SentencePiece model cannot be had offline)."""
+    transformers, _ = libraries
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    config = transformers.SiglipConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         vocab_size=16, max_position_embeddings=8),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8))
+    transformers.SiglipModel(config).save_pretrained(tmp_path / "siglip")
+    words = {"<pad>": 0, "</s>": 1, "<unk>": 2, "a": 3, "dog": 4, "red": 5, "car": 6}
+    raw = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", eos_token="</s>",
+                                         unk_token="<unk>").save_pretrained(tmp_path / "siglip")
+    model, preprocess = clipviz.load(f"hf:{tmp_path / 'siglip'}")
+    adapter = adapt(model)
+    assert type(model).__name__ == "SiglipModel" and type(adapter).__name__ == "SiglipAdapter"
+    assert adapter.tokenize(["a red car"]).tolist() == [[3, 5, 6, 0, 0, 0, 0, 0]]
+    assert not preprocess.crop and preprocess.size == 32
+    explanation = clipviz.explain(model, photo(), ["a dog"], method="relevance")
+    assert np.isfinite(explanation.maps).all()
+
+
+def test_models_command_lists_siglip_specs(capsys):
+    import argparse
+    from clipviz.cli import models as models_command
+
+    models_command.run(argparse.Namespace(json=True))
+    import json
+    specs = [s["spec"] for s in json.loads(capsys.readouterr().out)["specs"]]
+    assert "hf:google/siglip-base-patch16-224" in specs and "openclip:ViT-B-16-SigLIP/webli" in specs

@@ -202,6 +202,16 @@ register_family(lambda model: _library(model) == "transformers" and type(model).
                 _optional_family(".siglip", "SiglipAdapter"))
 
 
+# model families loaded through their own library (not registered names), as ``clipviz models`` lists them
+LIBRARY_SPECS = (
+    ("openclip:ViT-B-16/laion2b_s34b_b88k", "open_clip CLIP ViTs and ResNets (pip install clipviz[openclip])"),
+    ("openclip:ViT-B-16-SigLIP/webli", "open_clip SigLIP / SigLIP 2 on timm towers, attention-pooled"),
+    ("hf:openai/clip-vit-base-patch32", "Hugging Face CLIPModel (pip install clipviz[hf])"),
+    ("hf:google/siglip-base-patch16-224", "Hugging Face SiglipModel, attention-pooled"),
+    ("hf:google/siglip2-base-patch16-naflex", "Hugging Face Siglip2Model (NaFlex), attention-pooled"),
+)
+
+
 def load_spec(spec, device):
     """Load an 'openclip:...' or 'hf:...' model spec; the family modules come with their extras."""
     if spec.startswith("openclip:"):

@@ -86,13 +86,17 @@ class HuggingFaceAdapter(ClipAdapter):
         self.image_encoder = unwrap(model.vision_model)
         self.text_encoder = unwrap(model.text_model)
         self.family = "vit"
-        self.input_resolution = int(vision.image_size)
-        self.patch_grid = self.input_resolution // int(vision.patch_size)
+        self.input_resolution, self.patch_grid = self._geometry(vision)
         self.num_layers = len(self.image_encoder.encoder.layers)
         self.text_layers = len(self.text_encoder.encoder.layers)
         self.context_length = int(text.max_position_embeddings)
         self.vocab_size = int(text.vocab_size)
         self.eos_token_id = getattr(self.text_encoder, "eos_token_id", text.eos_token_id)
+
+    def _geometry(self, vision):
+        """(input side S, patch grid g) from the vision config."""
+        size = int(vision.image_size)
+        return size, size // int(vision.patch_size)
 
     def eot_positions(self, ids):
         """HF CLIPTextModel's pooling rule (argmax for eos_token_id == 2, else the first eos)."""

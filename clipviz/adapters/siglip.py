@@ -29,8 +29,8 @@ import torch
 from ..errors import ClipvizError
 from ..forms import unwrap
 from ..hooks import AttentionLayout, attention_keywords, register_layout
-from . import ClipAdapter, _checked_ids, attach_tokenizer, attached_tokenizer
-from .huggingface import _features, eager_attention
+from . import _checked_ids, attach_tokenizer, attached_tokenizer
+from .huggingface import HuggingFaceAdapter, _features, eager_attention
 from .openclip import renormalise
 from .probe import ProbeRecorder
 
@@ -108,7 +108,7 @@ def load_siglip(transformers, repo_id, config, device):
     return model.to(device).eval()
 
 
-class SiglipAdapter(ClipAdapter):
+class SiglipAdapter(HuggingFaceAdapter):
     """``transformers.SiglipModel`` / ``Siglip2Model`` behind clipviz's adapter interface."""
 
     family_name = "this Hugging Face SigLIP model"
@@ -117,26 +117,21 @@ class SiglipAdapter(ClipAdapter):
     pixel_mean, pixel_std = SIGLIP_MEAN, SIGLIP_STD
 
     def __init__(self, model):
-        self.model = model
-        vision, text = model.config.vision_config, model.config.text_config
-        self.image_encoder = unwrap(model.vision_model)
-        self.text_encoder = unwrap(model.text_model)
-        self.family = "vit"
-        self.naflex = hasattr(vision, "num_patches")  # SigLIP 2: patches in, any aspect ratio
-        self.patch = int(vision.patch_size)
-        if self.naflex:
-            self.patch_grid = math.isqrt(int(vision.num_patches))
-            self.input_resolution = self.patch_grid * self.patch
-        else:
-            self.input_resolution = int(vision.image_size)
-            self.patch_grid = self.input_resolution // self.patch
+        super().__init__(model)
         if getattr(self.image_encoder, "head", None) is None:
             raise ClipvizError("this SigLIP vision tower has no attention-pooling head (vision_use_head=False)")
-        self.num_layers = len(self.image_encoder.encoder.layers) + 1  # + the pooling head
+        self.num_layers += 1  # the pooling head counts as the last block
         self.text_layers = 0
-        self.context_length = int(text.max_position_embeddings)
-        self.vocab_size = int(text.vocab_size)
-        self.pad_id = getattr(text, "pad_token_id", None)
+        self.pad_id = getattr(model.config.text_config, "pad_token_id", None)
+
+    def _geometry(self, vision):
+        """SigLIP: from image_size; SigLIP 2 (NaFlex, patches in): S = patch · √num_patches."""
+        self.naflex = hasattr(vision, "num_patches")
+        self.patch = int(vision.patch_size)
+        if not self.naflex:
+            return super()._geometry(vision)
+        grid = math.isqrt(int(vision.num_patches))
+        return grid * self.patch, grid
 
     def tokenize(self, prompts):
         """Prompts → ids [P, 64] with the checkpoint's own tokenizer (attached by the loader, else

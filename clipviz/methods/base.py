@@ -96,7 +96,8 @@ class MethodOutput:
 
 
 def cls_to_patches(matrix, patch_grid):
-    """The CLS row over patch tokens: [..., N, N] → [..., g, g]."""
+    """The CLS row over patch tokens: [..., N, N] → [..., g, g] (on an attention-pooled tower the
+    probe's row: clipviz.adapters.probe lays its records out with the probe as token 0)."""
     row = matrix[..., 0, 1:]
     return row.reshape(*row.shape[:-1], patch_grid, patch_grid)
 
