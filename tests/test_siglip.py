@@ -89,18 +89,20 @@ def openclip_to_hf(model, transformers, act="gelu"):
             out[f"{dst}.{name}_proj.weight"], out[f"{dst}.{name}_proj.bias"] = w, b
 
     v, t = "visual.trunk", "text"
-    for i in range(len(model.visual.trunk.blocks)):
-        src, dst = f"{v}.blocks.{i}", f"vision_model.encoder.layers.{i}"
-        qkv(sd[src + ".attn.qkv.weight"], sd[src + ".attn.qkv.bias"], dst + ".self_attn")
-        for a, b in (("norm1", "layer_norm1"), ("norm2", "layer_norm2"), ("attn.proj", "self_attn.out_proj"),
-                     ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
-            copy(f"{src}.{a}", f"{dst}.{b}")
-    for i in range(len(model.text.transformer.resblocks)):
-        src, dst = f"{t}.transformer.resblocks.{i}", f"text_model.encoder.layers.{i}"
-        qkv(sd[src + ".attn.in_proj_weight"], sd[src + ".attn.in_proj_bias"], dst + ".self_attn")
-        for a, b in (("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"), ("attn.out_proj", "self_attn.out_proj"),
-                     ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")):
-            copy(f"{src}.{a}", f"{dst}.{b}")
+    towers = (  # (blocks, open_clip block prefix, HF layer prefix, fused q|k|v, {open_clip: HF} for the rest)
+        (model.visual.trunk.blocks, f"{v}.blocks", "vision_model.encoder.layers", "attn.qkv",
+         {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn.proj": "self_attn.out_proj",
+          "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}),
+        (model.text.transformer.resblocks, f"{t}.transformer.resblocks", "text_model.encoder.layers", "attn.in_proj_",
+         {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
+          "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}))
+    for blocks, src_prefix, dst_prefix, fused, names in towers:
+        for i in range(len(blocks)):
+            src, dst = f"{src_prefix}.{i}", f"{dst_prefix}.{i}"
+            joiner = "" if fused.endswith("_") else "."
+            qkv(sd[f"{src}.{fused}{joiner}weight"], sd[f"{src}.{fused}{joiner}bias"], dst + ".self_attn")
+            for a, b in names.items():
+                copy(f"{src}.{a}", f"{dst}.{b}")
     copy(f"{v}.patch_embed.proj", "vision_model.embeddings.patch_embedding")
     out["vision_model.embeddings.position_embedding.weight"] = sd[f"{v}.pos_embed"][0]
     copy(f"{v}.norm", "vision_model.post_layernorm")
