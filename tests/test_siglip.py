@@ -133,6 +133,16 @@ def hf_siglip(libraries, openclip_siglip):
 
 
 @pytest.fixture(scope="module")
+def hf_siglip_public(libraries):
+    """SiglipConfig()'s defaults unchanged: google/siglip-base-patch16-224's architecture (tanh GELU)."""
+    transformers, _ = libraries
+    torch.manual_seed(5)
+    model = transformers.SiglipModel(transformers.SiglipConfig()).eval()
+    attach_tokenizer(model, tokenize)
+    return model
+
+
+@pytest.fixture(scope="module")
 def hf_siglip2(libraries):
     transformers, _ = libraries
     torch.manual_seed(4)
@@ -154,8 +164,8 @@ def explained(model, key, method, image=None):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("key", ["openclip", "hf", "hf2"])
-def test_every_method_runs(key, method, openclip_siglip, hf_siglip, hf_siglip2):
-    model = {"openclip": openclip_siglip, "hf": hf_siglip, "hf2": hf_siglip2}[key]
+def test_every_method_runs(key, method, openclip_siglip, hf_siglip_public, hf_siglip2):
+    model = {"openclip": openclip_siglip, "hf": hf_siglip_public, "hf2": hf_siglip2}[key]
     explanation = explained(model, key, method)
     assert explanation.maps.shape == (2, 180, 240)
     assert np.isfinite(explanation.maps).all()  # no crop: every photo pixel is seen
@@ -199,12 +209,44 @@ def test_hf_siglip_logits_match_its_forward(hf_siglip):
 def test_attention_is_the_probe_attention_of_the_head(hf_siglip):
     """'attention' = the head's own nn.MultiheadAttention weights (probe row, head mean)."""
     pixels, _ = preprocess_image(photo(), 224, crop=False)
-    explanation = explained(hf_siglip, "hf", "attention")
+    explanation = explained(hf_siglip, "hf-converted", "attention")
     with torch.no_grad():
         tokens = hf_siglip.vision_model(pixel_values=_siglip_normalised(pixels[None])).last_hidden_state
         head = hf_siglip.vision_model.head
         _, weights = head.attention(head.probe, tokens, tokens, need_weights=True)  # [1, 1, N], head mean
     assert np.allclose(explanation.token_maps[0], weights.reshape(14, 14).numpy(), atol=1e-6)
+
+
+def test_relevance_and_gradeclip_on_the_pool_from_a_plain_computation(hf_siglip):
+    """start_layer=-1 reads the pool alone. Recomputed here by hand from the tower's output tokens:
+    q = probe W_q, k = tokens W_k, v = tokens W_v (the head's in_proj), A = softmax(q kᵀ/√d) as a
+    leaf, the head's out_proj and MLP, S = logit_scale · cos + logit_bias, ∇A = ∂S/∂A. Then
+    relevance = mean_h (∇A ⊙ A)⁺ on the probe's row and Grad-ECLIP = ReLU(Σ_h ∇A_h · minmax cos(q, k_i))."""
+    model = hf_siglip
+    pixels, _ = preprocess_image(photo(), 224, crop=False)
+    head = model.vision_model.head
+    attention, width, heads = head.attention, 768, 12
+    with torch.no_grad():
+        tokens = model.vision_model(pixel_values=_siglip_normalised(pixels[None])).last_hidden_state
+        text = torch.nn.functional.normalize(model.text_model(input_ids=tokenize(PROMPTS)).pooler_output, dim=-1)
+    w, b = attention.in_proj_weight.detach(), attention.in_proj_bias.detach()
+    q, k, v = (x @ w[i * width:(i + 1) * width].t() + b[i * width:(i + 1) * width]
+               for i, x in enumerate((head.probe.detach(), tokens, tokens)))
+    split = lambda x: x.reshape(1, -1, heads, width // heads).transpose(1, 2)  # noqa: E731
+    probs = (split(q) @ split(k).transpose(-1, -2) / math.sqrt(width // heads)).softmax(dim=-1).requires_grad_(True)
+    y = attention.out_proj((probs @ split(v)).transpose(1, 2).reshape(1, 1, width))
+    embedding = torch.nn.functional.normalize((y + head.mlp(head.layernorm(y)))[:, 0], dim=-1)
+    scores = model.logit_scale.exp() * embedding @ text.t() + model.logit_bias  # [1, P]
+    cosine = torch.nn.functional.cosine_similarity(q, k, dim=-1)[0]  # [N]
+    spatial = (cosine - cosine.min()) / (cosine.max() - cosine.min())
+    relevance = explained(model, "hf-converted", "relevance").token_maps
+    gradeclip = explained(model, "hf-converted", "gradeclip").token_maps
+    for p in range(len(PROMPTS)):
+        grad, = torch.autograd.grad(scores[0, p], probs, retain_graph=True)  # [1, H, 1, N]
+        expected = (grad * probs).clamp(min=0).mean(dim=1)[0, 0].detach().reshape(14, 14).numpy()
+        assert np.allclose(relevance[p], expected, rtol=1e-3, atol=1e-6 * np.abs(expected).max())
+        expected = torch.relu(grad.sum(dim=1)[0, 0] * spatial).detach().reshape(14, 14).numpy()
+        assert np.allclose(gradeclip[p], expected, rtol=1e-3, atol=1e-6 * np.abs(expected).max())
 
 
 def compute_legrad_siglip(model, text_embedding, image, layer_index=-2):
@@ -407,3 +449,20 @@ def test_models_command_lists_siglip_specs(capsys):
     import json
     specs = [s["spec"] for s in json.loads(capsys.readouterr().out)["specs"]]
     assert "hf:google/siglip-base-patch16-224" in specs and "openclip:ViT-B-16-SigLIP/webli" in specs
+
+
+def test_openclip_spec_with_a_checkpoint_file_loads_the_siglip_tower(tmp_path, openclip_siglip):
+    """'openclip:ViT-B-16-SigLIP/<file>': open_clip builds the timm tower, clipviz adapts it (the
+    pool counts as a 13th block) and explains with the loaded weights."""
+    torch.save(openclip_siglip.state_dict(), tmp_path / "siglip.pt")
+    model, preprocess = clipviz.load(f"openclip:ViT-B-16-SigLIP/{tmp_path / 'siglip.pt'}")
+    adapter = adapt(model)
+    assert (adapter.pooling, adapter.num_layers, adapter.patch_grid, adapter.text_layers) == ("probe", 13, 14, 0)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), openclip_siglip.state_dict().values()))
+    attach_tokenizer(model, tokenize)  # open_clip's own (SigLIP's SentencePiece) needs the Hub
+    assert preprocess.crop  # a bare file carries no preprocessing config: open_clip's defaults (crop, CLIP's stats)
+    model.visual.preprocess_cfg = dict(openclip_siglip.visual.preprocess_cfg)  # as the webli tag sets it
+    square = photo(size=(224, 224))
+    loaded = clipviz.explain(model, square, PROMPTS, method="gradcam")
+    assert np.allclose(loaded.token_maps, explained(openclip_siglip, "openclip-square", "gradcam", square).token_maps,
+                       rtol=1e-5, atol=1e-9)
