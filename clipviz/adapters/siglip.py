@@ -17,7 +17,9 @@ What differs from CLIP, and lives here:
   pools the last position. Text-token relevance is not offered (``text_layers = 0``).
 - Images: resized to S × S without a crop (SigLIP's processor), mean = std = 0.5; the maps cover
   the whole photo. SigLIP 2 (NaFlex) takes patches: the S × S image, S = patch · √num_patches,
-  is cut into its g × g patches in the processor's order (row-major; each patch p × p × 3).
+  is cut into its g × g patches in the processor's order (row-major; each patch p × p × 3). Its
+  processor would instead keep the photo's aspect ratio (a non-square grid of at most num_patches);
+  clipviz's maps and methods are square, so SigLIP 2 sees the photo squashed to the square grid.
 
     model, preprocess = clipviz.load("hf:google/siglip-base-patch16-224")
 """
