@@ -253,7 +253,7 @@ class Recording:
 def record_batch(adapter, images, query, method, options):
     """Load and preprocess B images (or take preprocessed tensors), run the model once with the
     recorder → a Recording."""
-    photos, pixels, boxes = model_inputs(images, adapter.input_resolution)
+    photos, pixels, boxes = model_inputs(images, adapter.input_resolution, crop=adapter.crop)
     check_map_memory(photos, len(query.prompts))
     pixels = pixels.to(adapter.device, adapter.dtype)
     records, cosine, logits, output = run_method(adapter, pixels, query.ids, query.target_weights,

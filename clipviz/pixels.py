@@ -41,9 +41,10 @@ def image_list(image):
     return images, single
 
 
-def model_inputs(images, resolution):
+def model_inputs(images, resolution, crop=True):
     """Photos and tensors → (photos [B] uint8 [H, W, 3], pixels float32 [B, 3, S, S] on the CPU,
-    boxes [B] CropBox) for a model whose input side is S = ``resolution``."""
+    boxes [B] CropBox) for a model whose input side is S = ``resolution``. crop: False for models
+    that resize the whole photo to the square (SigLIP; clipviz.preprocess.preprocess_image)."""
     photos, pixels, boxes = [], [], []
     for image in images:
         if isinstance(image, torch.Tensor):
@@ -51,7 +52,7 @@ def model_inputs(images, resolution):
             photo, box = denormalise(tensor), square_box(resolution)
         else:
             photo = load_image(image)
-            tensor, box = preprocess_image(photo, resolution)
+            tensor, box = preprocess_image(photo, resolution, crop=crop)
         photos.append(photo)
         pixels.append(tensor)
         boxes.append(box)

@@ -68,12 +68,12 @@ def classify(model, image, prompts):
     images, single = image_list(image)
     notice_unseen_photos(adapter.model, images)
     ids = adapter.tokenize(prompt_list).to(adapter.device)
-    pixels = model_inputs(images, adapter.input_resolution)[1]
+    pixels = model_inputs(images, adapter.input_resolution, crop=adapter.crop)[1]
     with explaining(adapter.model), torch.no_grad():  # as explain() sees the model (autocast, compiled, ...)
         image_emb = adapter.encode_image(pixels.to(adapter.device, adapter.dtype))
         text_emb = adapter.encode_text(ids)
-        cosine, logits = scores_from_embeddings(image_emb, text_emb, adapter.logit_scale())
-        probs = logits.softmax(dim=-1)
+        cosine, logits = scores_from_embeddings(image_emb, text_emb, adapter.logit_scale(), adapter.logit_bias())
+        probs = logits.softmax(dim=-1)  # over the prompts (SigLIP's logit_bias cancels)
     cosine, logits, probs = (t.cpu().numpy() for t in (cosine, logits, probs))
     results = [Classification(prompt_list, cosine[b], logits[b], probs[b],
                               source=str(images[b]) if isinstance(images[b], str) or hasattr(images[b], "__fspath__") else None)
