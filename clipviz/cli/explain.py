@@ -122,7 +122,7 @@ def _explain_all(args, name, model, images, prompts, method, options, plan, todo
                 if record is not None:
                     record.write(manifest.record(done, failure_text(done.error) if done.error else None))
                 if done.error is not None:
-                    keep_failure(failures, done.path, done.error, count, len(images) - skipped)
+                    keep_failure(failures, done.path, done.error, count, len(images))  # 1: a single-image run
                 else:
                     written.extend(done.files)
                     if args.json:
