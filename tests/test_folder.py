@@ -12,16 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import clipviz
 from clipviz import manifest
 from clipviz.folder import explain_files
 from clipviz.mapfiles import load_maps, map_png_pixels
-from clipviz.model import CLIP
 
-from conftest import TINY_VIT, perturbed
+from conftest import save_tiny_checkpoint
 
 PROMPTS = ["a dog", "a red car"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
@@ -41,9 +39,7 @@ def run_cli(*args, cwd, launcher=(sys.executable, "-m")):
 def work(tmp_path_factory):
     """tiny.pt (a random TINY_VIT CLIP) and photos/: 7 photos of mixed sizes and formats, 1 corrupt file."""
     root = tmp_path_factory.mktemp("folder")
-    torch.manual_seed(11)
-    torch.save(perturbed(CLIP(**TINY_VIT), seed=11).state_dict(), root / "tiny.pt")
-    (root / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"quick_gelu": True}}))
+    save_tiny_checkpoint(root, seed=11)
     photos = root / "photos"
     photos.mkdir()
     rng = np.random.default_rng(1)

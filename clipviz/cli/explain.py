@@ -58,8 +58,12 @@ def run(args):
         problem = None
         try:  # this rank's files; every rank must hear of a problem, or the others wait forever
             plan.check(len(images), mine=todo)
-        except ClipvizError as error:
-            problem = error
+            if ranks.rank == 0 and args.manifest and not args.resume:  # --force: parts of an earlier run go
+                for part in manifest.existing_parts(args.manifest):
+                    part.unlink()
+        except (ClipvizError, OSError) as error:
+            problem = error if isinstance(error, ClipvizError) else ClipvizError(f"cannot remove {error.filename}: "
+                                                                                  f"{error.strerror}")
         if not group.all_agree(problem is None):
             raise problem or ClipvizError("another torchrun process refused its output files (see its message)")
         model = load_model(name, device, args.activation)
@@ -71,6 +75,7 @@ def run(args):
         group.barrier()  # every part complete before rank 0 merges them
         if ranks.distributed and ranks.rank == 0 and args.manifest:
             manifest.merge(args.manifest, args.resume)
+        group.barrier()  # torchrun stops every process once one exits non-zero: not before the merge
     return code
 
 
