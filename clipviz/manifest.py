@@ -54,9 +54,11 @@ def input_identity(path):
 
 def output_entry(path):
     """{"path", "bytes", "sha256"} of a published output file."""
+    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
-    return {"path": str(path), "bytes": os.path.getsize(path), "sha256": digest}
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": str(path), "bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
 
 
 def record(done, error_text=None):
