@@ -5,9 +5,10 @@
 
     worker processes (torch.utils.data.DataLoader): stat, load_image, preprocess_image per file;
         a file that cannot be read becomes an item carrying its error (the run goes on)
-    main process: good items grouped into batches ─► explanation.record_pixels ─► Explanations;
+    main process: good items grouped into batches ─► explanation.record_pixels (the model only);
         the prompts' text embedding is computed once per run (methods that read no text gradient)
-    writer threads (concurrent.futures): write(index, explanation) → files; at most ``pending``
+    writer threads (concurrent.futures): per image, its maps on the photo
+        (explanation.explanations_from) and write(index, explanation) → files; at most ``pending``
         images wait there, so memory stays bounded however long the list is
 
 Results come back in the order of ``paths`` whatever finishes first. A batch that fails is
@@ -21,7 +22,8 @@ import os
 import pickle
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from types import SimpleNamespace
 
 import torch
 
@@ -29,6 +31,7 @@ from .adapters import adapt
 from .errors import ClipvizError
 from .explanation import _free_memory, _out_of_memory, check_contrast, explanations_from, prepare_query, record_pixels
 from .manifest import input_identity, output_entry
+from .maps import peak_xy
 from .methods import Method, default_method, get_method
 from .preprocess import load_image, preprocess_image
 
@@ -38,7 +41,7 @@ class Done:
     """One image of the run: its Explanation and the files written, or the error that stopped it.
 
     identity: {"size", "mtime_ns"} of the file as it was read; outputs: [{"path", "bytes", "sha256"}]
-    of the files written (clipviz.manifest)."""
+    of the files written (clipviz.manifest); peaks: per prompt, maps.peak_xy of its map on the photo."""
 
     index: int
     path: str
@@ -47,6 +50,7 @@ class Done:
     error: BaseException = None
     identity: dict = field(default_factory=dict)
     outputs: list = field(default_factory=list)
+    peaks: list = None
 
 
 def default_workers(local_processes=1):
@@ -124,7 +128,7 @@ def _explain_batch(adapter, items, query, method, options, write, pool):
     """Futures of Done for a batch of loaded items: explained together, or halved on running out
     of memory, or one by one when the batch fails (so that one bad photo fails alone)."""
     try:
-        explanations = _explain_items(adapter, items, query, method, options)
+        recording = _record_items(adapter, items, query, method, options)
     except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as error:
         if len(items) == 1 or not _out_of_memory(error):
             return _one_by_one(adapter, items, query, method, options, write, pool, error)
@@ -134,7 +138,8 @@ def _explain_batch(adapter, items, query, method, options, write, pool):
             _explain_batch(adapter, items[half:], query, method, options, write, pool)
     except Exception as error:
         return _one_by_one(adapter, items, query, method, options, write, pool, error)
-    return [pool.submit(_write, write, item, exp) for item, exp in zip(items, explanations)]
+    return [pool.submit(_explain_and_write, write, item, _one_image(recording, b), method, options)
+            for b, item in enumerate(items)]
 
 
 def _in_order(items, explained):
@@ -152,15 +157,41 @@ def _one_by_one(adapter, items, query, method, options, write, pool, error):
     return [future for item in items for future in _explain_batch(adapter, [item], query, method, options, write, pool)]
 
 
-def _explain_items(adapter, items, query, method, options):
+def _record_items(adapter, items, query, method, options):
+    """The model's part for a batch of loaded items → a Recording whose tensors are on the host and
+    whose records (on the device, large) are let go: only their EOT positions are kept."""
     recording = record_pixels(adapter, [i["photo"].numpy() if torch.is_tensor(i["photo"]) else i["photo"] for i in items],
                               torch.stack([i["pixels"] for i in items]), [i["box"] for i in items],
                               [i["path"] for i in items], query, method, options)
-    return explanations_from(recording, recording.output, method, options)
+    on_host = {f.name: _host(getattr(recording.output, f.name)) for f in fields(recording.output)}
+    return replace(recording, records=SimpleNamespace(eot=recording.records.eot), cosine=recording.cosine.cpu(),
+                   logits=recording.logits.cpu(), output=replace(recording.output, **on_host))
 
 
-def _write(write, item, explanation):
-    done = Done(item["index"], item["path"], explanation, identity=item["identity"])
+def _one_image(recording, b):
+    """Image ``b`` of a host-side Recording as a Recording of one image (views, no copies)."""
+    output = recording.output
+    sliced = {f.name: getattr(output, f.name)[b:b + 1] for f in fields(output) if torch.is_tensor(getattr(output, f.name))}
+    return replace(recording, photos=recording.photos[b:b + 1], boxes=recording.boxes[b:b + 1],
+                   sources=recording.sources[b:b + 1], cosine=recording.cosine[b:b + 1],
+                   logits=recording.logits[b:b + 1], output=replace(output, **sliced))
+
+
+def _host(value):
+    return value.detach().cpu() if torch.is_tensor(value) else value
+
+
+def _explain_and_write(write, item, one, method, options):
+    """In a writer thread: the image's maps on its photo (explanation.explanations_from), then its
+    files. A failure of either fails this image alone."""
+    done = Done(item["index"], item["path"], identity=item["identity"])
+    try:
+        done.explanation = explanations_from(one, one.output, method, options)[0]
+        done.peaks = [peak_xy(m) for m in done.explanation.maps]  # a pass over each map: not on the model's thread
+    except Exception as error:
+        done.error = error
+        return done
+    explanation = done.explanation
     try:
         done.files = list(write(item["index"], explanation)) if write is not None else []
         done.outputs = [output_entry(f) for f in done.files]  # hashed here, off the model's thread

@@ -71,8 +71,9 @@ def record(done, error_text=None):
         return {**entry, "status": "failed", "method": None, "prompts": [], "outputs": [],
                 "error": error_text or str(done.error)}
     from .maps import peak_xy
-    prompts = [{"prompt": p, "score": float(s), "prob": float(q), "peak_xy": peak_xy(m)}
-               for p, s, q, m in zip(exp.prompts, exp.scores, exp.probs, exp.maps)]
+    peaks = done.peaks if done.peaks is not None else [peak_xy(m) for m in exp.maps]
+    prompts = [{"prompt": p, "score": float(s), "prob": float(q), "peak_xy": k}
+               for p, s, q, k in zip(exp.prompts, exp.scores, exp.probs, peaks)]
     return {**entry, "status": "done", "method": exp.method, "prompts": prompts, "outputs": done.outputs,
             "error": None}
 
