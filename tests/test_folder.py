@@ -243,3 +243,21 @@ def test_image_list_missing_entry_fails_alone(work):
     report = json.loads(result.stdout)
     assert [r["image"] for r in report["results"]] == ["photos/p0.png", "photos/p1.jpg"]
     assert [f["image"] for f in report["failures"]] == ["photos/gone.png"]
+
+
+@pytest.mark.parametrize("extra, env, words", [
+    (["--manifest", "m.txt"], {}, ["ending in .jsonl"]),
+    (["--no-overlays"], {}, ["nothing to write", "--maps"]),
+    (["--workers", "-1"], {}, ["--workers -1"]),
+    (["--json"], {"RANK": "0", "WORLD_SIZE": "2"}, ["torchrun", "--manifest"]),
+    ([], {"RANK": "2", "WORLD_SIZE": "2"}, ["RANK=2"]),
+])
+def test_run_option_mistakes_are_one_line_before_the_model_loads(work, monkeypatch, capsys, extra, env, words):
+    from clipviz.cli import explain as explain_command, main
+    monkeypatch.chdir(work)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(explain_command, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["explain", "--images", "photos", "a dog", "--model", "tiny.pt", "--out", "out-e", *extra]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("clipviz: error: ") and "\n" not in line and all(w in line for w in words), line

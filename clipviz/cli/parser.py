@@ -33,10 +33,11 @@ Explain which regions of each image drove the model's match with each prompt.
 How arguments are told apart: a positional argument is an IMAGE if it names an existing
 file or ends in an image suffix (.jpg .jpeg .png .gif .bmp .webp .tif .tiff ...); anything
 else is a PROMPT. So "a photo of a cat.jpg" would be taken for a (missing) image: pass such
-prompts with --prompt. --image PATH and --images DIR add images explicitly. Files named on the
-command line must exist (checked before the model loads); a folder's image files (by suffix,
-not recursive) (and --image-list FILE's) are read by worker processes; one that cannot be read is listed at the end (exit 1)
-while the others are still explained. A single image that cannot be read is an error (exit 2).
+prompts with --prompt. --image PATH, --images DIR and --image-list FILE add images explicitly.
+Files named on the command line must exist (checked before the model loads); a folder's image
+files (by suffix, not recursive) and a list's are read by worker processes, and one that cannot
+be read is listed at the end (exit 1) while the others are still explained. A single image that
+cannot be read is an error (exit 2).
 
 Outputs: --out FOLDER (default ./clipviz-out) gets, per image and prompt, an overlay PNG
 "<image>--<prompt>-<hash>.png" at the photo's resolution (names are lowercase ascii, at most
