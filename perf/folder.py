@@ -1,6 +1,6 @@
 """Issue 18's folder-run figures: end-to-end images/s against the model alone and against decoding alone.
 
-    python perf/folder.py                                 # GPU: 2,000 JPEGs, ViT-B/16 relevance, batch 64
+    PYTHONPATH=. python perf/folder.py                    # GPU: 2,000 JPEGs, ViT-B/16 relevance, batch 64
     python perf/folder.py --device cpu --count 60 --batch-size 8 --workers 0 2    # the 2-core CPU figure
     python perf/folder.py --nccl-check --count 256        # 2 GPUs: torchrun (NCCL) manifest = one process's
 
