@@ -50,9 +50,9 @@ def run(args):
     done_before = manifest.done_images(args.manifest) if args.resume else set()
     todo = [i for i in ranks.shard(len(images)) if images[i] not in done_before]
     check_prompts(prompts + ([args.against] if args.against else []))
-    from ..render import colormap_table
-
-    colormap_table(args.cmap)  # an unknown --cmap fails here, before the model loads
+    if plan.overlays or plan.figure or plan.layers or plan.heads:  # colours drawn: matplotlib needed
+        from ..render import colormap_table
+        colormap_table(args.cmap)  # an unknown --cmap fails here, before the model loads
     device = distributed.device_for(ranks, args.device)
     with distributed.ProcessGroup(ranks, device) as group:
         problem = None
