@@ -254,14 +254,23 @@ def record_batch(adapter, images, query, method, options):
     """Load and preprocess B images (or take preprocessed tensors), run the model once with the
     recorder → a Recording."""
     photos, pixels, boxes = model_inputs(images, adapter.input_resolution, crop=adapter.crop)
+    sources = [image if isinstance(image, str) else getattr(image, "filename", None) or None for image in images]
+    return record_pixels(adapter, photos, pixels, boxes, sources, query, method, options)
+
+
+def record_pixels(adapter, photos, pixels, boxes, sources, query, method, options):
+    """Run the model once with the recorder on B preprocessed images → a Recording.
+
+    photos [B] uint8 [H, W, 3] (load_image); pixels float32 [B, 3, S, S] and boxes [B] CropBox
+    (preprocess_image); sources [B] str or None. clipviz.folder loads them in worker processes.
+    """
     check_map_memory(photos, len(query.prompts))
     pixels = pixels.to(adapter.device, adapter.dtype)
     records, cosine, logits, output = run_method(adapter, pixels, query.ids, query.target_weights,
                                                  query.target_prompt, method, options)
     check_scores(adapter, cosine, query.encoded)
-    sources = [image if isinstance(image, str) else getattr(image, "filename", None) or None for image in images]
-    return Recording(photos, boxes, sources, list(query.prompts), query.against, query.encoded, records, cosine,
-                     logits, float(adapter.logit_scale().detach()), output, adapter)
+    return Recording(list(photos), list(boxes), list(sources), list(query.prompts), query.against, query.encoded,
+                     records, cosine, logits, float(adapter.logit_scale().detach()), output, adapter)
 
 
 def explanations_from(recording, output, method, options):

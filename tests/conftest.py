@@ -42,6 +42,16 @@ def perturbed(model, seed=0, scale=0.02):
     return model.eval()
 
 
+def save_tiny_checkpoint(folder, seed):
+    """folder/tiny.pt: a random TINY_VIT CLIP (perturbed, ``seed``), with an open_clip_config.json
+    beside it saying it is a QuickGELU model, so loads do not warn that they assume it. → the path."""
+    import json
+    torch.manual_seed(seed)
+    torch.save(perturbed(CLIP(**TINY_VIT), seed=seed).state_dict(), Path(folder) / "tiny.pt")
+    (Path(folder) / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"quick_gelu": True}}))
+    return Path(folder) / "tiny.pt"
+
+
 def make_model(config, seed=0):
     torch.manual_seed(seed)
     return perturbed(CLIP(**config), seed)

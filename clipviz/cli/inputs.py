@@ -12,11 +12,12 @@ from .parser import DEFAULT_MODEL
 
 
 
-def split_inputs(positionals, images=(), folders=(), prompts=()):
+def split_inputs(positionals, images=(), folders=(), prompts=(), lists=()):
     """Tell images from prompts (the rule in EXPLAIN_HELP) → (image paths [str], prompts [str]).
 
-    Named images come first, then each folder's. Missing named files, unusable folders, and no
-    image or no prompt at all raise ClipvizError.
+    Named images come first, then each folder's, then each list file's (read_image_list). Missing
+    named files, unusable folders or lists, and no image or no prompt at all raise ClipvizError;
+    a listed file that is missing fails alone later, as a folder's unreadable file does.
     """
     named, texts = list(images), []
     for arg in positionals:
@@ -28,7 +29,7 @@ def split_inputs(positionals, images=(), folders=(), prompts=()):
         if not os.path.isfile(path):
             raise ClipvizError(f"no image file at '{path}': check the path (a prompt that ends in an "
                                "image suffix must be given with --prompt)")
-    listed = [p for folder in folders for p in list_images(folder)]
+    listed = [p for folder in folders for p in list_images(folder)] + [p for f in lists for p in read_image_list(f)]
     all_images = named + listed
     if not all_images:
         folders_given = [t for t in texts if os.path.isdir(t)]
@@ -78,6 +79,25 @@ def list_images(folder):
     if not found:
         raise ClipvizError(f"--images {folder}: no image files in it (looked for {', '.join(IMAGE_SUFFIXES[:5])} ...)")
     return found
+
+
+def read_image_list(file):
+    """Image paths from a text file, one per line ("-": standard input); blank lines and lines
+    starting with '#' are skipped; paths are taken as written (relative to the current folder)."""
+    from ..files import open_regular
+
+    try:
+        if file == "-":
+            text = sys.stdin.read()
+        else:
+            with open_regular(file, "image list") as handle:
+                text = handle.read().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ClipvizError(f"--image-list {file}: not UTF-8 text; write one image path per line") from None
+    paths = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not paths:
+        raise ClipvizError(f"--image-list {file}: no image paths in it (one path per line)")
+    return paths
 
 
 def model_name(name):

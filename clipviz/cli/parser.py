@@ -17,6 +17,7 @@ examples:
   clipviz explain dog.jpg "a dog" "a ball"          overlays in ./clipviz-out/, one per prompt
   clipviz explain a.jpg b.jpg "a dog" --out maps/   several images, one folder
   clipviz explain --images photos/ "a dog" --json   every image in a folder, JSON on stdout
+  clipviz explain --images coco/ "a dog" --manifest run.jsonl --resume --maps npz --no-overlays
   clipviz explain dog.jpg "a dog" --out dog.pdf     one titled figure (PDF, SVG or PNG)
   clipviz explain dog.jpg "a dog" --against "a cat" what makes it a dog rather than a cat
   clipviz explain dog.jpg "a dog" --layers --heads  also a strip per block and a grid per head
@@ -33,10 +34,11 @@ Explain which regions of each image drove the model's match with each prompt.
 How arguments are told apart: a positional argument is an IMAGE if it names an existing
 file or ends in an image suffix (.jpg .jpeg .png .gif .bmp .webp .tif .tiff ...); anything
 else is a PROMPT. So "a photo of a cat.jpg" would be taken for a (missing) image: pass such
-prompts with --prompt. --image PATH and --images DIR add images explicitly. Files named on the
-command line must exist (checked before the model loads); a folder's image files (by suffix,
-not recursive) are read one at a time, and one that cannot be read is listed at the end (exit 1)
-while the others are still explained. A single image that cannot be read is an error (exit 2).
+prompts with --prompt. --image PATH, --images DIR and --image-list FILE add images explicitly.
+Files named on the command line must exist (checked before the model loads); a folder's image
+files (by suffix, not recursive) and a list's are read by worker processes, and one that cannot
+be read is listed at the end (exit 1) while the others are still explained. A single image that
+cannot be read is an error (exit 2).
 
 Outputs: --out FOLDER (default ./clipviz-out) gets, per image and prompt, an overlay PNG
 "<image>--<prompt>-<hash>.png" at the photo's resolution (names are lowercase ascii, at most
@@ -46,6 +48,14 @@ cannot write outside the folder). With
 --out FILE.png|pdf|svg writes that one figure (one image only). --layers and --heads add
 "<name>--<prompt>-<hash>--layers.<format>" / "--heads.<format>". Existing files are never
 replaced without --force, input images never. Files appear atomically (temporary + rename).
+--maps npz adds "<image>--maps.npz", --maps png "<image>--<prompt>-<hash>--map.png";
+--no-overlays leaves the overlays out.
+
+Many images: files are decoded in --workers processes and explained --batch-size at a time;
+--manifest FILE.jsonl records each image as it is done and --resume skips what is done.
+Under torchrun (torchrun --nproc-per-node N -m clipviz explain ...) each process takes every
+N-th image, on its own GPU (cuda:LOCAL_RANK) when there are GPUs, and the first merges the
+manifest.
 """
 
 
@@ -101,6 +111,7 @@ def build_parser():
     explain.add_argument("--html", metavar="FILE.html", help="write one self-contained HTML report instead (one "
                          "image): every method, block and prompt precomputed, switched in the page; no server")
     _add_output_flags(explain)
+    _add_run_flags(explain)
     add_video_arguments(explain)
 
     classify = command("classify", "zero-shot probabilities of the prompts for each image",
@@ -162,6 +173,24 @@ def _add_output_flags(sub):
     sub.add_argument("--force", action="store_true", help="replace existing output files (never input images)")
     sub.add_argument("--json", action="store_true", help="machine-readable results on stdout (nothing else there)")
     sub.add_argument("--quiet", action="store_true", help="print nothing but errors and the failure summary")
+
+
+def _add_run_flags(sub):
+    """Options of runs over many images (clipviz.folder, clipviz.manifest, clipviz.distributed)."""
+    sub.add_argument("--image-list", action="append", default=[], metavar="FILE", help="image paths from a "
+                     "text file, one per line ('-': stdin); a listed file that cannot be read fails alone")
+    sub.add_argument("--workers", type=int, metavar="N", help="processes decoding images (default: the CPUs "
+                     "this process may use, shared among torchrun's processes on the machine; 0: none)")
+    # --batch-size (images or frames per forward pass) is shared with videos: cli/video.py
+    sub.add_argument("--manifest", metavar="FILE.jsonl", help="record every image as it is done (JSON Lines: "
+                     "input size and time, scores, peaks, output files with sha256, error)")
+    sub.add_argument("--resume", action="store_true", help="skip the images --manifest records as done whose "
+                     "input is unchanged and whose outputs still verify; explain the rest")
+    sub.add_argument("--maps", choices=("npz", "png"), help="also save the maps: npz = one compressed array file "
+                         "per image (raw patch maps, crop box, scores; clipviz.mapfiles.load_maps), png = an "
+                         "8-bit grey+alpha PNG per prompt at the photo's size")
+    sub.add_argument("--no-overlays", action="store_true", help="no coloured overlay PNGs (with --maps or "
+                     "--manifest: the fastest output for big runs)")
 
 
 def _fraction(text):
