@@ -33,6 +33,7 @@ from .explanation import _free_memory, _out_of_memory, check_contrast, explanati
 from .manifest import input_identity, output_entry
 from .maps import peak_xy
 from .methods import Method, default_method, get_method
+from .pixels import notice_unseen_photos
 from .preprocess import load_image, preprocess_image
 
 
@@ -93,6 +94,8 @@ def explain_files(model, paths, prompts, method=None, *, indices=None, against=N
     for the writers at most (default 2 batches). A write that raises fails that image alone.
     """
     adapter = adapt(model)
+    if paths:
+        notice_unseen_photos(adapter.model, paths[:1])  # files are never synth's own scene arrays
     method = default_method(adapter.model) if method is None else method
     chosen = method if isinstance(method, Method) else get_method(method)
     options = dict(options or {})

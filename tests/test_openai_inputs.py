@@ -195,5 +195,8 @@ def test_the_cli_prints_the_notice_once_per_run(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if "never seen a photo" in line]
     assert len(lines) == 1 and lines[0].startswith("clipviz: warning: synth-vit-t16 was trained only")
+    folder = run_cli("explain", "--images", ".", "a dog", "--out", "maps", cwd=tmp_path)  # the batched folder path
+    assert folder.returncode == 0, folder.stderr
+    assert len([line for line in folder.stderr.splitlines() if "never seen a photo" in line]) == 1
     demo = run_cli("demo", "--out", "demo.png", cwd=tmp_path)
     assert demo.returncode == 0 and "never seen a photo" not in demo.stderr  # its own synthetic scene
