@@ -82,10 +82,12 @@ class Explanation:
         from .render import explanation_figure
         return explanation_figure(self, **kwargs)
 
-    def save(self, path, **kwargs):
-        """Save the figure to ``path`` (.png, .pdf or .svg); returns the path written."""
+    def save(self, path, overwrite=False, **kwargs):
+        """Save the figure to ``path`` (.png, .pdf or .svg); returns the path written. An existing
+        file is replaced only with ``overwrite=True`` or when clipviz wrote it (unchanged since);
+        otherwise ClipvizError. kwargs: dpi and the figure's options (see clipviz.render)."""
         from .render import save_explanation
-        return save_explanation(self, path, **kwargs)
+        return save_explanation(self, path, overwrite=overwrite, **kwargs)
 
     def overlay(self, index=0, **kwargs):
         """uint8 [H, W, 3]: prompt ``index``'s map blended over the photo (see clipviz.render.overlay)."""
@@ -344,7 +346,13 @@ def _photo_maps(token_maps, box, same_for_all):
 
 
 def clean_prompts(prompts):
-    items = [prompts] if isinstance(prompts, str) else list(prompts) if prompts is not None else []
+    if isinstance(prompts, (bytes, bytearray)):
+        raise ClipvizError("prompts must be text (str), got bytes: decode them first, e.g. prompt.decode('utf-8')")
+    try:
+        items = [prompts] if isinstance(prompts, str) else list(prompts) if prompts is not None else []
+    except TypeError:  # explain(model, image, 5): not text, not a list
+        raise ClipvizError(f"prompts must be a string or a list of strings, got {type(prompts).__name__} "
+                           f"{prompts!r:.60}") from None
     if not items:
         raise ClipvizError("no prompt given: pass a text query such as \"a photo of a dog\"")
     cleaned = []

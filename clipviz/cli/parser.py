@@ -122,7 +122,7 @@ def build_parser():
                    "scene (clipviz.synth) with prompts naming its objects; says whether each map's peak "
                    "lands on the named object.")
     _add_model(demo)
-    demo.add_argument("--seed", type=int, default=0, help="which scene (default 0)")
+    demo.add_argument("--seed", type=seed, default=0, help="which scene (default 0)")
     demo.add_argument("--method", help=f"explanation method (default {DEFAULT_METHOD_HELP})")
     demo.add_argument("--out", default="clipviz-demo.png", help="figure file .png/.pdf/.svg (default clipviz-demo.png)")
     demo.add_argument("--dpi", type=_dpi, default=150, help="figure resolution (default 150)")
@@ -166,6 +166,16 @@ def _fraction(text):
     if value is None or not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number in [0, 1]")
     return value
+
+
+SEED_LIMIT = 2 ** 32  # numpy's classic seed range; the benchmark's weight randomisation multiplies it by 100003
+
+
+def seed(text):
+    """A random seed from the command line: a whole number from 0 to 2**32 - 1."""
+    if not text.isdigit() or int(text) >= SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 0 to {SEED_LIMIT - 1}")
+    return int(text)
 
 
 def _dpi(text):

@@ -1,7 +1,7 @@
 """Saving figures (PNG, PDF, SVG); Jupyter display is clipviz.display's."""
 
 from ..errors import ClipvizError
-from ..outputs import check_target, write_atomically
+from ..outputs import OVERWRITE_HINT, check_target, refuse_existing, write_atomically
 from ..suffixes import FIGURE_SUFFIXES
 from .colours import PNG_COMPRESS_LEVEL
 from .figures import explanation_figure
@@ -22,7 +22,13 @@ def save_figure(fig, path, dpi=200, *, protect=(), force=True):
     return write_atomically(path, lambda handle: fig.savefig(handle, format=fmt, dpi=dpi, **options), force=force)
 
 
-def save_explanation(exp, path, dpi=200, **kwargs):
-    """``explanation_figure(exp, **kwargs)`` saved to ``path``; never overwrites the input photo."""
+def save_explanation(exp, path, dpi=200, overwrite=False, **kwargs):
+    """``explanation_figure(exp, **kwargs)`` saved to ``path`` → Path; never over the input photo.
+
+    An existing file is replaced only with ``overwrite=True``, or when clipviz wrote it and it is
+    unchanged since (clipviz.outputs.is_own_output: re-running a notebook cell replaces its own
+    figure); otherwise ClipvizError, checked before the figure is drawn."""
+    protect = [exp.source] if exp.source else ()
+    refuse_existing([check_target(path, FIGURE_SUFFIXES, protect)], overwrite, OVERWRITE_HINT)
     fig = explanation_figure(exp, **kwargs)
-    return save_figure(fig, path, dpi=dpi, protect=[exp.source] if exp.source else ())
+    return save_figure(fig, path, dpi=dpi, protect=protect, force=overwrite)
