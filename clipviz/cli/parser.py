@@ -44,7 +44,10 @@ cannot write outside the folder). With
 --figure, or --format pdf/svg, one titled figure "<image>.<format>" per image instead.
 --out FILE.png|pdf|svg writes that one figure (one image only). --layers and --heads add
 "<name>--<prompt>-<hash>--layers.<format>" / "--heads.<format>". Existing files are never
-replaced without --force, input images never. Files appear atomically (temporary + rename).
+replaced without --force (clipviz's own earlier outputs are), input images never. An image or a
+prompt given twice is explained once; a new --out folder name may not end like a file (.txt,
+.json ...). Everything is checked before the model loads; the folder is made with the first file.
+Files appear atomically (temporary + rename; removed on Ctrl-C, SIGTERM and SIGHUP).
 """
 
 
