@@ -215,7 +215,6 @@ def write_atomically(path, write, force=True, hint=FORCE_HINT):
     except BaseException:
         _remove(handle.name)
         raise
-    _remove(handle.name)  # after _link_new, the name beside the target
     return path
 
 
@@ -231,6 +230,7 @@ def publish(temporary, path, force=True, hint=FORCE_HINT):
         os.replace(temporary, path)  # replaces a link itself, never its target
     else:
         _link_new(temporary, path, hint)
+        _remove(temporary)  # linked: the file now has both names; keep the target's
     _remember(path, digest)
 
 

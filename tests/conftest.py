@@ -42,6 +42,20 @@ def perturbed(model, seed=0, scale=0.02):
     return model.eval()
 
 
+def tiny_cli_folder(root, seed=0):
+    """``root`` with tiny.pt (a random TINY_VIT CLIP, marked QuickGELU by an open_clip_config.json
+    beside it, so loads do not warn) and photo.png (56×40 noise), for CLI runs → root."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    torch.save(perturbed(CLIP(**TINY_VIT), seed=seed).state_dict(), root / "tiny.pt")
+    (root / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"quick_gelu": True}}))
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(root / "photo.png")
+    return root
+
+
 def make_model(config, seed=0):
     torch.manual_seed(seed)
     return perturbed(CLIP(**config), seed)

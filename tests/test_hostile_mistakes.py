@@ -11,22 +11,21 @@ import json
 import os
 import struct
 import subprocess
-import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import clipviz
 from clipviz import cli
 from clipviz.errors import ClipvizError
-from clipviz.model import CLIP
 
-from conftest import TINY_VIT, perturbed
+from conftest import tiny_cli_folder
+from hostile import counted, tally
 
+CASES, _report = tally("user mistakes")
 REPO = Path(__file__).resolve().parents[1]
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 
@@ -34,10 +33,7 @@ NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """tiny.pt (a random TINY_VIT CLIP, marked QuickGELU), photo.png, a FIFO and a folder."""
-    root = tmp_path_factory.mktemp("mistakes")
-    torch.save(perturbed(CLIP(**TINY_VIT), seed=4).state_dict(), root / "tiny.pt")
-    (root / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"quick_gelu": True}}))
-    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(root / "photo.png")
+    root = tiny_cli_folder(tmp_path_factory.mktemp("mistakes"), seed=4)
     os.mkfifo(root / "pipe.png")
     os.mkfifo(root / "pipe")
     (root / "folder").mkdir()
@@ -118,6 +114,7 @@ CLI_CASES = {
 
 
 @pytest.mark.parametrize("case", [pytest.param(name, marks=marks) for name, (_, _, marks) in CLI_CASES.items()])
+@counted(CASES)
 def test_a_cli_mistake_is_one_line_and_exit_2(work, tmp_path, monkeypatch, capsys, case):
     args, words, _ = CLI_CASES[case]
     monkeypatch.chdir(work)  # "a dog" names a file here
@@ -135,6 +132,7 @@ def test_a_cli_mistake_is_one_line_and_exit_2(work, tmp_path, monkeypatch, capsy
     assert captured.out == ""
 
 
+@counted(CASES)
 def test_positionals_may_follow_options(work, tmp_path, capsys):
     out = tmp_path / "out"
     status = cli.main(["explain", str(work / "photo.png"), "--out", str(out), "--model", str(work / "tiny.pt"),
@@ -143,6 +141,7 @@ def test_positionals_may_follow_options(work, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["prompts"] == ["a dog", "a cat"]
 
 
+@counted(CASES)
 def test_a_file_named_like_a_prompt_is_said_to_be_taken_for_an_image(work, monkeypatch, capsys):
     monkeypatch.chdir(work)
     status = cli.main(["classify", "photo.png", "a dog", "a cat", "--model", "tiny.pt", "--device", "cpu"])
@@ -169,12 +168,14 @@ def run_shell(command, cwd):
     ("classify >&-", "python -m clipviz classify photo.png a b --model tiny.pt --device cpu >&-", ["closed"]),
     ("models > /dev/full", "python -m clipviz models > /dev/full", ["No space left"]),
 ])
+@counted(CASES)
 def test_a_closed_or_full_stdout_is_one_line_and_exit_2(work, case, command, words):
     result = run_shell(command, work)
     assert result.returncode == 2, result.stderr
     one_error_line(result.stderr, *words)
 
 
+@counted(CASES)
 def test_quiet_with_stdout_closed_still_writes_its_files(work, tmp_path):
     result = run_shell(f"python -m clipviz explain photo.png 'a cat' --model tiny.pt --device cpu --quiet "
                        f"--out {tmp_path} >&-", work)
@@ -245,6 +246,7 @@ API_CASES = {
 
 
 @pytest.mark.parametrize("case", list(API_CASES))
+@counted(CASES)
 def test_an_api_mistake_is_one_clipviz_error(work, model, case):
     (work / "huge.png").write_bytes(png_header(20_000, 20_000))
     call, words = API_CASES[case]

@@ -14,32 +14,28 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import clipviz
 from clipviz import cli, outputs
 from clipviz.errors import ClipvizError
-from clipviz.model import CLIP
 
-from conftest import TINY_VIT, perturbed
+from conftest import tiny_cli_folder
+from hostile import counted, tally
 
+CASES, _report = tally("outputs")
+SIGNALS, _report_signals = tally("signals")
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    """tiny.pt (a random TINY_VIT CLIP, marked QuickGELU) and photo.png."""
-    root = tmp_path_factory.mktemp("outputs")
-    torch.save(perturbed(CLIP(**TINY_VIT), seed=3).state_dict(), root / "tiny.pt")
-    (root / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"quick_gelu": True}}))
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(root / "photo.png")
-    return root
+    """tiny.pt (a random TINY_VIT CLIP, marked QuickGELU) and photo.png (56×40)."""
+    return tiny_cli_folder(tmp_path_factory.mktemp("outputs"), seed=3)
 
 
 def explain_cli(work, *args, capsys=None):
@@ -76,6 +72,7 @@ def colliding_prompts():
     raise AssertionError("no collision found")
 
 
+@counted(CASES)
 def test_a_crafted_slug_collision_exists_and_gets_distinct_names():
     first, second = colliding_prompts()
     assert first != second and outputs.slug(first) == outputs.slug(second)
@@ -85,6 +82,7 @@ def test_a_crafted_slug_collision_exists_and_gets_distinct_names():
 
 @pytest.mark.parametrize("case", ["same prompt twice", "same prompt twice with --force", "same image twice",
                                   "same image through a link", "colliding slugs", "colliding slugs with --force"])
+@counted(CASES)
 def test_two_inputs_with_one_output_name_never_die_half_way_nor_replace_each_other(work, tmp_path, case, capsys):
     photo = work / "photo.png"
     out = tmp_path / "out"
@@ -109,6 +107,7 @@ def test_two_inputs_with_one_output_name_never_die_half_way_nor_replace_each_oth
         assert hashlib.sha256(Path(files[0]).read_bytes()).digest() != hashlib.sha256(Path(files[1]).read_bytes()).digest()
 
 
+@counted(CASES)
 def test_video_outputs_of_coinciding_prompts_get_distinct_names(tmp_path):
     from clipviz.video import output_names
     first, second = colliding_prompts()
@@ -125,6 +124,7 @@ def test_video_outputs_of_coinciding_prompts_get_distinct_names(tmp_path):
     ("a-file/sub", ["a file, not a folder"]),
     ("fig.jpg", ["figure file must end in .png, .pdf or .svg"]),
 ])
+@counted(CASES)
 def test_a_bad_out_is_refused_before_the_model_loads_and_creates_nothing(work, tmp_path, monkeypatch, capsys, out, words):
     monkeypatch.chdir(tmp_path)
     Path("a-file").write_text("mine")
@@ -137,7 +137,21 @@ def test_a_bad_out_is_refused_before_the_model_loads_and_creates_nothing(work, t
     assert sorted(os.listdir(tmp_path)) == ["a-file"] and Path("a-file").read_text() == "mine"
 
 
+@pytest.mark.parametrize("out,words", [("weird.txt", "named like a text/plain file"), ("a-file", "it is a file")])
+@counted(CASES)
+def test_a_video_run_checks_its_outputs_before_the_model_loads(work, tmp_path, monkeypatch, capsys, out, words):
+    monkeypatch.chdir(tmp_path)
+    Path("a-file").write_text("mine")
+    clip = write_clip(tmp_path / "clip.avi")
+    loads = []
+    monkeypatch.setattr("clipviz.hub.load", lambda *a, **k: loads.append(a))
+    status, captured = explain_cli(work, clip, "a dog", "--out", out, capsys=capsys)
+    assert status == 2 and words in one_error_line(captured.err) and loads == []
+    assert sorted(os.listdir(tmp_path)) == ["a-file", "clip.avi"]
+
+
 @pytest.mark.parametrize("failure", ["--device=cuda:99", "--device=meta", "--method=nope", "--model=missing.pt"])
+@counted(CASES)
 def test_a_run_that_fails_leaves_no_empty_output_folder(work, tmp_path, capsys, failure):
     out = tmp_path / "new" / "folder"
     status = cli.main(["explain", str(work / "photo.png"), "a dog", "--out", str(out),
@@ -146,6 +160,7 @@ def test_a_run_that_fails_leaves_no_empty_output_folder(work, tmp_path, capsys, 
     assert not (tmp_path / "new").exists()
 
 
+@counted(CASES)
 def test_an_image_that_fails_leaves_no_empty_output_folder(work, tmp_path, capsys):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
@@ -154,6 +169,7 @@ def test_an_image_that_fails_leaves_no_empty_output_folder(work, tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
+@counted(CASES)
 def test_a_link_planted_at_a_planned_name_is_neither_followed_nor_replaced(work, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
@@ -185,6 +201,7 @@ def counted_bench(monkeypatch):
     return calls
 
 
+@counted(CASES)
 def test_bench_never_replaces_a_file_without_force_and_checks_before_the_run(work, tmp_path, counted_bench, capsys):
     out = tmp_path / "bench.json"
     out.write_text("my notes")
@@ -200,6 +217,7 @@ def test_bench_never_replaces_a_file_without_force_and_checks_before_the_run(wor
 
 @pytest.mark.parametrize("out,words", [(".", "is a folder"), ("results.txt", "unknown file type"),
                                        ("a-file/b.json", "it is a file")])
+@counted(CASES)
 def test_bench_refuses_a_bad_out_before_the_run(work, tmp_path, counted_bench, monkeypatch, capsys, out, words):
     monkeypatch.chdir(tmp_path)
     Path("a-file").write_text("x")
@@ -215,6 +233,7 @@ def explanation(work):
     return clipviz.explain(model, str(work / "photo.png"), "a dog")
 
 
+@counted(CASES)
 def test_save_never_replaces_a_file_it_did_not_write_unless_overwrite(explanation, tmp_path):
     theirs = tmp_path / "figure.png"
     theirs.write_bytes(b"theirs")
@@ -228,6 +247,7 @@ def test_save_never_replaces_a_file_it_did_not_write_unless_overwrite(explanatio
     assert mine.read_bytes().startswith(b"%PDF") and sorted(os.listdir(tmp_path)) == ["again.pdf", "figure.png"]
 
 
+@counted(CASES)
 def test_write_report_never_replaces_a_file_it_did_not_write_unless_overwrite(tmp_path):
     from clipviz.report import write_report
     theirs = tmp_path / "report.html"
@@ -240,6 +260,7 @@ def test_write_report_never_replaces_a_file_it_did_not_write_unless_overwrite(tm
     assert theirs.read_text() == "<html>2</html>"
 
 
+@counted(CASES)
 def test_video_csv_header_names_the_prompts(tmp_path):
     from clipviz.video import VideoExplanation
     result = VideoExplanation(source="v.mp4", prompts=["a dog", "a cat, sitting"], method="relevance", against=None,
@@ -308,6 +329,7 @@ def write_clip(path, frames=4):
 
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP", "SIGINT"])
 @pytest.mark.parametrize("what", ["overlay", "video"])
+@counted(SIGNALS)
 def test_a_signal_mid_write_removes_every_temporary_file(work, tmp_path, name, what):
     number = getattr(signal, name)
     out = tmp_path / "out"
