@@ -39,6 +39,9 @@ API_HINT = "pass force=True to replace it, or another out= folder"  # explain_vi
 from .progress import bar as progress_bar
 
 OUTPUT_FOURCC = "mp4v"  # MPEG-4 Part 2: the opencv wheels' FFmpeg has no H.264 encoder
+# OpenCV's MPEG-4 writer fails to open below some rate (1e-4 frames/s did, 0.01 works): a sparser
+# sampling (--every 1000000 on a short clip) is written at this rate, its timing otherwise kept
+MIN_WRITER_FPS = 0.01
 CURVE_FRACTION = 0.2    # the score strip under each overlay, as a share of the frame height
 
 
@@ -445,7 +448,8 @@ class _Outputs:
 
     def __init__(self, names, output_fps, info, start, end, cmap, alpha, force):
         self.names, self.cmap, self.alpha, self.force = names, cmap, alpha, force
-        self.fps, self.writers, self.temps, self.curves = output_fps, [], [], None
+        self.fps, self.writers, self.temps, self.curves = max(output_fps, MIN_WRITER_FPS), [], [], None
+        self.made_folder = None  # the output folder, when _open created it (abort removes it if still empty)
         first, end_time = _window(info, start, end)
         stop = info.duration if info.duration is not None else math.inf
         self.span = (first / info.fps, min(end_time, stop))
@@ -467,7 +471,12 @@ class _Outputs:
         strip = max(48, int(round(height * CURVE_FRACTION)))
         self.curves = [ScoreCurve(width, strip, *self.span, fps=self.fps) for _ in range(prompts)]
         size = (width + width % 2, height + strip + (height + strip) % 2)
-        prepare_folder(self.names["json"].parent)  # created now, with the first file
+        folder = self.names["json"].parent
+        if not folder.is_dir():
+            self.made_folder = folder
+            while not self.made_folder.parent.exists():  # the outermost folder this run creates
+                self.made_folder = self.made_folder.parent
+        prepare_folder(folder)  # created now, with the first file
         for target in self.names["videos"]:
             handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".mp4")
             os.close(handle)
@@ -503,6 +512,15 @@ class _Outputs:
             except FileNotFoundError:
                 pass
         self.temps = []
+        if self.made_folder is not None:  # a failed run leaves no empty folder behind
+            folder = self.names["json"].parent
+            for empty in [folder, *folder.parents]:  # innermost first, up to the first one made
+                try:
+                    empty.rmdir()
+                except OSError:  # not empty (someone wrote there meanwhile) or gone
+                    break
+                if empty == self.made_folder:
+                    break
 
 
 def _even(picture):

@@ -275,6 +275,35 @@ def test_video_csv_header_names_the_prompts(tmp_path):
     assert row == ["0", "0.000000", "0.100000", "0.400000", "1", "2", "0.200000", "0.600000", "", ""]
 
 
+@counted(CASES)
+def test_a_video_sampled_more_sparsely_than_opencv_can_write_still_gets_its_video(explanation, work, tmp_path):
+    clip = write_clip(tmp_path / "clip.avi")  # 4 frames at 10 frames/s: one sample, 1e-5 frames/s
+    result = clipviz.explain_video(explanation.model, clip, "a dog", every=1_000_000, out=tmp_path / "out")
+    assert list(result.frames) == [0] and result.output_fps == pytest.approx(1e-5)
+    assert sorted(names(tmp_path / "out")) == ["clip--a-dog-61128e.mp4", "clip.csv", "clip.json"]
+    assert result.files["videos"][0].stat().st_size > 0
+
+
+@counted(CASES)
+def test_a_video_writer_that_cannot_open_leaves_no_folder_behind(explanation, tmp_path, monkeypatch):
+    import cv2
+    clip = write_clip(tmp_path / "clip.avi")
+
+    class Unopened:  # what cv2.VideoWriter is when FFmpeg refuses the codec or the rate
+        def __init__(self, *args):
+            pass
+
+        def isOpened(self):
+            return False
+
+        def release(self):
+            pass
+    monkeypatch.setattr(cv2, "VideoWriter", Unopened)
+    with pytest.raises(ClipvizError, match="OpenCV cannot write"):
+        clipviz.explain_video(explanation.model, clip, "a dog", out=tmp_path / "new" / "out")
+    assert sorted(os.listdir(tmp_path)) == ["clip.avi"]
+
+
 # ----------------------------------------------------------------------------- signals
 
 SLOW_SAVE = """

@@ -94,8 +94,9 @@ def blend_table(table, alpha):
 def save_overlay(path, photo, heatmap, cmap="jet", alpha=0.5, *, protect=(), force=True):
     """Write ``overlay(photo, heatmap)`` as a .png (or .jpg) with PIL; returns the Path written.
 
-    protect: paths never to overwrite (the input photo). force=False: refuse to replace a file
-    that exists when the overlay is ready (clipviz.outputs.write_atomically).
+    protect: paths never to overwrite (the input photo). force=True (the default of this
+    low-level writer) replaces a file already at ``path``; force=False refuses one clipviz did
+    not write (clipviz.outputs.write_atomically).
     """
     from PIL import Image
     path = check_target(path, OVERLAY_SUFFIXES, protect)

@@ -11,8 +11,9 @@ def save_figure(fig, path, dpi=200, *, protect=(), force=True):
     """Write a Figure to ``path``; the format comes from the suffix (.png, .pdf, .svg). Returns the Path.
 
     dpi: pixels per inch for PNG (and for images inside PDF/SVG). Missing folders are created.
-    protect: paths never to overwrite (the input photo). force=False: refuse to replace a file
-    that exists when the figure is ready (clipviz.outputs.write_atomically).
+    protect: paths never to overwrite (the input photo). force=True (the default of this
+    low-level writer) replaces a file already at ``path``; force=False refuses one clipviz did
+    not write (clipviz.outputs.write_atomically). Explanation.save refuses by default.
     """
     if not isinstance(dpi, (int, float)) or isinstance(dpi, bool) or not 10 <= dpi <= 2400:
         raise ClipvizError(f"dpi must be a number between 10 and 2400, got {dpi!r}")
