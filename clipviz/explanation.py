@@ -15,6 +15,7 @@ One pipeline for every model family (ViT and ResNet; clipviz, OpenAI, open_clip,
 All prompts share one image forward pass; the image is never repeated per prompt.
 """
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -92,6 +93,10 @@ class Explanation:
     def overlay(self, index=0, **kwargs):
         """uint8 [H, W, 3]: prompt ``index``'s map blended over the photo (see clipviz.render.overlay)."""
         from .render import overlay
+        count = len(self.prompts)
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not -count <= index < count:
+            raise ClipvizError(f"overlay index {index!r} is out of range: this explanation has {count} prompt"
+                               f"{'s' if count != 1 else ''} (0 … {count - 1})")
         return overlay(self.photo, self.maps[index], **kwargs)
 
     def __repr__(self):
@@ -173,7 +178,7 @@ def explain(model, image, prompts, method=None, *, against=None, batch_size=8, *
     check_contrast(chosen, against)
     query = prepare_query(adapter, prompts, against)
     images, single = image_list(image)
-    results, start, size = [], 0, max(1, int(batch_size))
+    results, start, size = [], 0, check_batch_size(batch_size)
     while start < len(images):
         chunk = images[start:start + size]
         try:
@@ -343,6 +348,13 @@ def _photo_maps(token_maps, box, same_for_all):
     if same_for_all:
         return np.repeat(map_to_photo(normalise_maps(token_maps[:1]), box), token_maps.shape[0], axis=0)
     return map_to_photo(normalise_maps(token_maps), box)
+
+
+def check_batch_size(batch_size):
+    """batch_size as an int >= 1 (images or frames per forward pass); ClipvizError otherwise."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ClipvizError(f"batch_size must be a whole number >= 1 (images per forward pass), got {batch_size!r}")
+    return int(batch_size)
 
 
 def clean_prompts(prompts):

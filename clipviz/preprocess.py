@@ -114,6 +114,8 @@ def load_image(source):
     if isinstance(source, Image.Image):
         return _decode(source, "the PIL image")
     if isinstance(source, (str, os.PathLike)):
+        if not os.fspath(source):  # Path("") is ".", the current folder: say what was given
+            raise ClipvizError("the image path is empty: pass a file name, a PIL image or an array")
         path = Path(source).expanduser()
         if not os.path.lexists(path):
             raise ClipvizError(

@@ -206,7 +206,7 @@ def explain_frames(model, path, prompts, method=None, *, against=None, every=Non
     of an image. Arguments as for ``explain_video``. ``state``: a DecodeState to fill (where
     decoding stopped). Raises ClipvizError when no frame decodes at all.
     """
-    from .explanation import explain
+    from .explanation import check_batch_size, explain
     from .maps import map_to_photo, normalise_maps
 
     smoothing = _check_smoothing(smoothing)
@@ -216,7 +216,7 @@ def explain_frames(model, path, prompts, method=None, *, against=None, every=Non
     try:
         frames, _ = read_frames(capture, info, every=every, fps=fps, start=start, end=end, state=state)
         smoothed, explained = None, 0
-        for batch in _batches(frames, max(1, int(batch_size))):
+        for batch in _batches(frames, check_batch_size(batch_size)):
             results = explain(model, [rgb for _, _, rgb in batch], prompts, method=method, against=against,
                               batch_size=len(batch), **options)
             for (index, time, _), exp in zip(batch, results):
@@ -434,6 +434,8 @@ def check_outputs(path, prompts, out, force, hint=FORCE_HINT):
     """The output names (output_names), checked before any frame is decoded and creating nothing:
     ``out`` is (or can become) a writable folder, no output is the input video, and none exists
     unless ``force`` or clipviz wrote it (ClipvizError ending in ``hint`` otherwise)."""
+    if not isinstance(out, (str, os.PathLike)) or not str(out):
+        raise ClipvizError(f"out must be a folder path (or None to write nothing), got {out!r:.60}")
     names = output_names(path, prompts, out)
     check_folder(names["json"].parent)
     paths = names["videos"] + [names["json"], names["csv"]]

@@ -38,6 +38,11 @@ def work(tmp_path_factory):
     os.mkfifo(root / "pipe")
     (root / "folder").mkdir()
     (root / "a dog").write_text("a note that happens to be named like a prompt")
+    import cv2
+    writer = cv2.VideoWriter(str(root / "v.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    for i in range(3):
+        writer.write(np.full((48, 64, 3), 60 * i, dtype=np.uint8))
+    writer.release()
     return root
 
 
@@ -237,6 +242,17 @@ API_CASES = {
     "random_model(seed=2**64)": (lambda m, w: clipviz.random_model("ViT-B/32", seed=2 ** 64), ["seed"]),
     "random_model(seed=0.5)": (lambda m, w: clipviz.random_model("ViT-B/32", seed=0.5), ["seed"]),
     "tokenize(5)": (lambda m, w: clipviz.tokenize(5), ["string"]),
+    "tokenize(context_length='a')": (lambda m, w: clipviz.tokenize("a", context_length="a"), ["context_length"]),
+    "batch_size='a'": (lambda m, w: clipviz.explain(m, w / "photo.png", "a dog", batch_size="a"), ["batch_size"]),
+    "batch_size=0": (lambda m, w: clipviz.explain(m, w / "photo.png", "a dog", batch_size=0), ["batch_size"]),
+    "explain_video batch_size=-1": (lambda m, w: clipviz.explain_video(m, w / "v.avi", "a dog", batch_size=-1),
+                                    ["batch_size"]),
+    "explain_video out=5": (lambda m, w: clipviz.explain_video(m, w / "v.avi", "a dog", out=5), ["out must be"]),
+    "exp.overlay(5) of one prompt": (lambda m, w: clipviz.explain(m, w / "photo.png", "a dog").overlay(5),
+                                     ["out of range", "1 prompt"]),
+    "overlay(alpha='a')": (lambda m, w: clipviz.overlay(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4)), alpha="a"),
+                           ["alpha"]),
+    "load_image('')": (lambda m, w: clipviz.load_image(""), ["empty"]),
     "text file as image": (lambda m, w: clipviz.load_image(w / "a dog"), ["not in a format clipviz reads"]),
     "text file object as image": (lambda m, w: clipviz.load_image(open(w / "a dog", "rb")), ["not in a format"]),
     "FIFO as image": (lambda m, w: clipviz.load_image(w / "pipe.png"), ["FIFO"]),

@@ -318,7 +318,7 @@ def test_an_interrupt_leaves_no_temporary_or_partial_file(model, tmp_path, monke
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         explain_video(model, path, "a photo of a red circle", batch_size=2, out=out)
-    assert calls == [0, 1, 2, 3, 4] and list(out.iterdir()) == []
+    assert calls == [0, 1, 2, 3, 4] and not out.exists()  # the folder it made is gone too
 
 
 def test_score_curve_keeps_one_mean_per_column_and_doubles_its_window():

@@ -9,6 +9,8 @@ Any name in matplotlib's colour-map registry works (jet, viridis, turbo, magma, 
 matplotlib is imported when a table is first needed, never at ``import clipviz.render``.
 """
 
+import math
+import numbers
 from functools import lru_cache
 
 import numpy as np
@@ -65,7 +67,7 @@ def overlay(photo, heatmap, cmap="jet", alpha=0.5):
     if heat.shape != photo.shape[:2]:
         raise ClipvizError(f"the heatmap is {heat.shape} but the photo is {photo.shape[:2]}: map patch grids "
                            "onto the photo first with clipviz.map_to_photo(grid, crop_box)")
-    alpha = float(alpha)
+    alpha = float(alpha) if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool) else math.nan
     if not 0.0 <= alpha <= 1.0:
         raise ClipvizError(f"alpha must be between 0 (photo only) and 1 (heatmap only), got {alpha}")
     blended = blend_table(255.0 * colormap_table(cmap), alpha)  # [256 levels, 3, 256 photo values]
