@@ -27,8 +27,8 @@ from .maps import map_to_photo, normalise_maps, peak_xy
 from .methods import Method, get_method
 from .pipeline import run_method
 from .model import check_finite
-from .preprocess import load_image, preprocess_image
-from .tokenizer import clean_text
+from .pixels import image_list, model_inputs, notice_unseen_photos
+from .tokenizer import clean_text, prompts_from_tokens
 
 # One photo's maps, float32 [P, H, W], may take at most this much memory; above it explain()
 # refuses before the forward pass and says how many prompts fit. 2 GiB is 8 prompts on a
@@ -39,7 +39,8 @@ MAX_MAP_BYTES = 2 << 30
 class Explanation:
     """The result of ``explain`` for one photo.
 
-    photo:          uint8 [H, W, 3], the original photo (EXIF-rotated, RGB)
+    photo:          uint8 [H, W, 3], the original photo (EXIF-rotated, RGB); for a preprocessed
+                    tensor, that tensor de-normalised [S, S, 3] (clipviz.pixels)
     prompts:        the T prompts explained (for a contrast: "A − B" pairs are in ``against``)
     scores:         float [T] cosine similarity of the photo with each prompt
     probs:          float [T] softmax over the prompts of logit_scale · cosine; for a contrast,
@@ -157,8 +158,13 @@ def explain(model, image, prompts, method=None, *, against=None, batch_size=8, *
     """Explain which regions of ``image`` drove the model's match with each prompt.
 
     model:   from ``clipviz.load`` (or any supported CLIP; see clipviz.adapters)
-    image:   a path, PIL image or uint8 array — or a list of them (then a list of Explanations)
-    prompts: one string or a list of T strings; all share one image forward pass
+    image:   a path, PIL image or uint8 array — or a list of them (then a list of Explanations);
+             or a preprocessed tensor as openai/clip's preprocess gives it, float [3, S, S] (one
+             Explanation) or [B, 3, S, S] (a list of B), normalised with CLIP's mean and std: then
+             the maps are on that S×S square and ``photo`` is the tensor de-normalised
+             (clipviz.pixels)
+    prompts: one string or a list of T strings, or their token ids [T, 77] (clip.tokenize,
+             clipviz.tokenize); all share one image forward pass
     method:  a name from ``clipviz.available_methods()`` (or a clipviz.methods.Method); None: the
              model family's default (``relevance`` for ViTs, ``gradcam`` for ResNets;
              ``clipviz.methods.default_method``)
@@ -178,6 +184,7 @@ def explain(model, image, prompts, method=None, *, against=None, batch_size=8, *
     check_contrast(chosen, against)
     query = prepare_query(adapter, prompts, against)
     images, single = image_list(image)
+    notice_unseen_photos(adapter.model, images)
     results, start, size = [], 0, check_batch_size(batch_size)
     while start < len(images):
         chunk = images[start:start + size]
@@ -251,22 +258,26 @@ class Recording:
 
 
 def record_batch(adapter, images, query, method, options):
-    """Load and preprocess B images, run the model once with the recorder → a Recording."""
-    photos, pixels, boxes = [], [], []
-    for image in images:
-        photo = load_image(image)
-        tensor, box = preprocess_image(photo, adapter.input_resolution)
-        photos.append(photo)
-        pixels.append(tensor)
-        boxes.append(box)
+    """Load and preprocess B images (or take preprocessed tensors), run the model once with the
+    recorder → a Recording."""
+    photos, pixels, boxes = model_inputs(images, adapter.input_resolution, crop=adapter.crop)
+    sources = [image if isinstance(image, str) else getattr(image, "filename", None) or None for image in images]
+    return record_pixels(adapter, photos, pixels, boxes, sources, query, method, options)
+
+
+def record_pixels(adapter, photos, pixels, boxes, sources, query, method, options):
+    """Run the model once with the recorder on B preprocessed images → a Recording.
+
+    photos [B] uint8 [H, W, 3] (load_image); pixels float32 [B, 3, S, S] and boxes [B] CropBox
+    (preprocess_image); sources [B] str or None. clipviz.folder loads them in worker processes.
+    """
     check_map_memory(photos, len(query.prompts))
-    pixels = torch.stack(pixels).to(adapter.device, adapter.dtype)
+    pixels = pixels.to(adapter.device, adapter.dtype)
     records, cosine, logits, output = run_method(adapter, pixels, query.ids, query.target_weights,
                                                  query.target_prompt, method, options)
     check_scores(adapter, cosine, query.encoded)
-    sources = [image if isinstance(image, str) else getattr(image, "filename", None) or None for image in images]
-    return Recording(photos, boxes, sources, list(query.prompts), query.against, query.encoded, records, cosine,
-                     logits, float(adapter.logit_scale().detach()), output, adapter)
+    return Recording(list(photos), list(boxes), list(sources), list(query.prompts), query.against, query.encoded,
+                     records, cosine, logits, float(adapter.logit_scale().detach()), output, adapter)
 
 
 def explanations_from(recording, output, method, options):
@@ -303,15 +314,6 @@ def explanations_from(recording, output, method, options):
             against_scores=None if against_scores is None else against_scores[b],
             logit_scale=recording.logit_scale, model=recording.adapter))
     return explanations
-
-
-def image_list(image):
-    """One image or a list of them → (list of images, whether one was given); none is an error."""
-    single = not isinstance(image, (list, tuple))
-    images = [image] if single else list(image)
-    if not images:
-        raise ClipvizError("no image given: pass a path, a PIL image, an array, or a list of them")
-    return images, single
 
 
 def check_map_memory(photos, prompts):
@@ -358,6 +360,10 @@ def check_batch_size(batch_size):
 
 
 def clean_prompts(prompts):
+    """One prompt, a list of them, or their token ids [P, L] (clipviz.tokenizer.prompts_from_tokens)
+    → the prompts stripped and checked, list[str]; an empty one raises ClipvizError."""
+    if isinstance(prompts, torch.Tensor) or (isinstance(prompts, np.ndarray) and prompts.dtype.kind in "iub"):
+        prompts = prompts_from_tokens(prompts)
     if isinstance(prompts, (bytes, bytearray)):
         raise ClipvizError("prompts must be text (str), got bytes: decode them first, e.g. prompt.decode('utf-8')")
     try:

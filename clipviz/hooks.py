@@ -21,7 +21,9 @@ mean of ∂S/∂A ⊙ A never holds every layer's full ``[B, H, N, N]`` gradient
 Other libraries' blocks are recorded through an ``AttentionLayout`` their adapter registers
 (``register_layout``): how to find the attention module of a block, how to ask it for its
 per-head probabilities, how to read its queries and keys. Hugging Face's lives in
-clipviz.adapters.huggingface; this module knows only ``nn.MultiheadAttention``.
+clipviz.adapters.huggingface (and its SigLIP pooling head in clipviz.adapters.siglip); timm's,
+whose attention never returns probabilities and is therefore recomputed by a forward hook, in
+clipviz.adapters.timm. This module knows only ``nn.MultiheadAttention``.
 
 Only the graph from the first recorded block on is built: ``backward()`` never reaches further
 back, so with gradients the encoder runs its embedding and earlier blocks without autograd and
@@ -65,6 +67,10 @@ class AttentionLayout:
     """
 
     input_name = None
+    # True for attention that never returns its probabilities (timm's fused or manual attention,
+    # attention pools): the recorder then calls ``recompute`` from a forward hook and the model's
+    # output is replaced by the recomputed one (the same function of the same input)
+    recomputes = False
 
     def attention_of(self, block):
         """The block's attention module, or None when the block is not of this layout."""
@@ -76,6 +82,16 @@ class AttentionLayout:
 
     def queries_keys(self, attention, inputs):
         """q, k [B, N, D] (heads side by side) for the attention module's input."""
+        raise NotImplementedError
+
+    def queries_keys_of_call(self, attention, args, kwargs):
+        """q [B, Nq, D], k [B, N, D] for one call of the attention module (a pool's query is not
+        its input: override this)."""
+        return self.queries_keys(attention, args[0] if args else kwargs.get(self.input_name))
+
+    def recompute(self, attention, args, kwargs):
+        """(output exactly as the module returns it, per-head probabilities [B, H, Nq, N] in the
+        graph) for one call; only for layouts with ``recomputes = True``."""
         raise NotImplementedError
 
 
@@ -170,7 +186,8 @@ class AttentionRecorder:
                 native = layout is None
                 asks = self._ask_for_weights if native else layout.ask_for_weights
                 self._handles.append(attention.register_forward_pre_hook(asks, with_kwargs=True))
-                self._handles.append(attention.register_forward_hook(self._attention_hook(i, native), with_kwargs=True))
+                self._handles.append(attention.register_forward_hook(self._attention_hook(i, native, layout),
+                                                                     with_kwargs=True))
                 if self.qk:
                     self._handles.append(attention.register_forward_pre_hook(self._qk_hook(i, layout), with_kwargs=True))
                 if self.tokens:
@@ -203,8 +220,12 @@ class AttentionRecorder:
             record._live_probs = record._live_tokens = record._live_output = None
 
     # -- hooks ---------------------------------------------------------------------------------
-    def _attention_hook(self, index, native=True):
+    def _attention_hook(self, index, native=True, layout=None):
+        recomputes = getattr(layout, "recomputes", False)
+
         def hook(module, args, kwargs, output):
+            if recomputes:  # the same output, now from explicit probabilities in the graph
+                output = layout.recompute(module, args, kwargs)
             weights = output[1]
             if weights is None or weights.dim() != 4:
                 raise ClipvizError(
@@ -217,6 +238,8 @@ class AttentionRecorder:
             if self.gradients is not None and live.requires_grad:
                 record._live_probs = live
                 live.register_hook(self._gradient_hook(record, weights.shape))
+            if recomputes:
+                return output[0]
             if not native:
                 return None  # a registered layout's attention: its output is left as it is
             # give the caller exactly what it asked for
@@ -257,9 +280,11 @@ class AttentionRecorder:
 
     def _qk_hook(self, index, layout):
         def hook(module, args, kwargs):
-            inputs = args[0] if args else kwargs.get(getattr(layout, "input_name", None) or "query")
             with torch.no_grad():
-                queries, keys = _queries_keys(module, inputs) if layout is None else layout.queries_keys(module, inputs)
+                if layout is None:
+                    queries, keys = _queries_keys(module, args[0] if args else kwargs.get("query"))
+                else:
+                    queries, keys = layout.queries_keys_of_call(module, args, kwargs)
             record = self.layers[index]
             record.queries, record.keys = queries.detach().float(), keys.detach().float()
         return hook
@@ -283,7 +308,7 @@ class AttentionRecorder:
         def hook(grad):
             if self._slot is not None:  # reduced in fp32 whatever the model's dtype (fp16/bf16 sums lose mass)
                 probs = record._live_probs.detach().view(shape)
-                record.grads[self._slot] = self.gradients(probs.float(), grad.view(shape).float())
+                record.grads[self._slot] = self.reduce(record.index, probs.float(), grad.view(shape).float())
         return hook
 
     def _token_gradient_hook(self, record):
@@ -339,11 +364,16 @@ class AttentionRecorder:
                     if grad is not None:
                         shape = record.probs.shape  # [B, H, N, N]; the live tensor may be its [B·H, N, N] base
                         probs = record._live_probs.detach().view(shape)
-                        record.grads[slot] = self.gradients(probs.float(), grad[i].view(shape).float())
+                        record.grads[slot] = self.reduce(record.index, probs.float(), grad[i].view(shape).float())
                 for record, grad in zip(token_records, grads[len(chosen):]):
                     if grad is not None:
                         record.token_grads[slot] = grad[i].detach().float()
             del grads
+
+    def reduce(self, index, probs, grad):
+        """The gradient reducer applied to block ``index``'s probabilities and ∂S/∂probs (a recorder
+        that lays its records out differently, clipviz.adapters.probe, adapts both first)."""
+        return self.gradients(probs, grad)
 
     def check_recorded(self):
         """Raise a clear error if a forward pass recorded nothing (e.g. it bypassed the blocks)."""

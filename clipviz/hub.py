@@ -34,6 +34,7 @@ __all__ = [
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"  # package data: bundled checkpoints
 ADAPTER_PREFIXES = ("openclip:", "hf:")  # names handled by clipviz.adapters.load_spec
+RANDOM = "random:"  # random:ARCH, e.g. random:ViT-B/16: an official architecture with random weights
 
 
 # ----------------------------------------------------------------------------- registry
@@ -181,8 +182,10 @@ def load(name_or_path: str | os.PathLike, device=None, download_root: str | os.P
          jit: bool = False, activation: str | None = None):
     """Load a CLIP model by registered name or checkpoint path: returns ``(model, preprocess)``.
 
-    name_or_path:  a name from ``available_models()``, a checkpoint file, or an adapter spec
-                   ``openclip:<model>`` / ``hf:<repo>`` (handled by ``clipviz.adapters``).
+    name_or_path:  a name from ``available_models()``, a checkpoint file, an adapter spec
+                   ``openclip:<model>`` / ``hf:<repo>`` (handled by ``clipviz.adapters``), or
+                   ``random:<architecture>`` (e.g. ``random:ViT-B/16``: that official
+                   architecture with random weights, seed 0 — tests and pipeline checks offline).
     device:        where the model goes; default "cuda" when available, else "cpu". On CPU the
                    weights are converted to float32; elsewhere they stay as built (OpenAI: fp16).
     download_root: clipviz's cache folder for this call; default ``cache_dir()``.
@@ -208,6 +211,8 @@ def load(name_or_path: str | os.PathLike, device=None, download_root: str | os.P
     import torch
 
     device = resolve_device(device)  # one that exists here, or ClipvizError naming those that do
+    if isinstance(name_or_path, str) and name_or_path.startswith(RANDOM):
+        return _random(name_or_path[len(RANDOM):], device, activation)
     if isinstance(name_or_path, str) and name_or_path.startswith(ADAPTER_PREFIXES):
         if activation is not None:
             raise ClipvizError("activation= applies to checkpoints clipviz builds itself; "
@@ -225,7 +230,19 @@ def load(name_or_path: str | os.PathLike, device=None, download_root: str | os.P
     model = model.to(device).eval()
     if device.type == "cpu":
         model.float()  # fp16 matmuls are slow or missing on CPU
+    if Path(str(name_or_path)).name.startswith("synth-"):  # explain/classify say so on a photo (clipviz.pixels)
+        model.synthetic_only = Path(str(name_or_path)).stem
     return model, Preprocess(model.visual.input_resolution)
+
+
+def _random(architecture, device, activation):
+    """``random:ARCH``: an official architecture with random weights (seed 0, the same on every
+    call; clipviz.model.random_model) and its preprocess — pipeline checks without any download."""
+    from .model import random_model
+    from .preprocess import Preprocess
+
+    model = random_model(architecture, seed=0, **({"activation": activation} if activation else {}))
+    return model.to(device).eval(), Preprocess(model.visual.input_resolution)
 
 
 def _weights(name_or_path, download_root, activation):

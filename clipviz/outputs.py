@@ -141,11 +141,21 @@ def _check_writable(folder):
 
 
 def refuse_inputs(paths, inputs, what="one of the input images"):
-    """ClipvizError if any of ``paths`` is the same file as one of ``inputs`` (see same_file)."""
+    """ClipvizError if any of ``paths`` is the same file as one of ``inputs`` (see same_file).
+    Files are compared by a key each (a set lookup): a folder run plans N·P paths against N inputs."""
+    sources = {_file_key(source) for source in inputs}
     for path in paths:
-        for source in inputs:
-            if same_file(path, source):
-                raise ClipvizError(f"refusing to write {path}: it is {what}; choose another --out")
+        if _file_key(path) in sources:
+            raise ClipvizError(f"refusing to write {path}: it is {what}; choose another --out")
+
+
+def _file_key(path):
+    """What same_file compares: (device, inode) of an existing file, else the resolved path."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return (info.st_dev, info.st_ino)
 
 
 def is_own_output(path, record=None):

@@ -16,6 +16,7 @@ import torch
 from .adapters import scores_from_embeddings
 from .adapters.tower import text_tower_needed
 from .forms import check_trainable, explaining, usable
+from .adapters.probe import probe_readout_gradients
 from .adapters.vit import ViTRecorder
 from .hooks import AttentionRecorder, CausalPrefix, find_blocks
 from .last_block import block_parts, cls_row_gradients, full_gradient
@@ -48,7 +49,7 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, opt
     needs = method.needs(adapter, options)
     batch, targets = pixels.shape[0], target_weights.shape[0]
     records = Records(num_layers=adapter.num_layers, patch_grid=adapter.patch_grid, batch=batch,
-                      targets=targets, text_layers=adapter.text_layers,
+                      targets=targets, text_layers=adapter.text_layers, pooling=adapter.pooling,
                       eot=adapter.eot_positions(ids)[target_prompt].cpu(), target_prompt=target_prompt)
     wants_gradient = needs.wants_gradient
     if adapter.text_encoder is None and (wants_gradient or needs.text is not None):
@@ -74,13 +75,15 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, opt
             cosine = logits = torch.full((batch, ids.shape[0]), float("nan"))
         elif per_image_text:
             text_emb = adapter.encode_text(ids.repeat(batch, 1))
-            cosine, logits = _paired_scores(image_emb, text_emb, adapter.logit_scale())
+            cosine, logits = _paired_scores(image_emb, text_emb, adapter.logit_scale(), adapter.logit_bias())
         else:
             text_emb = adapter.encode_text(ids)
-            cosine, logits = scores_from_embeddings(image_emb, text_emb, adapter.logit_scale())
+            cosine, logits = scores_from_embeddings(image_emb, text_emb, adapter.logit_scale(), adapter.logit_bias())
         image_recorder.check_recorded()
         text_recorder.check_recorded()
-        if wants_gradient and needs.readout is not None:
+        if wants_gradient and needs.readout is not None and adapter.pooling == "probe":
+            probe_readout_gradients(image_recorder, adapter, text_emb, target_weights)
+        elif wants_gradient and needs.readout is not None:
             _readout_backward(image_recorder, needs.readout, adapter, text_emb, target_weights)
         elif last is not None:
             _closed_form_gradients(image_recorder, last, needs.gradient, adapter, text_emb, target_weights)
@@ -105,7 +108,8 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, opt
 def _closed_form_block(adapter, needs):
     """The last block's parts when ∂S/∂A of the last ViT block alone is asked for and its closed
     form applies (clipviz.last_block), else None."""
-    if adapter.family != "vit" or needs.readout is not None or needs.features or adapter.text_encoder is None \
+    if adapter.family != "vit" or adapter.pooling != "cls" or needs.readout is not None or needs.features \
+            or adapter.text_encoder is None \
             or tuple(needs.layers or ()) != (adapter.num_layers - 1,):
         return None
     return block_parts(find_blocks(adapter.image_encoder)[-1])
@@ -138,12 +142,13 @@ def _readout_backward(recorder, readout, adapter, text_emb, target_weights):
         for t in range(scores.shape[1]):
             recorder.backward(scores[:, t].sum(), slot=t, layers=(index,))
 
-def _paired_scores(image_emb, text_emb, logit_scale):
+def _paired_scores(image_emb, text_emb, logit_scale, logit_bias=None):
     """Image b against its own copy of the prompts: image [B, E], text [B·P, E] → cosine, logits [B, P]."""
     image = torch.nn.functional.normalize(image_emb.float(), dim=-1)
     text = torch.nn.functional.normalize(text_emb.float(), dim=-1).view(image.shape[0], -1, image.shape[-1])
     cosine = (text @ image.unsqueeze(-1)).squeeze(-1)
-    return cosine, logit_scale.float() * cosine
+    logits = logit_scale.float() * cosine
+    return cosine, logits if logit_bias is None else logits + logit_bias.float()
 
 def _collect_text(records, text_recorder, prompts):
     for index, layer in text_recorder.layers.items():

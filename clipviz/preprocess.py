@@ -321,16 +321,22 @@ def _bicubic_pass(img, taps, weights, axis):
     return np.clip(total >> 22, 0, 255).astype(np.uint8)
 
 
-def preprocess_image(image, size):
+def preprocess_image(image, size, crop=True):
     """CLIP's preprocessing: image -> (float32 tensor [3, S, S], CropBox), S = size.
 
     image: anything load_image takes. The tensor equals openai/CLIP's preprocess(image) for RGB
     and L images (see the module docstring for other modes); the CropBox says where the S×S square
-    sits in the photo.
+    sits in the photo. crop=False resizes the whole photo to S×S instead (SigLIP's processors:
+    bicubic, no crop; the box is then the whole photo). Normalised with CLIP's mean and std either
+    way: adapters of models trained with other statistics re-normalise (clipviz.adapters.openclip).
     """
     size = _check_size(size)
     rgb = load_image(image)
     height, width = rgb.shape[:2]
+    if not crop:
+        squashed = np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BICUBIC))
+        x = torch.from_numpy(np.array(squashed)).permute(2, 0, 1).float().div(255).sub(_MEAN).div(_STD).contiguous()
+        return x, CropBox(0.0, 0.0, float(width), float(height), size, width, height)
     new_w, new_h = _resized_size(width, height, size)
     if new_w * new_h > MAX_RESIZED_PIXELS:
         raise ClipvizError(
@@ -368,15 +374,16 @@ class Preprocess:
     with_box(image) also returns the CropBox that maps the model input back onto the photo.
     """
 
-    def __init__(self, size):
+    def __init__(self, size, crop=True):
         self.size = _check_size(size)
+        self.crop = bool(crop)  # False: resized to S×S without a crop (SigLIP)
 
     def __call__(self, image):
-        return preprocess_image(image, self.size)[0]
+        return preprocess_image(image, self.size, self.crop)[0]
 
     def with_box(self, image):
         """image -> (float32 tensor [3, S, S], CropBox)."""
-        return preprocess_image(image, self.size)
+        return preprocess_image(image, self.size, self.crop)
 
     def __repr__(self):
-        return f"Preprocess(size={self.size})"
+        return f"Preprocess(size={self.size})" if self.crop else f"Preprocess(size={self.size}, crop=False)"

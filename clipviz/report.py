@@ -5,9 +5,9 @@
 
 Every (prompt, method, block) map is computed here, in Python, and embedded as a base64 RGBA PNG
 of the square the model saw, coloured with the same table as ``clipviz.render.overlay`` (alpha
-0 where the model saw nothing). The page stacks it over the embedded photo at that square's
-place; the opacity slider sets its CSS opacity α, so the browser composites
-(1 − α) · photo + α · colour — ``overlay``'s blend. Switching prompt, method or block only swaps
+0 where the model saw nothing, k / 255 at colour level k). The page stacks it over the embedded
+photo at that square's place; the opacity slider sets its CSS opacity α, so the browser composites
+(1 − α · k/255) · photo + α · k/255 · colour — ``overlay``'s blend (zero relevance: the photo). Switching prompt, method or block only swaps
 which embedded PNG is shown: nothing is computed in the browser and nothing is fetched.
 
 Maps are recorded through ``clipviz.explorer.Session``: the model runs once per (prompt,
@@ -26,7 +26,7 @@ from .explorer import Session, layer_option
 from .maps import map_to_photo, normalise_maps
 from .preprocess import CropBox
 from .outputs import OVERWRITE_HINT
-from .render import colorize, colormap_table
+from .render import colorize, colormap_table, colour_levels
 from .suffixes import HTML_SUFFIXES
 
 PHOTO_SIDE = 720   # longest side of the embedded photo, in pixels
@@ -111,7 +111,7 @@ def _map_png(token_map, cmap):
     square = CropBox(0.0, 0.0, float(MAP_SIDE), float(MAP_SIDE), MAP_SIDE, MAP_SIDE, MAP_SIDE)
     heat = map_to_photo(normalise_maps(np.asarray(token_map)[None]), square)[0]
     rgb = np.floor(colorize(heat, cmap) + 0.5).astype(np.uint8)
-    alpha = np.full(heat.shape, 255, np.uint8)
+    alpha = colour_levels(heat).astype(np.uint8)  # k / 255 of opacity, as overlay's level_opacity
     return _png(Image.fromarray(np.dstack([rgb, alpha]), "RGBA"))
 
 

@@ -295,6 +295,40 @@ def decode(ids):
     return get_tokenizer().decode(ids)
 
 
+def prompts_from_tokens(ids):
+    """Token ids as openai/clip users hold them → the prompts they encode, list[str].
+
+    ids: an integer tensor or array [P, L] (``clip.tokenize`` / ``clipviz.tokenize``: SOT, BPE ids,
+    EOT, zero padding; L = 77) or [L] for one prompt. Each row is decoded, and re-encoding the text
+    must give the same ids, so explaining the text is explaining these tokens (a prompt truncated
+    at a token boundary too); a row without SOT and EOT, or ids the tokenizer would not produce
+    for any text (a word split into other pieces), raise ClipvizError. Spaces BPE forgot are restored before punctuation ("a cat ." → "a cat."),
+    which encodes to the same ids.
+    """
+    ids = torch.as_tensor(ids) if not isinstance(ids, torch.Tensor) else ids
+    if ids.ndim not in (1, 2) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ClipvizError(f"token prompts must be integer ids [P, 77] from clip.tokenize or clipviz.tokenize, "
+                           f"got {ids.dtype} of shape {list(ids.shape)}")
+    rows = ids[None] if ids.ndim == 1 else ids
+    if len(rows) == 0:
+        raise ClipvizError("no prompt given: the token tensor has no rows")
+    prompts = []
+    for index, row in enumerate(rows):
+        row = [int(i) for i in row.tolist()]
+        if not row or row[0] != SOT_ID or EOT_ID not in row:
+            raise ClipvizError(f"token row {index} does not start with CLIP's start token ({SOT_ID}) and hold its end "
+                               f"token ({EOT_ID}): pass ids from clip.tokenize or clipviz.tokenize, or the prompt text")
+        raw = decode(row)
+        tidy = regex.sub(r"(?<=[\p{L}\p{N}]) (?=[^\s\p{L}\p{N}'])", "", raw)  # "a cat ." → "a cat."
+        kept = row[:row.index(EOT_ID) + 1]
+        text = next((t for t in (tidy, raw) if [SOT_ID, *encode(t), EOT_ID] == kept), None)
+        if text is None:
+            raise ClipvizError(f"token row {index} ({raw!r:.60}) is not what CLIP's tokenizer gives for any text "
+                               "(a truncated or edited prompt?): pass the prompt text instead")
+        prompts.append(text)
+    return prompts
+
+
 def token_strings(text):
     """Readable text of each BPE token of one prompt, in order, without SOT/EOT: list[str] of length T.
 

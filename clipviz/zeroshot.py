@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from .adapters import adapt, scores_from_embeddings
-from .explanation import clean_prompts, image_list
+from .explanation import clean_prompts
 from .forms import explaining
-from .preprocess import load_image, preprocess_image
+from .pixels import image_list, model_inputs, notice_unseen_photos
 
 
 @dataclass
@@ -56,20 +56,24 @@ def classify(model, image, prompts):
     """Zero-shot probabilities of ``prompts`` for ``image`` (a list of images: a list of results).
 
     model:   from ``clipviz.load`` (or anything ``clipviz.adapters.adapt`` accepts)
-    image:   a path, PIL image or uint8 array — or a list of them (one batched forward)
-    prompts: one string or a list of P strings (empty or over-long prompts raise ClipvizError)
+    image:   a path, PIL image or uint8 array — or a list of them (one batched forward); or a
+             preprocessed tensor [3, S, S] / [B, 3, S, S] as openai/clip's preprocess gives it
+             (clipviz.pixels; a batch gives a list of results)
+    prompts: one string or a list of P strings, or their token ids [P, 77] (clip.tokenize,
+             clipviz.tokenize); empty or over-long prompts raise ClipvizError
     Returns a ``Classification`` (a list of them when ``image`` is a list).
     """
     adapter = adapt(model)
     prompt_list = clean_prompts(prompts)
     images, single = image_list(image)
+    notice_unseen_photos(adapter.model, images)
     ids = adapter.tokenize(prompt_list).to(adapter.device)
-    pixels = torch.stack([preprocess_image(load_image(i), adapter.input_resolution)[0] for i in images])
+    pixels = model_inputs(images, adapter.input_resolution, crop=adapter.crop)[1]
     with explaining(adapter.model), torch.no_grad():  # as explain() sees the model (autocast, compiled, ...)
         image_emb = adapter.encode_image(pixels.to(adapter.device, adapter.dtype))
         text_emb = adapter.encode_text(ids)
-        cosine, logits = scores_from_embeddings(image_emb, text_emb, adapter.logit_scale())
-        probs = logits.softmax(dim=-1)
+        cosine, logits = scores_from_embeddings(image_emb, text_emb, adapter.logit_scale(), adapter.logit_bias())
+        probs = logits.softmax(dim=-1)  # over the prompts (SigLIP's logit_bias cancels)
     cosine, logits, probs = (t.cpu().numpy() for t in (cosine, logits, probs))
     results = [Classification(prompt_list, cosine[b], logits[b], probs[b],
                               source=str(images[b]) if isinstance(images[b], str) or hasattr(images[b], "__fspath__") else None)

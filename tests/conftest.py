@@ -42,16 +42,22 @@ def perturbed(model, seed=0, scale=0.02):
     return model.eval()
 
 
-def tiny_cli_folder(root, seed=0):
-    """``root`` with tiny.pt (a random TINY_VIT CLIP, marked QuickGELU by an open_clip_config.json
-    beside it, so loads do not warn) and photo.png (56×40 noise), for CLI runs → root."""
+def save_tiny_checkpoint(folder, seed):
+    """folder/tiny.pt: a random TINY_VIT CLIP (perturbed, ``seed``), with an open_clip_config.json
+    beside it saying it is a QuickGELU model, so loads do not warn that they assume it. → the path."""
     import json
+    torch.manual_seed(seed)
+    torch.save(perturbed(CLIP(**TINY_VIT), seed=seed).state_dict(), Path(folder) / "tiny.pt")
+    (Path(folder) / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"quick_gelu": True}}))
+    return Path(folder) / "tiny.pt"
 
+
+def tiny_cli_folder(root, seed=0):
+    """``root`` with tiny.pt (save_tiny_checkpoint) and photo.png (56×40 noise), for CLI runs → root."""
     import numpy as np
     from PIL import Image
 
-    torch.save(perturbed(CLIP(**TINY_VIT), seed=seed).state_dict(), root / "tiny.pt")
-    (root / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"quick_gelu": True}}))
+    save_tiny_checkpoint(root, seed)
     Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(root / "photo.png")
     return root
 

@@ -88,13 +88,14 @@ def test_under_ci_only_the_module_level_skip_still_fails_the_run(tmp_path):
 
 
 def test_ci_script_installs_extras_with_their_dependencies():
-    """Only open_clip_torch goes in with --no-deps, and every extra the adapter tests import is named."""
+    """Only open_clip_torch and timm (both declare torchvision) go in with --no-deps, and every extra
+    the adapter tests import is named."""
     with CASES.case():
         script = (TESTS.parent / ".ci" / "run").read_text()
         no_deps = [line for line in script.splitlines() if "--no-deps" in line and not line.lstrip().startswith("#")]
         assert no_deps == ["python3 -m pip install -q --no-deps -r .ci/no-deps.txt"]
         listed = lambda name: [line.split("==")[0] for line in (TESTS.parent / ".ci" / name).read_text().splitlines()
                                if line and not line.startswith("#")]
-        assert listed("no-deps.txt") == ["open_clip_torch"]
-        assert {"transformers", "huggingface_hub", "ftfy", "regex", "tqdm", "safetensors"} <= set(listed("extras.txt"))
+        assert listed("no-deps.txt") == ["open_clip_torch", "timm"]
+        assert {"transformers", "huggingface_hub", "ftfy", "regex", "tqdm", "safetensors", "pyyaml"} <= set(listed("extras.txt"))
         assert 'export CI="${CI:-true}"' in script

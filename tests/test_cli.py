@@ -22,9 +22,8 @@ import clipviz
 from clipviz import cli, outputs, progress
 from clipviz.cli import explain as explain_command, inputs, models as models_command, plan, policy
 from clipviz.cli.parser import DEFAULT_METHOD_HELP, DEFAULT_MODEL, build_parser
-from clipviz.model import CLIP
 
-from conftest import TINY_VIT, perturbed
+from conftest import save_tiny_checkpoint
 
 
 
@@ -60,10 +59,7 @@ def files_under(folder):
 def work(tmp_path_factory):
     """A folder with tiny.pt (a random TINY_VIT CLIP) and photos/ holding three small images."""
     root = tmp_path_factory.mktemp("cli")
-    torch.manual_seed(7)
-    torch.save(perturbed(CLIP(**TINY_VIT), seed=7).state_dict(), root / "tiny.pt")
-    # says tiny.pt is a QuickGELU model, so loads do not warn that they assume it
-    (root / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"quick_gelu": True}}))
+    save_tiny_checkpoint(root, seed=7)
     photos = root / "photos"
     photos.mkdir()
     rng = np.random.default_rng(0)

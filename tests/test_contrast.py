@@ -59,7 +59,7 @@ def test_contrast_reports_both_scores_and_their_difference(bundled, contrast):
 
 
 def test_figure_title_shows_both_scores_and_the_difference(contrast):
-    texts = [t.get_text() for t in contrast.figure(width="double").texts]
+    texts = [t.get_text().replace("\u00a0", " ") for t in contrast.figure(width="double").texts]
     for row in contrast.contrast():
         line = f"S {row['S_prompt']:.2f} − {row['S_against']:.2f} = {row['S_difference']:+.2f}"
         assert line in texts, (line, texts)
@@ -109,5 +109,5 @@ def test_cli_refuses_a_contrast_for_rollout_in_one_line(tmp_path):
 def test_one_prompt_shows_no_softmax_over_itself(bundled):
     exp = clipviz.explain(bundled, photo(), PROMPT, method="relevance")
     assert exp.probs.tolist() == [1.0]  # a softmax over one prompt: always 1, so the title leaves it out
-    texts = [t.get_text() for t in exp.figure().texts]
+    texts = [t.get_text().replace("\u00a0", " ") for t in exp.figure().texts]  # no-break spaces
     assert f"cos {exp.scores[0]:.3f}" in texts and not any("· p " in t for t in texts)

@@ -13,7 +13,8 @@ def per_pixel_blend(photo, heat, cmap, alpha):
     out = photo.copy()
     seen = ~np.isnan(heat)
     levels = np.minimum(np.floor(np.clip(heat[seen], 0, 1) * 256.0), 255).astype(int)
-    out[seen] = np.clip(np.floor((1.0 - alpha) * photo[seen] + alpha * table[levels] + 0.5), 0, 255).astype(np.uint8)
+    opacity = alpha * levels[:, None] / 255.0  # alpha · k / 255: the photo at level 0
+    out[seen] = np.clip(np.floor((1.0 - opacity) * photo[seen] + opacity * table[levels] + 0.5), 0, 255).astype(np.uint8)
     return out
 
 
@@ -45,6 +46,6 @@ def test_figure_png_uses_the_fast_level(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig = plt.figure(figsize=(1, 1))
-    data = render.save_figure(fig, tmp_path / "f.png", dpi=50).read_bytes()
+    data = render.save_figure(fig, tmp_path / "f.png").read_bytes()
     plt.close(fig)
     assert data[data.index(b"IDAT") + 5] >> 6 == 0

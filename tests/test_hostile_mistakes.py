@@ -213,7 +213,7 @@ API_CASES = {
     "image 5": (lambda m, w: clipviz.explain(m, 5, "a dog"), ["Cannot load an image from a int"]),
     "image bytes": (lambda m, w: clipviz.explain(m, b"\x89PNG", "a dog"), ["bytes"]),
     "images of mixed types": (lambda m, w: clipviz.explain(m, [str(w / "photo.png"), 5], "a dog"), ["int"]),
-    "image a torch tensor": (lambda m, w: clipviz.explain(m, torch.zeros(3, 8, 8), "a dog"), ["Tensor"]),
+    "tensor of the wrong side": (lambda m, w: clipviz.explain(m, torch.zeros(3, 8, 8), "a dog"), ["[3, S, S]"]),
     "int64 array": (lambda m, w: clipviz.explain(m, np.zeros((8, 8, 3), np.int64), "a dog"), ["int64", "uint8"]),
     "complex array": (lambda m, w: clipviz.explain(m, np.zeros((8, 8, 3), complex), "a dog"), ["complex"]),
     "object array": (lambda m, w: clipviz.explain(m, np.array([["a"]], object), "a dog"), ["object"]),

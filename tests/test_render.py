@@ -74,12 +74,29 @@ def test_overlay_equals_hand_computed_blend():
     for alpha in (Fraction(1, 2), Fraction(3, 10)):
         out = render.overlay(image, heat, cmap="jet", alpha=float(alpha))
         assert out.dtype == np.uint8 and out.shape == image.shape
-        for i, x in enumerate(xs):
+        for i, x in enumerate(xs):  # level k = 255 x, so its opacity alpha · k / 255 = alpha · x
             colour = [255 * c for c in jet_by_hand(x)]
-            expected = [int((1 - alpha) * int(p) + alpha * c + Fraction(1, 2)) for p, c in zip(image[0, i], colour)]
+            a = alpha * x
+            expected = [int((1 - a) * int(p) + a * c + Fraction(1, 2)) for p, c in zip(image[0, i], colour)]
             assert out[0, i].tolist() == expected, (i, alpha)
         assert out[0, 5].tolist() == [5, 6, 7]  # NaN: the photo, untouched
     assert (render.overlay(image, heat, alpha=0.0) == image).all()
+
+
+def test_zero_relevance_leaves_the_photo_as_it_is():
+    """No tinted square: where the map is 0 (or below the first colour level, 1/256) the overlay is
+    the photo's own pixel, for every colour map and opacity; the opacity grows with the value."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    for cmap in ("jet", "viridis", "magma", "turbo"):
+        for alpha in (0.3, 0.5, 1.0):
+            assert (render.overlay(image, np.zeros((20, 30)), cmap=cmap, alpha=alpha) == image).all()
+            faint = np.full((20, 30), 0.99 / 256)
+            assert (render.overlay(image, faint, cmap=cmap, alpha=alpha) == image).all()
+    grey = np.full((1, 4, 3), 128, np.uint8)
+    out = render.overlay(grey, np.array([[0.0, 0.25, 0.5, 1.0]]), cmap="gray", alpha=1.0)  # gray(x) = (x, x, x)
+    # gray at level k is k/255 white; opacity k/255: 128 + (k/255)(k − 128), k = 0, 64, 128, 255
+    assert out[0, :, 0].tolist() == [int(128 + k / 255 * (k - 128) + 0.5) for k in (0, 64, 128, 255)]
 
 
 # Published end points of matplotlib's listed maps (viridis: van der Walt & Smith 2015, the first and
@@ -102,8 +119,8 @@ def test_colour_levels_and_any_registry_name_against_independent_numbers():
         assert np.abs(ends - np.array([low, high])).max() < 5e-6, name
         image = np.array([[[100, 100, 100], [0, 0, 0]]], np.uint8)
         out = render.overlay(image, np.array([[0.0, 1.0]]), cmap=name, alpha=0.5)
-        expected = [[int(0.5 * p + 0.5 * 255 * c + 0.5) for p, c in zip(px, colour)]
-                    for px, colour in zip(image[0], (low, high))]
+        # value 0: opacity 0, the photo itself; value 1: the full alpha 0.5
+        expected = [[100, 100, 100], [int(0.5 * 0 + 0.5 * 255 * c + 0.5) for c in high]]
         assert out[0].tolist() == expected, name
     with pytest.raises(ClipvizError, match="unknown colormap 'nope'.*matplotlib"):
         render.colormap_table("nope")
@@ -115,8 +132,10 @@ def test_overlay_on_a_real_explanation_keeps_unseen_pixels(exp):
     assert out.shape == exp.photo.shape  # the photo's full resolution
     unseen = np.isnan(exp.maps[0])
     assert unseen.any() and (out[unseen] == exp.photo[unseen]).all()  # the wide photo's sides
-    colour = matplotlib.colormaps["jet"](exp.maps[0][~unseen])[:, :3] * 255
-    expected = np.floor(0.6 * exp.photo[~unseen] + 0.4 * colour + 0.5)
+    values = exp.maps[0][~unseen]
+    colour = matplotlib.colormaps["jet"](values)[:, :3] * 255
+    opacity = 0.4 * np.minimum(np.floor(values * 256), 255)[:, None] / 255  # grows with the relevance
+    expected = np.floor((1 - opacity) * exp.photo[~unseen] + opacity * colour + 0.5)
     assert np.abs(out[~unseen].astype(float) - expected).max() <= 1  # rounding at exact ties only
     assert (exp.overlay(0, alpha=0.4) == out).all()
 
@@ -249,7 +268,7 @@ def test_explanation_figure_titles_sizes_and_layout(exp, width, inches):
     fig = exp.figure(width=width)
     assert fig.get_size_inches()[0] == pytest.approx(inches)
     assert len(image_axes(fig)) == 1 + len(PROMPTS)
-    texts = " ".join(t.get_text() for t in fig.texts)
+    texts = " ".join(t.get_text().replace("\u00a0", " ") for t in fig.texts)  # no-break spaces tie "cos 0.1"
     for t in range(len(PROMPTS)):
         assert f"cos {exp.scores[t]:.3f} · p {exp.probs[t]:.2f}" in texts
     assert "two cats" in texts and "method: relevance" in texts
@@ -279,15 +298,65 @@ def test_comparison_layer_and_head_figures(exp, tiny_vit):
         render.layer_strip(exp, prompt=5)
 
 
+LONG = ["a photograph of an extraordinarily photogenic golden retriever puppy sitting on a windowsill",
+        "incomprehensibilities", "a cat"]
+
+
+def test_labels_wrap_between_words_and_shrink_for_a_long_word(tiny_vit):
+    """Every grid's labels: each drawn line is whole words of what was asked for (a long label
+    ends in "…" after a whole word), and it fits its cell — a word wider than the cell shrinks the
+    cell's font (never below MIN_FONT) instead of being cut."""
+    from clipviz.render.layout import MIN_FONT
+    image = photo(120, 120)
+    exps = {m: clipviz.explain(tiny_vit, image, LONG, method=m, **({"start_layer": 0} if m == "relevance" else {}))
+            for m in ("relevance", "rollout", "gradcam", "legrad")}
+    source_words = {w for text in LONG for w in text.split()}
+    figures = [render.comparison_grid(exps, width="double"), render.comparison_grid(exps, width="single"),
+               exps["relevance"].figure(width="single", columns=3, show_text=False), render.layer_strip(exps["relevance"], 0, width="single"),
+               render.head_grid(exps["relevance"], 1, width="single")]
+    for fig in figures:
+        renderer = fig.canvas.get_renderer()
+        for text in fig.texts:
+            line = text.get_text().replace("\u00a0", " ")
+            for word in (w.strip("“”…") for w in line.split()):
+                broken = [s for s in source_words if len(word) >= 3 and word not in source_words | {"photo"}
+                          and (s.startswith(word) or s.endswith(word))]
+                assert not broken, f"{line!r}: {word!r} is a piece of {broken}"  # whole words only
+            width = text.get_window_extent(renderer).width / fig.dpi
+            assert width <= fig.get_size_inches()[0], line
+            assert text.get_fontsize() >= MIN_FONT
+        assert_no_overlapping_text(fig)
+    for fig in figures[:3]:
+        assert "incomprehensibilities" in " ".join(t.get_text() for t in fig.texts)  # never cut
+    # “incomprehensibilities” does not fit a 1.1 in column at 7 pt: that title shrinks, the others keep 7 pt
+    sizes = {t.get_text(): t.get_fontsize() for t in figures[2].texts}
+    assert MIN_FONT <= sizes["“incomprehensibilities”"] < 7.0 and sizes["“a cat”"] == 7.0
+
+
+def test_wrap_keeps_words_whole_by_hand():
+    """fit_text on a fixed-width 'font' (0.1 in per character at 10 pt, scaling with the size)."""
+    from clipviz.render.layout import MIN_FONT, fit_text
+    measure = lambda text, size: 0.01 * size * len(text)  # noqa: E731
+    assert fit_text(["a dog on the beach"], 0.8, measure, 10) == (["a dog on", "the", "beach"], 10)
+    lines, size = fit_text(["an incomprehensible dog"], 0.8, measure, 10)  # 16 letters > 8: shrink to 10 · 8/16
+    assert lines == ["an", "incomprehensible", "dog"] and size == pytest.approx(5.0, rel=1e-2)
+    lines, size = fit_text(["one two three four five six seven"], 1.0, measure, 10, max_lines=2)
+    assert lines == ["one two", "three …"] and size == 10
+    lines, size = fit_text(["x" * 100], 0.8, measure, 10)  # too wide even at MIN_FONT: shortened, says so
+    assert size == MIN_FONT and lines[0].endswith("…") and measure(lines[0], size) <= 0.8
+
+
 # --- files ------------------------------------------------------------------------------------
 
 def test_png_pdf_and_svg_are_written_and_open(exp, tmp_path):
     fig = exp.figure()
     w_in, h_in = fig.get_size_inches()
-    for dpi in (100, 200):
+    for dpi in (300, 450):
         path = render.save_figure(fig, tmp_path / f"fig{dpi}.png", dpi=dpi)
         with Image.open(path) as png:
             assert png.format == "PNG" and png.size == (int(w_in * dpi), int(h_in * dpi))  # Agg truncates
+    with Image.open(render.save_figure(fig, tmp_path / "default.png")) as png:
+        assert png.size == (int(w_in * 300), int(h_in * 300))  # the resolution rule's default
     pdf = render.save_figure(fig, tmp_path / "fig.pdf").read_bytes()
     assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page\b", pdf)) == 1
     if shutil.which("pdftoppm"):
@@ -295,6 +364,55 @@ def test_png_pdf_and_svg_are_written_and_open(exp, tmp_path):
     root = ET.parse(render.save_figure(fig, tmp_path / "fig.svg")).getroot()
     assert root.tag.endswith("svg") and root.get("width", "").startswith(f"{w_in * 72:.0f}")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary files left
+
+
+def pdf_fonts(path):
+    """pdffonts' table of a PDF (poppler-utils): [(name, type)] — the type column read by its
+    position under the dashed header, since a type such as "CID TrueType" has a space."""
+    text = subprocess.run(["pdffonts", str(path)], check=True, capture_output=True, text=True).stdout.splitlines()
+    start = text[0].index("type")
+    dashes = text[1].split(" ")
+    end = start + len(dashes[1]) if len(dashes) > 1 else None
+    return [(line.split()[0], line[start:end].strip()) for line in text[2:]]
+
+
+def test_pdf_embeds_truetype_fonts_and_svg_keeps_text(exp, tmp_path):
+    """PDF fonts are TrueType (pdffonts lists no Type 3, which IEEE PDF eXpress rejects), embedded;
+    SVG text is <text> elements with the figure's words; the user's rcParams are left as they were."""
+    import matplotlib
+    before = {k: matplotlib.rcParams[k] for k in ("pdf.fonttype", "ps.fonttype", "svg.fonttype")}
+    fig = exp.figure()
+    pdf_path = render.save_figure(fig, tmp_path / "fig.pdf")
+    pdf = pdf_path.read_bytes()
+    assert b"/Type3" not in pdf.replace(b" ", b"") and b"/FontFile2" in pdf  # embedded TrueType programs
+    if shutil.which("pdffonts"):
+        fonts = pdf_fonts(pdf_path)
+        assert fonts and all("TrueType" in kind and "Type 3" not in kind for _, kind in fonts), fonts
+    elif os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail("pdffonts is not installed: apt-get install poppler-utils (.ci/run does)")
+    root = ET.parse(render.save_figure(fig, tmp_path / "fig.svg")).getroot()
+    texts = ["".join(t.itertext()) for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    assert "photo" in texts and any("two cats" in t for t in texts), texts[:10]
+    assert {k: matplotlib.rcParams[k] for k in before} == before
+
+
+def test_figures_are_saved_at_300_dpi_or_more(exp, tmp_path):
+    from clipviz.cli.parser import FIGURE_DPI
+    from clipviz.render.layout import FIGURE_DPI as RULE
+    assert FIGURE_DPI == RULE == 300  # the CLI's copy (kept import-free) is the rule's
+    fig = exp.figure()
+    for dpi in (150, 299, 2401, True, "300"):
+        with pytest.raises(ClipvizError, match="dpi must be a number from 300 to 2400"):
+            render.save_figure(fig, tmp_path / "low.png", dpi=dpi)
+    assert not (tmp_path / "low.png").exists()
+    # panels sample the photo at 300 px per inch: the 130-px photo is not downsized in a 1.1 in panel,
+    # a 2000-px one is (to 300 px/in of its panel)
+    wide = Explanation(**{**exp.__dict__, "photo": np.zeros((1000, 2000, 3), np.uint8),
+                          "crop_box": preprocess_image(np.zeros((1000, 2000, 3), np.uint8), 64)[1]})
+    fig = render.explanation_figure(wide, columns=1, width="single")
+    shown = [ax.get_images()[0].get_array().shape for ax in fig.axes if ax.get_images()]
+    panel_in = 3.5 - 2 * 0.04
+    assert shown[0][1] == round(panel_in * 300)
 
 
 def test_saving_refuses_bad_paths(exp, tmp_path):

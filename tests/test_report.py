@@ -64,9 +64,12 @@ def test_the_page_is_one_file_with_every_map_embedded(tiny_vit, image, page):
     for method, layer, option in (("relevance", 0, "start_layer"), ("gradcam", 1, "layer"), ("legrad", 2, "start_layer")):
         exp = clipviz.explain(tiny_vit, image, PROMPTS[1], method=method, **{option: layer})
         square = CropBox(0.0, 0.0, float(MAP_SIDE), float(MAP_SIDE), MAP_SIDE, MAP_SIDE, MAP_SIDE)
-        expected = np.floor(colorize(map_to_photo(normalise_maps(exp.token_maps), square)[0]) + 0.5)
+        heat = map_to_photo(normalise_maps(exp.token_maps), square)[0]
+        expected = np.floor(colorize(heat) + 0.5)
         rgba = decode(data["maps"][f"1|{method}|{layer}"])
-        assert rgba.shape == (MAP_SIDE, MAP_SIDE, 4) and (rgba[..., 3] == 255).all()
+        # opacity k / 255 at colour level k = floor(256 v): overlay's blend, the photo where v = 0
+        levels = np.minimum(np.floor(heat * 256), 255)
+        assert rgba.shape == (MAP_SIDE, MAP_SIDE, 4) and (rgba[..., 3] == levels).all()
         assert np.abs(rgba[..., :3].astype(int) - expected).max() <= 1, method
     both = clipviz.explain(tiny_vit, image, PROMPTS)  # scores and softmax over the report's prompts
     assert np.allclose([p["cos"] for p in data["prompts"]], both.scores, atol=1e-5)

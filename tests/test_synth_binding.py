@@ -230,3 +230,73 @@ def test_target_suites_draw_what_they_name():
         assert scenes_digest([scene]) == scenes_digest([same_shape_scene(index)])
         styled = outline_pastel_scene(index)
         assert len(styled.objects) == 2 and styled.background.startswith("pastel ")
+
+
+def test_patch_labels_hand_worked():
+    """A 4×4-pixel scene on a 2×2 patch grid: patch (0, 0) fully red circle, (0, 1) 3/4 blue
+    star, (1, 0) one pixel (1/4) of the star, (1, 1) empty; then a small green ring covering a
+    quarter of one patch and nothing else gets that patch all the same."""
+    from types import SimpleNamespace
+
+    from clipviz.synth.binding import BACKGROUND, IGNORED, class_id, patch_labels
+
+    masks = np.zeros((2, 4, 4), dtype=bool)
+    masks[0, 0:2, 0:2] = True
+    masks[1, 0:2, 2:4] = True
+    masks[1, 0, 2] = False  # 3 of 4 pixels
+    masks[1, 2, 0] = True  # a quarter of the patch below-left: neither object nor background
+    objects = [SimpleNamespace(shape="circle", colour="red"), SimpleNamespace(shape="star", colour="blue")]
+    scene = SimpleNamespace(size=4, objects=objects, masks=masks)
+    assert patch_labels(scene, 2).tolist() == [class_id("circle", "red"), class_id("star", "blue"), IGNORED, BACKGROUND]
+    small = np.zeros((3, 4, 4), dtype=bool)
+    small[:2] = masks
+    small[2, 3, 3] = True  # 1/4 of patch (1, 1)
+    scene = SimpleNamespace(size=4, objects=objects + [SimpleNamespace(shape="ring", colour="green")], masks=small)
+    assert patch_labels(scene, 2).tolist() == [class_id("circle", "red"), class_id("star", "blue"), IGNORED,
+                                               class_id("ring", "green")]
+
+
+def test_class_attention_share_equals_the_attention_modules_own_weights():
+    """The recomputed CLS attention row equals nn.MultiheadAttention's averaged weights; the share
+    counts background and border (IGNORED) patches, not object ones."""
+    import torch
+
+    from clipviz.model import ResidualAttentionBlock
+    from clipviz.synth.binding import BACKGROUND, IGNORED
+    from clipviz.synth.train import class_attention_off_objects
+
+    torch.manual_seed(0)
+    block = ResidualAttentionBlock(32, 4).eval()
+    x = torch.randn(3, 1 + 9, 32)
+    labels = torch.randint(0, 3, (3, 9))
+    labels[labels == 2] = BACKGROUND
+    labels[labels == 1] = IGNORED
+    read = block.ln_1(x)
+    _, weights = block.attn(read, read, read, need_weights=True, average_attn_weights=True)  # [B, N, N]
+    expected = (weights[:, 0, 1:] * (labels != 0)).sum(-1).mean()
+    assert torch.allclose(class_attention_off_objects(block, read, labels), expected, atol=1e-6)
+
+
+def test_patch_loss_is_cross_entropy_over_prompts_without_ignored_patches():
+    import torch
+
+    from clipviz.model import VisionTransformer
+    from clipviz.synth.binding import IGNORED
+    from clipviz.synth.train import PATCH_SCALE, patch_loss
+
+    torch.manual_seed(0)
+    visual = VisionTransformer(32, 16, 24, 1, 2, 8).eval()
+    tokens = torch.randn(2, 5, 24)
+    prompts = torch.randn(6, 8)
+    labels = torch.tensor([[0, 5, IGNORED, 2], [IGNORED, IGNORED, 1, 1]])
+    loss, accuracy = patch_loss(visual, tokens, prompts, labels)
+    terms = []
+    for b in range(2):
+        for g in range(4):
+            if labels[b, g] == IGNORED:
+                continue
+            z = visual.ln_post(tokens[b, 1 + g]) @ visual.proj
+            cos = torch.nn.functional.cosine_similarity(z[None], prompts, dim=-1)
+            terms.append(-torch.log_softmax(PATCH_SCALE * cos, dim=0)[labels[b, g]])
+    assert torch.allclose(loss, torch.stack(terms).mean(), atol=1e-5)
+    assert 0.0 <= accuracy.item() <= 1.0

@@ -76,8 +76,9 @@ def test_training_input_matches_preprocess_and_is_deterministic():
     data = BindingExamples(seed=0, repeats=2, negatives=3)
     first, second = data[7], data[7]
     assert all(torch.equal(a, b) for a, b in zip(first, second))
-    image, ids, present, named = first
+    image, ids, present, named, labels = first
     assert image.shape == (224, 224, 3) and ids.shape == (2, 4, 77) and present.shape == (64,) and named.shape == (2, 64)
+    assert labels.shape == (196,) and labels.dtype == torch.int64
 
 
 def test_learning_rate_schedule():

@@ -24,17 +24,37 @@ class _Unavailable:
 class InterpolationMode(enum.Enum):
     # open_clip reads these as default arguments when its transform module is imported
     NEAREST = "nearest"
+    NEAREST_EXACT = "nearest-exact"
     BILINEAR = "bilinear"
     BICUBIC = "bicubic"
+    BOX = "box"
+    HAMMING = "hamming"
+    LANCZOS = "lanczos"
 
 
 _TRANSFORMS = ("Normalize", "Compose", "RandomResizedCrop", "ToTensor", "Resize", "CenterCrop",
                "ColorJitter", "Grayscale")
 
 
-def _module(name, **attributes):
+def _unavailable_function(name):
+    def function(*args, **kwargs):
+        raise RuntimeError(f"{name} comes from the test shim of torchvision and cannot be used")
+    return function
+
+
+def _module(name, placeholders=None, **attributes):
+    """A placeholder module; ``placeholders`` = "classes" or "functions" answers any other public
+    name with a class / function that raises when used (timm imports many at module level)."""
     module = types.ModuleType(name)
     module.__dict__.update(attributes)
+    if placeholders:
+        def attribute(key):
+            if key.startswith("_"):
+                raise AttributeError(key)
+            made = type(key, (_Unavailable,), {}) if placeholders == "classes" else _unavailable_function(key)
+            setattr(module, key, made)
+            return made
+        module.__getattr__ = attribute
     module.__spec__ = importlib.machinery.ModuleSpec(name, None)  # find_spec() must not fail on it
     module.__clipviz_test_shim__ = True
     return module
@@ -54,13 +74,16 @@ def install():
             for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
                 del sys.modules[name]
     classes = {name: type(name, (_Unavailable,), {}) for name in _TRANSFORMS}
-    functional = _module("torchvision.transforms.functional")
-    transforms = _module("torchvision.transforms", InterpolationMode=InterpolationMode, functional=functional, **classes)
+    # timm (open_clip's SigLIP towers) imports many more transforms, functions and datasets
+    functional = _module("torchvision.transforms.functional", "functions", InterpolationMode=InterpolationMode)
+    transforms = _module("torchvision.transforms", "classes", InterpolationMode=InterpolationMode,
+                         functional=functional, **classes)
     misc = _module("torchvision.ops.misc", FrozenBatchNorm2d=type("FrozenBatchNorm2d", (_Unavailable,), {}))
     ops = _module("torchvision.ops", misc=misc)
+    datasets = _module("torchvision.datasets", "classes")
     # no version and no __file__: transformers' availability probe reads that as "not installed"
-    root = _module("torchvision", transforms=transforms, ops=ops)
+    root = _module("torchvision", transforms=transforms, ops=ops, datasets=datasets)
     sys.modules.update({"torchvision": root, "torchvision.transforms": transforms,
                         "torchvision.transforms.functional": functional,
-                        "torchvision.ops": ops, "torchvision.ops.misc": misc})
+                        "torchvision.ops": ops, "torchvision.ops.misc": misc, "torchvision.datasets": datasets})
     return True

@@ -6,12 +6,26 @@ built-in adapter serves clipviz's own models and anything with OpenAI's module l
 ``logit_scale``), which includes the official OpenAI code. Other families register a matcher.
 """
 
+import weakref
+
 import torch
 
 from ..errors import ClipvizError
 from ..forms import check_materialised, unwrap
 
 _FAMILIES = []  # (matches(model) -> bool, adapter class)
+_TOKENIZERS = weakref.WeakKeyDictionary()  # model → tokenize(prompts) → ids, from its own library
+
+
+def attach_tokenizer(model, tokenize):
+    """Tokenize ``model``'s prompts with ``tokenize(list of str) → ids [P, context_length]`` (its own
+    library's tokenizer; the loaders attach it, clipviz.load('hf:…' | 'openclip:…'))."""
+    _TOKENIZERS[unwrap(model)] = tokenize
+
+
+def attached_tokenizer(model):
+    """The tokenizer attached to ``model`` (attach_tokenizer), or None."""
+    return _TOKENIZERS.get(unwrap(model))
 
 
 def register_family(matches, adapter_class):
@@ -77,11 +91,16 @@ class ClipAdapter:
         return next(self.image_encoder.parameters()).dtype
 
     family_name = "this model"  # how errors name the model family
+    pooling = "cls"  # or "probe": an attention-pooling head (clipviz.adapters.probe)
+    crop = True      # images resized and centre-cropped (CLIP); False: resized to S × S
     vocab_size = 49408  # CLIP's BPE; families read their text tower's own size
 
     def tokenize(self, prompts):
         """Prompts → ids [P, context_length] (raises ClipvizError for over-long prompts, or for a
         text tower built for another tokenizer)."""
+        attached = attached_tokenizer(self.model)
+        if attached is not None:
+            return _checked_ids(attached(list(prompts)), self.context_length)
         if self.vocab_size != 49408:
             raise ClipvizError(f"{self.family_name}'s text tower uses another tokenizer (vocabulary of "
                                f"{self.vocab_size}); clipviz tokenizes with CLIP's BPE (49408 tokens)")
@@ -103,6 +122,10 @@ class ClipAdapter:
     def logit_scale(self):
         return self.model.logit_scale.exp()
 
+    def logit_bias(self):
+        """The constant added to logit_scale · cos (SigLIP's logit_bias), or None (CLIP)."""
+        return None
+
     def image_recorder(self, needs):
         """A recorder of the image tower for a method's ``needs`` (clipviz.methods.base.Needs): a
         context manager with check_recorded(), backward(score, slot) and collect(records)."""
@@ -119,6 +142,14 @@ class ClipAdapter:
         outputs through it)."""
         visual = self.image_encoder
         return visual.ln_post(tokens) @ visual.proj
+
+
+def _checked_ids(ids, context_length):
+    """A tokenizer's ids as a [P, context_length] long tensor; a ClipvizError for over-long prompts."""
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    if ids.shape[-1] > context_length:
+        raise ClipvizError(f"a prompt is longer than this model's {context_length} text tokens; shorten it")
+    return ids
 
 
 def _resolution(visual):
@@ -167,6 +198,18 @@ register_family(lambda model: _library(model) == "open_clip" and hasattr(model, 
 register_family(lambda model: _library(model) == "transformers" and hasattr(model, "vision_model")
                 and hasattr(model, "text_model"),
                 _optional_family(".huggingface", "HuggingFaceAdapter"))
+register_family(lambda model: _library(model) == "transformers" and type(model).__name__ in ("SiglipModel", "Siglip2Model"),
+                _optional_family(".siglip", "SiglipAdapter"))
+
+
+# model families loaded through their own library (not registered names), as ``clipviz models`` lists them
+LIBRARY_SPECS = (
+    ("openclip:ViT-B-16/laion2b_s34b_b88k", "open_clip CLIP ViTs and ResNets (pip install clipviz[openclip])"),
+    ("openclip:ViT-B-16-SigLIP/webli", "open_clip SigLIP / SigLIP 2 on timm towers, attention-pooled"),
+    ("hf:openai/clip-vit-base-patch32", "Hugging Face CLIPModel (pip install clipviz[hf])"),
+    ("hf:google/siglip-base-patch16-224", "Hugging Face SiglipModel, attention-pooled"),
+    ("hf:google/siglip2-base-patch16-naflex", "Hugging Face Siglip2Model (NaFlex), attention-pooled"),
+)
 
 
 def load_spec(spec, device):
@@ -180,7 +223,8 @@ def load_spec(spec, device):
     raise ClipvizError(f"unknown model spec {spec!r}: use 'openclip:ARCH/PRETRAINED' or 'hf:REPO_ID'")
 
 
-def scores_from_embeddings(image_emb, text_emb, logit_scale):
-    """cosine [B, P] and logit_scale · cosine [B, P] (CLIP's logits_per_image)."""
+def scores_from_embeddings(image_emb, text_emb, logit_scale, logit_bias=None):
+    """cosine [B, P] and logit_scale · cosine (+ logit_bias) [B, P] (CLIP's and SigLIP's logits_per_image)."""
     cosine = torch.nn.functional.normalize(image_emb.float(), dim=-1) @ torch.nn.functional.normalize(text_emb.float(), dim=-1).t()
-    return cosine, logit_scale.float() * cosine
+    logits = logit_scale.float() * cosine
+    return cosine, logits if logit_bias is None else logits + logit_bias.float()

@@ -1,4 +1,5 @@
-"""Hugging Face ``CLIPModel`` (``pip install clipviz[hf]``): ``hf:REPO_ID`` specs and an adapter.
+"""Hugging Face ``CLIPModel`` (``pip install clipviz[hf]``): ``hf:REPO_ID`` specs and an adapter
+(SigLIP and SigLIP 2 checkpoints are handed to clipviz.adapters.siglip).
 
 The recorder hooks each ``CLIPEncoderLayer``'s ``self_attn`` through the AttentionLayout
 registered here (``HuggingFaceLayout``; clipviz.hooks knows only nn.MultiheadAttention). Its probabilities
@@ -60,6 +61,12 @@ def load_hf(repo_id, device):
     if not repo_id:
         raise ClipvizError("'hf:' needs a repository id, e.g. 'hf:openai/clip-vit-base-patch32'")
     try:
+        config = transformers.AutoConfig.from_pretrained(repo_id)
+        if config.model_type in ("siglip", "siglip2"):  # SigLIP and SigLIP 2: clipviz.adapters.siglip
+            from .siglip import SiglipAdapter, load_siglip
+            model = load_siglip(transformers, repo_id, config, device)
+            adapter = SiglipAdapter(model)
+            return model, Preprocess(adapter.input_resolution, crop=adapter.crop)
         model = transformers.CLIPModel.from_pretrained(repo_id)
     except (OSError, ValueError) as error:  # unknown repo, no network, not a CLIP checkpoint
         raise ClipvizError(f"could not load Hugging Face model {repo_id!r}: {error}") from None
@@ -79,13 +86,17 @@ class HuggingFaceAdapter(ClipAdapter):
         self.image_encoder = unwrap(model.vision_model)
         self.text_encoder = unwrap(model.text_model)
         self.family = "vit"
-        self.input_resolution = int(vision.image_size)
-        self.patch_grid = self.input_resolution // int(vision.patch_size)
+        self.input_resolution, self.patch_grid = self._geometry(vision)
         self.num_layers = len(self.image_encoder.encoder.layers)
         self.text_layers = len(self.text_encoder.encoder.layers)
         self.context_length = int(text.max_position_embeddings)
         self.vocab_size = int(text.vocab_size)
         self.eos_token_id = getattr(self.text_encoder, "eos_token_id", text.eos_token_id)
+
+    def _geometry(self, vision):
+        """(input side S, patch grid g) from the vision config."""
+        size = int(vision.image_size)
+        return size, size // int(vision.patch_size)
 
     def eot_positions(self, ids):
         """HF CLIPTextModel's pooling rule (argmax for eos_token_id == 2, else the first eos)."""

@@ -5,8 +5,10 @@ open_clip's CLIP keeps OpenAI's module layout (``visual.transformer.resblocks`` 
 ``transformer``), so the recorder hooks it unmodified. What differs, and lives here: loading by
 architecture and pretrained tag, the text pooling rule (``argmax`` or ``eos``), the image
 normalisation a checkpoint was trained with, and which of its many towers clipviz can explain
-(ViT with CLS pooling, and ModifiedResNet; not timm or Hugging Face towers, attentional pooling
-or mean pooling).
+(ViT with CLS pooling, ModifiedResNet, and timm ViTs pooled by attention — SigLIP and SigLIP 2,
+clipviz.adapters.timm and clipviz.adapters.probe; not Hugging Face towers, open_clip's own
+attentional pooling or mean pooling). SigLIP's score is logit_scale · cos + logit_bias; its
+tokenizer is open_clip's own for the architecture (``open_clip.get_tokenizer``).
 
     model, preprocess = clipviz.load("openclip:ViT-B-16/laion2b_s34b_b88k")
     model, preprocess = clipviz.load("openclip:hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
@@ -20,7 +22,7 @@ import torch
 from ..errors import ClipvizError
 from ..forms import unwrap
 from ..preprocess import MEAN, STD
-from . import ClipAdapter, import_extra
+from . import ClipAdapter, attach_tokenizer, import_extra
 
 
 def parse_spec(spec):
@@ -52,7 +54,23 @@ def load_openclip(spec, device):
         model = _create(open_clip, arch, pretrained, device)
     model.eval()
     adapter = OpenClipAdapter(model)  # refuse towers clipviz cannot explain now, not mid-explanation
-    return model, Preprocess(adapter.input_resolution)
+    if adapter.vocab_size != 49408:  # not CLIP's BPE: open_clip's tokenizer for the architecture
+        attach_tokenizer(model, _lazy_tokenizer(open_clip, arch))
+    return model, Preprocess(adapter.input_resolution, crop=adapter.crop)
+
+
+def _lazy_tokenizer(open_clip, arch):
+    """open_clip.get_tokenizer(arch), built on first use (it may fetch its files from the Hub)."""
+    made = []
+
+    def tokenize(prompts):
+        if not made:
+            try:
+                made.append(open_clip.get_tokenizer(arch))
+            except (OSError, ValueError, ImportError) as error:
+                raise ClipvizError(f"could not load open_clip's tokenizer for {arch}: {error}") from None
+        return made[0](prompts)
+    return tokenize
 
 
 def _check_names(open_clip, arch, pretrained):
@@ -85,9 +103,13 @@ class OpenClipAdapter(ClipAdapter):
         self.model = model
         visual = unwrap(model.visual)
         self.family = tower_family(visual)
-        self.num_layers = len(visual.transformer.resblocks) if self.family == "vit" else 1  # ResNet: its last stage
         self.image_encoder = visual
         self.input_resolution, self.patch_grid = tower_geometry(visual, self.family)
+        if type(visual).__name__ == "TimmModel":  # SigLIP: a timm ViT and its attention pool
+            self.pooling = "probe"
+            self.num_layers = len(visual.trunk.blocks) + 1  # + the pool (clipviz.adapters.probe)
+        else:
+            self.num_layers = len(visual.transformer.resblocks) if self.family == "vit" else 1  # ResNet: last stage
         text = unwrap(getattr(model, "text", None))
         self.text_encoder = unwrap(model.transformer if hasattr(model, "transformer") else getattr(text, "transformer", None))
         self.text_layers = len(self.text_encoder.resblocks) if self.text_encoder is not None else 0
@@ -96,7 +118,28 @@ class OpenClipAdapter(ClipAdapter):
         owner = model if hasattr(model, "text_pool_type") else text
         self.text_pool = getattr(owner, "text_pool_type", None) or getattr(owner, "pool_type", "argmax")
         self.eos_id = getattr(owner, "text_eos_id", None) or getattr(owner, "eos_id", None)
+        if self.text_pool == "last":  # SigLIP: no EOT row to read text-token relevance from
+            self.text_layers = 0
         self.pixel_mean, self.pixel_std = pixel_statistics(visual)
+        self.crop = (getattr(visual, "preprocess_cfg", None) or {}).get("resize_mode") != "squash"
+
+    def logit_bias(self):
+        bias = getattr(self.model, "logit_bias", None)
+        return None if bias is None else bias.reshape(())
+
+    def image_recorder(self, needs):
+        if self.pooling != "probe":
+            return super().image_recorder(needs)
+        if needs.layers is None and not needs.features:
+            return None
+        from .probe import ProbeRecorder
+        return ProbeRecorder(self.image_encoder, needs)
+
+    def probe_readout(self, tokens):
+        """The attention pool on a block's tokens [B, N, D] → (embedding [B, E], its attention
+        [B, H, 1, N] in the graph), as the authors' LeGrad for SigLIP reads it (no final norm)."""
+        from .timm import pool_forward
+        return pool_forward(self.image_encoder.trunk.attn_pool, tokens)
 
     def eot_positions(self, ids):
         """The token the text tower pools: EOT by argmax, the first eos id, or first/last position."""
@@ -140,6 +183,10 @@ def tower_family(visual):
         return "vit"
     if kind == "ModifiedResNet":
         return "resnet"
+    if kind == "TimmModel":
+        from .timm import siglip_trunk
+        siglip_trunk(visual)
+        return "vit"
     raise ClipvizError(f"clipviz cannot explain open_clip's {kind} image tower (timm / Hugging Face towers); "
                        "use a ViT or ModifiedResNet architecture")
 
@@ -153,6 +200,9 @@ def pixel_statistics(visual):
 def tower_geometry(visual, family):
     """(input side S, patch grid g) of an open_clip image tower; a ClipvizError for a tower whose
     input or patch grid is not square (clipviz's crops, maps and methods are g × g)."""
+    if type(visual).__name__ == "TimmModel":
+        from .timm import trunk_geometry
+        return trunk_geometry(visual.trunk)
     size = _pair(visual.image_size)
     patch = _pair(visual.patch_size) if family == "vit" else (32, 32)
     grid = (size[0] // patch[0], size[1] // patch[1])

@@ -41,7 +41,7 @@ def run_data_benchmark(model, folder, methods=None, seed=BENCH_SEED, progress=Tr
     with deterministic(), progress_bar(len(items), "photos", progress) as bar:
         for image_index, (image_path, categories) in enumerate(items):
             photo = load_image(image_path)
-            pixels, box = preprocess_image(photo, adapter.input_resolution)
+            pixels, box = preprocess_image(photo, adapter.input_resolution, crop=adapter.crop)
             prompts = [PHOTO_QUERY.format(category) for category, _ in categories]
             token_maps = {}
             for method, module in modules.items():

@@ -34,7 +34,7 @@ def bench_scene(adapter, modules, scene, seed, index, steps, class_text):
     target = scene.objects[queried]
     mask = scene.masks[queried]
     prompts = [object_prompt(target.shape, target.colour), object_prompt(*absent)]
-    pixels, box = preprocess_image(scene.image, adapter.input_resolution)
+    pixels, box = preprocess_image(scene.image, adapter.input_resolution, crop=adapter.crop)
 
     token_maps, seconds, prompt_rho = {}, {}, {}
     for method, module in modules.items():

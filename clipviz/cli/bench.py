@@ -13,6 +13,7 @@ from .policy import EXIT_OK, EXIT_USAGE
 def add_arguments(parser):
     """Options of ``clipviz bench`` on an argparse parser."""
     from ..bench.common import BENCH_SEED
+    from ..methods import available_methods
     from ..bench.synthetic import DEFAULT_N, DEFAULT_SANITY_SCENES, DEFAULT_STEPS
 
     parser.add_argument("--model", default=DEFAULT_MODEL,
@@ -21,7 +22,8 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=seed, default=BENCH_SEED,
                         help=f"scene stream (default {BENCH_SEED}, held out from training)")
     parser.add_argument("--methods", default=None,
-                        help="comma-separated method names (default: every registered method)")
+                        help=f"comma-separated method names among {', '.join(available_methods())} "
+                             "(default: every one that applies to the model)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--out", default="bench.json", help="JSON output file (default bench.json); checked "
                         "before the run, never replaced unless clipviz wrote it or --force")

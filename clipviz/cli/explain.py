@@ -1,12 +1,17 @@
-"""``clipviz explain``: every image in turn, its files written, its table printed; failures at the end.
+"""``clipviz explain``: images decoded in worker processes, explained in batches, written in
+threads; each image's table printed in order; failures at the end.
 
     inputs (images, prompts, model) ─► OutputPlan.check ─► load_model
-        ─► per image: clipviz.explain(...) ─► render (overlay / figures) ─► table on stdout
+        ─► clipviz.folder.explain_files ─► render (overlay / figures / map files) ─► table, manifest
+
+Under torchrun each process takes its shard of the images (clipviz.distributed) and rank 0 merges
+the manifest parts at the end.
 """
 
 import json
 import os
 import sys
+from pathlib import Path
 
 from .. import progress
 from ..errors import ClipvizError
@@ -15,12 +20,12 @@ from ..outputs import refuse_existing
 from ..suffixes import is_video
 from .inputs import check_prompts, load_model, model_name, split_inputs
 from .plan import OutputPlan, once_each
-from .policy import each_image, one_line, report_failures
+from .policy import failure_text, keep_failure, one_line, report_failures
 
 
 def run(args):
-    """Explain each image in turn, write its files, print its table; failures listed at the end."""
-    images, prompts = once_each(*split_inputs(args.inputs, args.image, args.images, args.prompt))
+    """Explain every image, write its files, print its table; failures listed at the end."""
+    images, prompts = once_each(*split_inputs(args.inputs, args.image, args.images, args.prompt, args.image_list))
     videos = [path for path in images if is_video(path)]
     if videos:
         if len(images) > 1:
@@ -31,45 +36,117 @@ def run(args):
     if args.html:
         from .report import run_html_report
         return run_html_report(args, images, prompts, name)
+    from .. import distributed, manifest
+
+    ranks = distributed.from_environment()
+    if ranks.distributed and args.json:
+        raise ClipvizError("--json under torchrun would mix several processes' output: use --manifest FILE.jsonl "
+                           "(merged by rank 0) instead")
     # a named method is checked before anything heavy loads; without one, the model's family picks it
     method, options = method_and_options(args) if args.method is not None else (None, None)
     plan = OutputPlan(args.out, images, prompts, args.format, args.figure, args.layers, args.heads, args.force,
-                      args.against)
-    plan.check(len(images))
+                      args.against, overlays=not args.no_overlays, maps=args.maps)
+    check_run_options(args, plan, images)
+    done_before = manifest.done_images(args.manifest) if args.resume else set()
+    todo = [i for i in ranks.shard(len(images)) if images[i] not in done_before]
     check_prompts(prompts + ([args.against] if args.against else []))
-    from ..render import colormap_table
+    if plan.overlays or plan.figure or plan.layers or plan.heads:  # colours drawn: matplotlib needed
+        from ..render import colormap_table
+        colormap_table(args.cmap)  # an unknown --cmap fails here, before the model loads
+    device = distributed.device_for(ranks, args.device)
+    with distributed.ProcessGroup(ranks, device) as group:
+        problem = None
+        try:  # this rank's files; every rank must hear of a problem, or the others wait forever
+            plan.check(len(images), mine=todo)
+            if ranks.rank == 0 and args.manifest and not args.resume:  # --force: parts of an earlier run go
+                for part in manifest.existing_parts(args.manifest):
+                    part.unlink()
+        except (ClipvizError, OSError) as error:
+            problem = error if isinstance(error, ClipvizError) else ClipvizError(f"cannot remove {error.filename}: "
+                                                                                  f"{error.strerror}")
+        if not group.all_agree(problem is None):
+            raise problem or ClipvizError("another torchrun process refused its output files (see its message)")
+        model = load_model(name, device, args.activation)
+        if method is None:
+            from ..methods import default_method
+            args.method = default_method(model)
+            method, options = method_and_options(args)
+        code = _explain_all(args, name, model, images, prompts, method, options, plan, todo, ranks, len(done_before))
+        group.barrier()  # every part complete before rank 0 merges them
+        if ranks.distributed and ranks.rank == 0 and args.manifest:
+            manifest.merge(args.manifest, args.resume)
+        group.barrier()  # torchrun stops every process once one exits non-zero: not before the merge
+    return code
 
-    colormap_table(args.cmap)  # an unknown --cmap fails here, before the model loads
-    model = load_model(name, args.device, args.activation)
-    if method is None:
-        from ..methods import default_method
-        args.method = default_method(model)
-        method, options = method_and_options(args)
-    from ..explanation import explain
 
-    results, written = [], []
+def check_run_options(args, plan, images):
+    """--manifest, --resume, --no-overlays and --workers, before anything loads."""
+    from .. import manifest
+    from ..outputs import refuse_inputs
+
+    if args.resume and not args.manifest:
+        raise ClipvizError("--resume continues the run recorded in a manifest: pass the same --manifest FILE.jsonl")
+    if not (plan.figure or plan.overlays or plan.maps or plan.layers or plan.heads or args.manifest or args.json):
+        raise ClipvizError("--no-overlays leaves nothing to write: add --maps npz|png, --manifest FILE.jsonl or --json")
+    if args.workers is not None and args.workers < 0:
+        raise ClipvizError(f"--workers {args.workers}: give 0 (decode in this process) or more")
+    if args.manifest:
+        if not args.manifest.endswith(".jsonl"):
+            raise ClipvizError(f"--manifest {args.manifest}: a manifest is JSON Lines; give a name ending in .jsonl")
+        refuse_inputs([args.manifest], images)
+        existing = [str(p) for p in [Path(args.manifest), *manifest.existing_parts(args.manifest)] if p.exists()]
+        if existing and not (args.resume or args.force):
+            raise ClipvizError(f"the manifest {existing[0]} exists: pass --resume to continue that run or --force "
+                               "to start over")
+
+
+def _explain_all(args, name, model, images, prompts, method, options, plan, todo, ranks, skipped):
+    """Explain images[todo] through clipviz.folder, print and record each; → the exit status."""
+    from .. import manifest
+    from ..folder import default_workers, explain_files
+
+    results, written, failures = [], [], []
     show = not args.quiet and not args.json
-
-    def one(index, image):
-        exp = explain(model, image, prompts, method=method, against=args.against, **options)
-        files = _write_outputs(exp, plan, index, args)
-        written.extend(files)
-        if args.json:
-            results.append({**exp.to_dict(), "image": image, "files": [str(f) for f in files]})
-        if show:
-            bar.write(_explain_table(exp, image, files), file=sys.stdout)
-
-    enabled = len(images) > 1 and not args.quiet and sys.stderr.isatty()
-    with progress.bar(len(images), "image", enabled) as bar:
-        failures = each_image(images, one, bar)
+    if skipped and not args.quiet:
+        print(f"clipviz: {skipped} images already done (--resume, {args.manifest}); {len(todo)} to go", file=sys.stderr)
+    workers = args.workers if args.workers is not None else \
+        default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", 1))) if len(todo) > 1 else 0
+    figures = plan.figure or plan.layers or plan.heads  # matplotlib's text layout is not thread-safe
+    # overlays and PNG encoding release the GIL: two threads overlap the model even on 2 CPUs
+    threads = 1 if figures else min(8, max(2, len(os.sched_getaffinity(0)) // 2))
+    part = None if not args.manifest else manifest.part_path(args.manifest, ranks.rank) if ranks.distributed \
+        else args.manifest
+    record = manifest.Writer(part, resume=args.resume) if part else None
+    enabled = len(todo) > 1 and not args.quiet and sys.stderr.isatty()
+    try:
+        with progress.bar(len(todo), "image", enabled) as bar:
+            runs = explain_files(model, images, prompts, method, indices=todo, against=args.against, options=options,
+                                 write=lambda index, exp: _write_outputs(exp, plan, index, args),
+                                 batch_size=args.batch_size, workers=workers, threads=threads)
+            for count, done in enumerate(runs):
+                if record is not None:
+                    record.write(manifest.record(done, failure_text(done.error) if done.error else None))
+                if done.error is not None:
+                    keep_failure(failures, done.path, done.error, count, len(images))  # 1: a single-image run
+                else:
+                    written.extend(done.files)
+                    if args.json:
+                        results.append({**done.explanation.to_dict(), "image": done.path,
+                                        "files": [str(f) for f in done.files]})
+                    if show:
+                        bar.write(_explain_table(done.explanation, done.path, done.files), file=sys.stdout)
+                bar.update(1)
+    finally:
+        if record is not None:
+            record.close()
     if args.json:
         json.dump({"model": name, "method": args.method, "prompts": prompts, "against": args.against,
                    "results": results, "failures": [{"image": i, "error": e} for i, e in failures],
                    "files": [str(f) for f in written]}, sys.stdout, indent=1)
         sys.stdout.write("\n")
-    elif show and len(images) > 1:
-        print(f"{len(written)} files written to {plan.folder}/ ({len(images) - len(failures)} of {len(images)} images)")
-    return report_failures(failures, len(images))
+    elif show and len(todo) > 1:
+        print(f"{len(written)} files written to {plan.folder}/ ({len(todo) - len(failures)} of {len(todo)} images)")
+    return report_failures(failures, len(todo))
 
 
 def method_and_options(args):
@@ -103,6 +180,12 @@ def _write_outputs(exp, plan, index, args):
         refuse_existing([path], args.force)  # planned as new; refuse if something appeared there since
         if kind == "overlay":
             render.save_overlay(path, exp.photo, exp.maps[prompt], **style, protect=plan.inputs, force=args.force)
+        elif kind in ("maps", "map"):
+            from ..mapfiles import save_map_png, save_maps_npz
+            if kind == "maps":
+                save_maps_npz(path, exp, protect=plan.inputs, force=args.force)
+            else:
+                save_map_png(path, exp.maps[prompt], protect=plan.inputs, force=args.force)
         else:
             figure = (render.explanation_figure(exp, **style) if kind == "figure" else
                       render.layer_strip(exp, prompt, **style) if kind == "layers" else

@@ -10,14 +10,14 @@ from ..errors import ClipvizError
 from ..suffixes import IMAGE_SUFFIXES, is_video, looks_like_image
 from .parser import DEFAULT_MODEL
 
-RANDOM = "random:"  # random:ARCH, e.g. random:ViT-B/16
 
 
-def split_inputs(positionals, images=(), folders=(), prompts=()):
+def split_inputs(positionals, images=(), folders=(), prompts=(), lists=()):
     """Tell images from prompts (the rule in EXPLAIN_HELP) → (image paths [str], prompts [str]).
 
-    Named images come first, then each folder's. Missing named files, unusable folders, and no
-    image or no prompt at all raise ClipvizError.
+    Named images come first, then each folder's, then each list file's (read_image_list). Missing
+    named files, unusable folders or lists, and no image or no prompt at all raise ClipvizError;
+    a listed file that is missing fails alone later, as a folder's unreadable file does.
     """
     named, texts, taken = list(images), [], []
     for arg in positionals:
@@ -35,7 +35,7 @@ def split_inputs(positionals, images=(), folders=(), prompts=()):
         elif not os.path.isfile(path):
             raise ClipvizError(f"no image file at '{path}': check the path (a prompt that ends in an "
                                "image suffix must be given with --prompt)")
-    listed = [p for folder in folders for p in list_images(folder)]
+    listed = [p for folder in folders for p in list_images(folder)] + [p for f in lists for p in read_image_list(f)]
     all_images = named + listed
     if not all_images:
         folders_given = [t for t in texts if os.path.isdir(t)]
@@ -105,6 +105,25 @@ def list_images(folder):
     return found
 
 
+def read_image_list(file):
+    """Image paths from a text file, one per line ("-": standard input); blank lines and lines
+    starting with '#' are skipped; paths are taken as written (relative to the current folder)."""
+    from ..files import open_regular
+
+    try:
+        if file == "-":
+            text = sys.stdin.read()
+        else:
+            with open_regular(file, "image list") as handle:
+                text = handle.read().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ClipvizError(f"--image-list {file}: not UTF-8 text; write one image path per line") from None
+    paths = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not paths:
+        raise ClipvizError(f"--image-list {file}: no image paths in it (one path per line)")
+    return paths
+
+
 def model_name(name):
     """``--model``, or the bundled default when it is installed; unknown names fail here, before
     torch is imported (ClipvizError listing the registered names)."""
@@ -115,7 +134,7 @@ def model_name(name):
             raise ClipvizError(f"the bundled model {DEFAULT_MODEL} is not installed in this clipviz; pass "
                                "--model NAME_OR_CHECKPOINT (see 'clipviz models')")
         return DEFAULT_MODEL
-    if name.startswith(RANDOM):
+    if name.startswith(hub.RANDOM):
         return name  # clipviz.model.random_model names the architectures if ARCH is not one
     if not name.startswith(hub.ADAPTER_PREFIXES) and not os.path.exists(os.path.expanduser(name)):
         hub.model_info(name)  # raises for a name that is neither registered nor a file
@@ -130,14 +149,8 @@ def check_prompts(prompts):
 
 
 def load_model(name, device, activation=None):
-    """The model for a name from ``model_name``: ``random:ARCH`` (random weights of an official
-    architecture, seed 0: pipeline checks) or anything clipviz.hub.load takes (``activation``:
-    the MLP activation, see clipviz.activation)."""
-    if name.startswith(RANDOM):
-        from ..devices import resolve_device
-        from ..model import random_model
-        device = resolve_device(device)  # before building: a missing GPU is named, not a torch traceback
-        return random_model(name[len(RANDOM):], seed=0).to(device)
+    """The model for a name from ``model_name``: anything clipviz.hub.load takes, ``random:ARCH``
+    included (``activation``: the MLP activation, see clipviz.activation)."""
     from ..hub import load
 
     return load(name, device=device, activation=activation)[0]

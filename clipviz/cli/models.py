@@ -25,13 +25,19 @@ def run(args):
             where = ", then ".join(f"{s.label} {s.brief}" for s in downloads)
         rows.append({"name": name, "status": status, "present": found is not None, "from": where,
                      "description": entry.description})
+    from ..adapters import LIBRARY_SPECS
+
+    specs = [{"spec": spec, "description": description} for spec, description in LIBRARY_SPECS]
     if args.json:
-        json.dump({"models": rows, "cache_dir": str(cache_dir())}, sys.stdout, indent=1)
+        json.dump({"models": rows, "specs": specs, "cache_dir": str(cache_dir())}, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return EXIT_OK
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         print(f"{r['name']:<{width}}  {r['status']:<21}  {r['description']}\n{'':<{width}}  from: {r['from']}")
+    print("\nloaded by their own library (any architecture and weights of theirs, e.g.):")
+    for spec in specs:
+        print(f"  {spec['spec']:<40}  {spec['description']}")
     print(f"\ncache: {cache_dir()}  (also: a checkpoint path, 'openclip:ARCH/PRETRAINED', 'hf:REPO_ID', "
           "'random:ARCH'); 'clipviz download NAME' fetches ahead of time")
     return EXIT_OK

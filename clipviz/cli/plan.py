@@ -60,12 +60,14 @@ class OutputPlan:
     is a target only with ``force``.
 
     ``files(i)`` → [(kind, prompt index or None, path)] with kind "overlay" | "figure" | "layers" |
-    "heads". Folder mode: any number of images. File mode (``out`` ends in .png/.pdf/.svg): one
-    image, its figure at ``out``, strips and grids beside it.
+    "heads" | "map" (8-bit PNG per prompt, maps="png") | "maps" (one .npz per image, maps="npz").
+    Folder mode: any number of images. File mode (``out`` ends in .png/.pdf/.svg): one image, its
+    figure at ``out``, strips and grids beside it. overlays=False: no overlay PNGs.
     """
 
-    def __init__(self, out, images, prompts, fmt, figure, layers, heads, force, against=None):
-        self.layers, self.heads, self.force = layers, heads, force
+    def __init__(self, out, images, prompts, fmt, figure, layers, heads, force, against=None, overlays=True,
+                 maps=None):
+        self.layers, self.heads, self.force, self.overlays, self.maps = layers, heads, force, overlays, maps
         out = out if out is not None else DEFAULT_OUT
         suffix = Path(out).suffix.lower().lstrip(".")
         self.file_mode = suffix in FIGURE_FORMATS and not Path(out).is_dir()
@@ -92,19 +94,25 @@ class OutputPlan:
         if self.figure:  # always so in file mode
             planned = [("figure", None, self.folder / f"{base}.{fmt}")]
         else:
-            planned = [("overlay", t, self.folder / f"{base}--{s}.png") for t, s in enumerate(self.prompt_slugs)]
+            planned = [("overlay", t, self.folder / f"{base}--{s}.png") for t, s in enumerate(self.prompt_slugs)
+                       if self.overlays]
+        if self.maps == "npz":
+            planned.append(("maps", None, self.folder / f"{base}--maps.npz"))
+        elif self.maps == "png":
+            planned += [("map", t, self.folder / f"{base}--{s}--map.png") for t, s in enumerate(self.prompt_slugs)]
         for kind, wanted in (("layers", self.layers), ("heads", self.heads)):
             if wanted:
                 planned += [(kind, t, self.folder / f"{base}--{s}--{kind}.{fmt}") for t, s in enumerate(self.prompt_slugs)]
         return planned
 
-    def check(self, count):
+    def check(self, count, mine=None):
         """Refuse (ClipvizError) a folder that is a file or cannot be created or written, two
         planned files of the ``count`` images that coincide, a planned file that is an input
-        image, or one that exists without --force. Creates nothing: the folder appears with the
-        first file written (outputs.write_atomically)."""
+        image, or (among the images ``mine``, default all: a torchrun rank checks its own shard)
+        one that exists without --force. Creates nothing: the folder appears with the first file
+        written (outputs.write_atomically)."""
         check_folder(self.folder)
         planned = [path for index in range(count) for _, _, path in self.files(index)]
         check_unique(planned)
         refuse_inputs(planned, self.inputs)
-        refuse_existing(planned, self.force)
+        refuse_existing(planned if mine is None else [p for i in mine for _, _, p in self.files(i)], self.force)

@@ -93,12 +93,19 @@ def each_image(images, work, bar=None):
         except StdoutFailed:  # the output went, not the image: the run stops
             raise
         except Exception as error:
-            failures.append((image, _failure_text(error)))
-            if len(images) == 1 or _same_failure_throughout(failures, index):
-                raise
+            keep_failure(failures, image, error, index, len(images))
         if bar is not None:
             bar.update(1)
     return failures
+
+
+def keep_failure(failures, image, error, index, total):
+    """Add (image, message) to ``failures``, or raise ``error`` where a run must stop instead: a
+    single image, or the same failure for the first five of ``total`` (``index``: 0-based count of
+    images handled before this one)."""
+    failures.append((image, failure_text(error)))
+    if total == 1 or _same_failure_throughout(failures, index):
+        raise error
 
 
 def report_failures(failures, total):
@@ -115,7 +122,8 @@ def _same_failure_throughout(failures, index, count=5):
     return index + 1 == count == len(failures) and len({text for _, text in failures}) == 1
 
 
-def _failure_text(error):
+def failure_text(error):
+    """One line for a per-image failure: a user error's message, else 'unexpected ...'."""
     if isinstance(error, ClipvizError):
         return one_line(str(error))
     return f"unexpected {type(error).__name__}: {one_line(str(error))[:200]} (please report)"

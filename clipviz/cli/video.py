@@ -31,7 +31,8 @@ def add_video_arguments(parser):
     group.add_argument("--end", type=_seconds, metavar="S", help="stop at S seconds (default: the end)")
     group.add_argument("--smoothing", type=_smoothing, default=0.0, metavar="B",
                        help="EMA of the maps over frames, B in [0, 1) (default 0: off)")
-    group.add_argument("--batch-size", type=_whole, default=8, metavar="N", help="frames per forward pass (default 8)")
+    group.add_argument("--batch-size", type=_whole, default=8, metavar="N", help="images or frames per forward pass (default 8; halved "
+                       "automatically when memory runs out)")
 
 
 def run_video(args, path, prompts):

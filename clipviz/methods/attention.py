@@ -2,7 +2,9 @@
 
     map = mean_h A_L[h, CLS, patches]          (head maps: A_L[h, CLS, patches])
 
-The simplest baseline; prompt-agnostic.
+The simplest baseline; prompt-agnostic. On an attention-pooled tower (SigLIP) the last layer is
+the pooling head and the map is its probe's attention (clipviz.adapters.probe); its other blocks
+have no CLS row, so their maps are zero (the explorer's block slider shows them blank).
 """
 
 from .base import MethodOutput, Needs, cls_to_patches, per_target, resolve_layer

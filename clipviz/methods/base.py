@@ -53,6 +53,9 @@ class Records:
     text_probs:   {layer: [P, H, Lt, Lt]}      P = prompts actually encoded
     text_grads:   {layer: {(image, target): reduce(probs, grad)}}  over the P prompts; row p holds
                   ∂S[image, p]/∂probs of prompt p (a target reads its own prompt's row)
+    pooling:      "cls", or "probe" for an attention-pooled tower: then block num_layers - 1 is
+                  the pool and every record is laid out with the probe as token 0
+                  (clipviz.adapters.probe)
     eot:          [T] position of each target's EOT token in its prompt
     target_prompt:[T] index of each target's prompt in the encoded prompts
     """
@@ -69,6 +72,7 @@ class Records:
     queries: dict = field(default_factory=dict)
     keys: dict = field(default_factory=dict)
     text_layers: int = 0
+    pooling: str = "cls"
     text_probs: dict = field(default_factory=dict)
     text_grads: dict = field(default_factory=dict)
     eot: torch.Tensor = None
@@ -92,7 +96,8 @@ class MethodOutput:
 
 
 def cls_to_patches(matrix, patch_grid):
-    """The CLS row over patch tokens: [..., N, N] → [..., g, g]."""
+    """The CLS row over patch tokens: [..., N, N] → [..., g, g] (on an attention-pooled tower the
+    probe's row: clipviz.adapters.probe lays its records out with the probe as token 0)."""
     row = matrix[..., 0, 1:]
     return row.reshape(*row.shape[:-1], patch_grid, patch_grid)
 

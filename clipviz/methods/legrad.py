@@ -18,6 +18,16 @@ Choices follow the authors' reference code for CLIP (github.com/WalBouss/LeGrad,
 before ln_post and proj, s^l is a cosine similarity (no logit scale), and by default only the
 last two blocks are used (their ``layer_index=-2``); ``start_layer=0`` uses every block, as in
 the paper's equations. Each Ê^l comes from its own backward pass, which stops at A^l.
+
+Attention-pooled towers (SigLIP; ``records.pooling == "probe"``, clipviz.adapters.probe) follow
+the authors' ``compute_legrad_siglip``: blocks l are the encoder's (the pool is not one of them:
+``start_layer=-2`` = its last two blocks), e^l = pool(Z^l) is the model's own attention-pooling
+head run on the raw block output (no final LayerNorm, as theirs), and ∇A^l is the gradient of
+s^l_t with respect to *that pool's* attention A_pool(Z^l) [B, H, 1, N]; Ê^l is the head mean of
+its positive part on the probe's row (here over the probe layout's 1 + N rows, a constant factor
+1/(1 + N) that normalisation removes). Their default ``apply_correction=True`` (zero the patches
+where the map of the prompt "a photo of a" exceeds 0.8) is not applied: clipviz explains the prompt
+as given. Their sum over layers and clipviz's mean differ by the constant L'.
 """
 
 import torch
@@ -37,13 +47,19 @@ def positive_mean(probs, grad):
     return grad.clamp(min=0).mean(dim=(1, 2))
 
 
+def _encoder_blocks(num_layers, pooling):
+    """Blocks whose outputs LeGrad reads: all of them, or all but an attention pool (the last)."""
+    return num_layers - 1 if pooling == "probe" else num_layers
+
+
 def needs(model, start_layer=-2):
-    return Needs(layers=blocks_from(start_layer, model.num_layers), gradient=positive_mean, readout=token_mean_readout)
+    return Needs(layers=blocks_from(start_layer, _encoder_blocks(model.num_layers, model.pooling)),
+                 gradient=positive_mean, readout=token_mean_readout)
 
 
 def compute(records, start_layer=-2):
     """records.grads {l: {t: Ê^l [B, N]}} → token_maps [B, T, g, g] = Ē; layer_maps = each Ê^l."""
-    layers = blocks_from(start_layer, records.num_layers)
+    layers = blocks_from(start_layer, _encoder_blocks(records.num_layers, records.pooling))
     g = records.patch_grid
     per_layer = torch.stack([target_rows(records, l) for l in layers], dim=2)  # [B, T, L', g*g]
     per_layer = per_layer.reshape(*per_layer.shape[:3], g, g)

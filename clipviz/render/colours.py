@@ -3,7 +3,13 @@
 Colour of a value v in [0, 1], as matplotlib draws it with a 256-entry colour map:
 
     k = min(floor(256 · v), 255)        colour(v) = 255 · table[k]      (table: [256, 3] in [0, 1])
-    overlay = floor((1 − α) · photo + α · colour(v) + 0.5)   where the model saw the pixel
+    opacity(v) = α · k / 255            (α: the ``alpha`` switch, the opacity of the strongest value)
+    overlay = floor((1 − opacity(v)) · photo + opacity(v) · colour(v) + 0.5)   where the model saw the pixel
+
+The opacity grows with the relevance, so a zero-relevance pixel (k = 0) is exactly the photo and
+weak regions stay close to it: with a constant opacity every low value of jet tinted the whole
+square the model saw dark blue, a hard rectangle on every overlay. Only the top of the scale gets
+the full ``alpha``. (clipviz.report's HTML page composites the same blend in the browser.)
 
 Any name in matplotlib's colour-map registry works (jet, viridis, turbo, magma, Reds, ...);
 matplotlib is imported when a table is first needed, never at ``import clipviz.render``.
@@ -59,8 +65,9 @@ def overlay(photo, heatmap, cmap="jet", alpha=0.5):
 
     photo:   uint8 [H, W, 3] (or [H, W] grey, [H, W, 4] whose alpha is ignored)
     heatmap: float [H, W] in [0, 1] (values outside are clipped); NaN = the model never saw the
-             pixel, which stays exactly the photo
-    out = floor((1 − alpha) · photo + alpha · colour(heatmap) + 0.5)
+             pixel, which stays exactly the photo; so does a pixel of relevance below 1/256
+    alpha:   opacity of the strongest value; a value's opacity is alpha · k / 255 (module docstring)
+    out = floor((1 − alpha · k/255) · photo + alpha · k/255 · colour(heatmap) + 0.5),  k = colour level
     """
     photo = _rgb(photo)
     heat = np.asarray(heatmap)  # float64 block by block below: a whole copy is 8 bytes a photo pixel
@@ -81,15 +88,23 @@ def overlay(photo, heatmap, cmap="jet", alpha=0.5):
     return out
 
 
+def level_opacity(alpha):
+    """Opacity of each colour level, float64 [256]: alpha · k / 255 (0 for the lowest level, so a
+    zero-relevance pixel is the photo; alpha for the highest)."""
+    return float(alpha) * np.arange(256, dtype=np.float64) / 255.0
+
+
 def blend_table(table, alpha):
     """Every blend the overlay can produce, looked up instead of computed per pixel.
 
     table: float [256, 3] colours in [0, 255]. Returns uint8 [256, 3, 256]:
-    out[k, c, p] = floor((1 − alpha) · p + alpha · table[k, c] + 0.5), the same float64 expression
-    as a per-pixel blend, so the lookup is bit-identical to it (and 5-10× faster on a photo).
+    out[k, c, p] = floor((1 − a_k) · p + a_k · table[k, c] + 0.5) with a_k = level_opacity(alpha)[k],
+    the same float64 expression as a per-pixel blend, so the lookup is bit-identical to it (and
+    5-10× faster on a photo).
     """
     photo_values = np.arange(256, dtype=np.float64)
-    blend = (1.0 - alpha) * photo_values[None, None, :] + alpha * table[:, :, None]
+    opacity = level_opacity(alpha)[:, None, None]
+    blend = (1.0 - opacity) * photo_values[None, None, :] + opacity * table[:, :, None]
     return np.clip(np.floor(blend + 0.5), 0, 255).astype(np.uint8)
 
 

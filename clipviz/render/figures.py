@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import ClipvizError
 from ..maps import PER_MAP, SHARED, map_to_photo, scaling_label, shared_scale
 from .colours import overlay
-from .layout import PANEL_DPI, column_count, draw, font_size, panel_width, width_inches
+from .layout import FIGURE_DPI, column_count, draw, font_size, panel_width, width_inches
 from .tokens import TOKEN_SCALE, token_colours
 
 _SEEN_NOTE = "dashed box: the square the model saw; pixels outside it are not coloured"
@@ -66,16 +66,16 @@ def comparison_grid(explanations_by_method, width="double", shared=False, cmap="
         scaled, _ = shared_scale([exp.token_maps], shared)
         photo, images, box = _panel_images(exp, scaled[0], panel_w, cmap, alpha)
         overlays.append(images)
-    cells = []
-    for t in range(len(first.prompts)):
-        title = [_prompt_title(first, t)] + ([_score_line(first, t)] if same_scores else [])
-        cells.append(dict(image=photo, title=title, box=box))
+    cells, row_titles = [], []
+    for t in range(len(first.prompts)):  # the prompt spans its row: one column is too narrow for it
+        row_titles.append([_prompt_title(first, t) + (f" · {_score_line(first, t)}" if same_scores else "")])
+        cells.append(dict(image=photo, title=["photo"] if t == 0 else [], box=box))
         for name, exp, images in zip(names, exps, overlays):
             title = ([name] if t == 0 else []) + ([] if same_scores else [_score_line(exp, t)])
             cells.append(dict(image=images[t], title=title))
     label = f"{SHARED} within each method" if shared else PER_MAP
-    return draw(cells, columns, width_in, panel_w, fontsize,
-                 _key(cmap, False, 0.0, 1.0, colorbar, label=label), _captions(box))
+    return draw(cells, columns, width_in, panel_w, fontsize, _key(cmap, False, 0.0, 1.0, colorbar, label=label),
+                _captions(box), row_titles=row_titles)
 
 
 def layer_strip(exp, prompt=0, width="double", columns=None, shared=False, cmap="jet", alpha=0.5,
@@ -128,7 +128,7 @@ def _panel_images(exp, grids, panel_w, cmap, alpha, crop=False):
     from PIL import Image
     from ..preprocess import CropBox
     box, (height, width) = exp.crop_box, exp.photo.shape[:2]
-    target = int(round(panel_w * PANEL_DPI * (width / box.width if crop else 1.0)))
+    target = int(round(panel_w * FIGURE_DPI * (width / box.width if crop else 1.0)))
     photo = exp.photo
     if width > target:  # downsize first: a 12-megapixel photo in every panel makes huge PDFs
         small_w, small_h = target, max(1, int(round(height * target / width)))
@@ -158,12 +158,13 @@ def _prompt_title(exp, t):
 
 
 def _score_line(exp, t):
+    # no-break spaces (U+00A0) tie each number to its name: lines wrap between "cos 0.056" and "p 0.42"
     if exp.against:  # the map explains S(prompt) − S(against): show both scores and the difference
         c = exp.contrast()[t]
-        return f"S {c['S_prompt']:.2f} − {c['S_against']:.2f} = {c['S_difference']:+.2f}"
+        return f"S\u00a0{c['S_prompt']:.2f}\u00a0−\u00a0{c['S_against']:.2f} = {c['S_difference']:+.2f}"
     if len(exp.prompts) == 1:  # a softmax over one prompt is always 1: it says nothing
-        return f"cos {float(exp.scores[t]):.3f}"
-    return f"cos {float(exp.scores[t]):.3f} · p {float(exp.probs[t]):.2f}"
+        return f"cos\u00a0{float(exp.scores[t]):.3f}"
+    return f"cos\u00a0{float(exp.scores[t]):.3f} · p\u00a0{float(exp.probs[t]):.2f}"
 
 
 def _token_cell(tokens, weights, cmap):

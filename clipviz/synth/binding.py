@@ -17,6 +17,8 @@ bags-of-words", ICLR: hard negatives that keep the words and break their binding
 - class sets: the scene's classes and each caption's named classes as multi-hot rows over
   all_classes(), so the loss need not count another scene that also holds the named objects as
   a negative.
+- patch labels: which class (or the background) covers each patch, from the scene's masks, for
+  the training's patch loss and its class-token attention loss (clipviz.synth.train).
 
 Everything is drawn from ``np.random.default_rng([seed, index])`` (scene) and
 ``[seed, index, 1 + r]`` (caption r), so an example does not depend on the process or worker.
@@ -43,6 +45,10 @@ P_NAME_ALL = 0.35  # captions naming every object; the others name a random non-
 P_NAME_ONE = 0.7  # among subset captions: just one object
 P_SCENE_ATTRIBUTE = 0.6  # negatives take a colour / shape of another object in the scene when one fits
 NEGATIVES = 3
+BACKGROUND = N_CLASSES  # patch label of a background patch; class ids are 0 .. N_CLASSES - 1
+IGNORED = -1  # patch label of a patch partly on an object: no target
+OBJECT_COVER = 0.5  # a patch is labelled with an object that covers at least this share of it
+BACKGROUND_COVER = 0.05  # ... and is background when all objects together cover at most this
 
 
 def class_id(shape, colour):
@@ -55,6 +61,29 @@ def multi_hot(pairs):
     row = np.zeros(N_CLASSES, dtype=bool)
     row[[class_id(s, c) for s, c in pairs]] = True
     return row
+
+
+def patch_labels(scene, grid):
+    """Patch-grid targets of ``scene`` -> int64 [grid * grid], row-major like the ViT's tokens.
+
+    Each patch gets the class_id of the object covering at least OBJECT_COVER of it, BACKGROUND
+    when all objects together cover at most BACKGROUND_COVER of it, and IGNORED between (object
+    borders). An object that covers no patch that much (a small one straddling patches) still
+    gets its best-covered patch, unless another object covers that patch more. The scene side
+    must be a multiple of ``grid``."""
+    side = scene.size // grid
+    if side * grid != scene.size:
+        raise ValueError(f"scene size {scene.size} is not a multiple of the patch grid {grid}")
+    cover = scene.masks.reshape(len(scene.objects), grid, side, grid, side).mean(axis=(2, 4))
+    cover = cover.reshape(len(scene.objects), grid * grid)  # [K, G]
+    ids = np.array([class_id(o.shape, o.colour) for o in scene.objects])
+    labels = np.full(grid * grid, IGNORED, dtype=np.int64)
+    labels[cover.sum(0) <= BACKGROUND_COVER] = BACKGROUND
+    top = cover.argmax(0)
+    on_object = cover.max(0) >= OBJECT_COVER
+    on_object[cover.argmax(1)[top[cover.argmax(1)] == np.arange(len(ids))]] = True  # each object's best patch
+    labels[on_object] = ids[top[on_object]]
+    return labels
 
 
 def _pick(rng, table):

@@ -24,6 +24,7 @@ before it, in which process or in which DataLoader worker.
 
 from dataclasses import dataclass
 import math
+import weakref
 
 import numpy as np
 from PIL import Image
@@ -80,9 +81,21 @@ class Scene:
     masks: np.ndarray
     background: str = "plain"
 
+    def __post_init__(self):
+        _MADE[id(self.image)] = self.image  # explain() gives no "never seen a photo" notice for it
+
     @property
     def size(self):
         return self.image.shape[0]
+
+
+# images of the scenes made here, while they live (id → array; an array's id is reused only after it dies)
+_MADE = weakref.WeakValueDictionary()
+
+
+def is_scene_image(image):
+    """Whether ``image`` is the very array of a Scene made by clipviz.synth (not a copy)."""
+    return _MADE.get(id(image)) is image
 
 
 # ---------------------------------------------------------------------------------- shapes

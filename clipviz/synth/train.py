@@ -27,6 +27,26 @@ constant rate, then a linear decay to 0 (warmup-stable-decay: Hägele et al. 202
 continued from any checkpoint taken before its decay. On CUDA, bf16 autocast; saved weights are
 fp16 in OpenAI's state-dict layout.
 
+Two auxiliary losses, off by default (weight 0: the default command repeats run 1), meant to keep
+"where" in the tokens the explanation methods read (run 1, with the contrastive loss alone, matched
+captions perfectly but its last block's relevance peaked on the named object in about half of the
+scenes: on object borders, on the background, or on the other object of a same-shape pair). What
+each did in runs 2 and 3 is in docs/model_card_synth.md:
+
+- patch loss (weight ``--patch-weight``): every last-block patch token, through the image tower's
+  own ln_post and proj, is classified among the class prompts (``all_class_prompts()``) and a
+  background prompt by cosine similarity × PATCH_SCALE, against ``binding.patch_labels`` (the class
+  of the object covering the patch, or the background; patches on object borders are left out).
+  This is the dense patch–text alignment of fine-grained CLIP variants (e.g. Mukhoti et al. 2023,
+  "Open vocabulary semantic segmentation with patch aligned contrastive learning", PACL).
+- class-token attention loss (weight ``--attention-weight``): the share of the last block's CLS
+  attention (mean over heads, patches only) that does not fall on object patches (labelled with a
+  class: background and object borders both count against it). It does not say which object to
+  look at — the text decides that through the gradients — only that the class token reads the
+  objects rather than storing its summary in background or border tokens (the "register" tokens
+  of Darcet et al. 2024, "Vision transformers need registers"). A first try that counted only
+  background patches left the attention on object borders, where half the peaks then fell.
+
 Resume: ``--ckpt-dir`` receives ``last.pt`` (fp32 weights, AdamW state, step, schedule) every
 ``--save-every`` seconds and at the end; ``--resume`` continues from it exactly (same batches,
 same schedule). ``--resume`` also takes a weights-only file (e.g. the fp16 ``--out`` file, with its
@@ -61,7 +81,8 @@ import torch.nn.functional as F
 from ..cache import file_sha256
 from ..model import CLIP
 from ..preprocess import MEAN, STD
-from .binding import N_CLASSES, NEGATIVES, multi_hot, training_scene, training_text
+from .binding import BACKGROUND, IGNORED, N_CLASSES, NEGATIVES, multi_hot, patch_labels, training_scene, training_text
+from .captions import all_class_prompts
 
 NAME = "synth-vit-s16"
 ARCH = dict(embed_dim=256, image_resolution=224, vision_layers=12, vision_width=384,
@@ -70,15 +91,19 @@ ARCH = dict(embed_dim=256, image_resolution=224, vision_layers=12, vision_width=
 TINY_ARCH = dict(ARCH, vision_layers=2, vision_width=64, transformer_layers=1, transformer_width=64,
                  transformer_heads=1, embed_dim=32)  # --tiny: CPU smoke runs of the whole loop
 MAX_LOGIT_SCALE = math.log(100.0)
+BACKGROUND_PROMPT = "a photo of the background"
+PATCH_SCALE = 20.0  # inverse temperature of the patch loss's cosine similarities
 
 
 class BindingExamples(torch.utils.data.Dataset):
     """Item ``index`` of stream ``seed`` -> (image uint8 [224, 224, 3], token ids int64
     [repeats, 1 + negatives, 77] (caption first, then its negatives), present bool [N_CLASSES],
-    named bool [repeats, N_CLASSES]). Photos load once per worker, on first use."""
+    named bool [repeats, N_CLASSES], patch labels int64 [grid * grid] (binding.patch_labels)).
+    Photos load once per worker, on first use."""
 
-    def __init__(self, seed, repeats=1, negatives=NEGATIVES, photos_dir=None):
+    def __init__(self, seed, repeats=1, negatives=NEGATIVES, photos_dir=None, grid=14):
         self.seed, self.repeats, self.negatives, self.photos_dir = seed, repeats, negatives, photos_dir
+        self.grid = grid
         self._photos = None
 
     def __len__(self):
@@ -101,7 +126,8 @@ class BindingExamples(torch.utils.data.Dataset):
             named.append(classes)
         ids = tokenize(texts).view(self.repeats, 1 + self.negatives, -1)
         present = multi_hot([(o.shape, o.colour) for o in scene.objects])
-        return torch.from_numpy(scene.image), ids, torch.from_numpy(present), torch.from_numpy(np.stack(named))
+        return (torch.from_numpy(scene.image), ids, torch.from_numpy(present), torch.from_numpy(np.stack(named)),
+                torch.from_numpy(patch_labels(scene, self.grid)))
 
 
 def normalise(images):
@@ -140,6 +166,64 @@ def binding_loss(image_features, text_features, present, named, logit_scale):
     accuracy = (image_to_text.argmax(dim=1) == labels).float().mean()
     beats_negatives = (logits.diagonal()[:, None] > negatives).all(dim=1).float().mean()
     return loss, accuracy, beats_negatives
+
+
+def patch_loss(visual, tokens, prompt_features, labels, scale=PATCH_SCALE):
+    """Cross-entropy of each patch token's class among the prompts (module doc, patch loss).
+
+    visual: the image tower (its ln_post and proj map a token into the joint space);
+    tokens [B, 1 + G, W]: the last block's output; prompt_features [C + 1, D]: the class prompts'
+    text features, then the background prompt's; labels int64 [B, G] (IGNORED: no target).
+    Returns (loss, share of labelled patches classified right)."""
+    patches = visual.ln_post(tokens[:, 1:]) @ visual.proj  # [B, G, D]
+    logits = scale * F.normalize(patches.float(), dim=-1) @ F.normalize(prompt_features.float(), dim=-1).t()
+    labels = labels.flatten()
+    loss = F.cross_entropy(logits.flatten(0, 1), labels, ignore_index=IGNORED)
+    kept = labels != IGNORED
+    accuracy = (logits.flatten(0, 1).argmax(-1)[kept] == labels[kept]).float().mean()
+    return loss, accuracy
+
+
+def class_attention_off_objects(block, block_input, labels):
+    """Share of a block's class-token attention (mean over heads) on patches not labelled with a
+    class (background and object borders).
+
+    block: a ResidualAttentionBlock (nn.MultiheadAttention, batch first); block_input [B, 1 + G, W]:
+    the output of its ln_1, i.e. what its attention reads; labels int64 [B, G]. The CLS row of
+    softmax(q kᵀ / √d) is recomputed from the block's own projection weights (the fused kernel
+    returns no weights), so its gradient reaches them. Returns a scalar in [0, 1]."""
+    attn = block.attn
+    width, heads = block_input.shape[-1], attn.num_heads
+    head_dim = width // heads
+    weight, bias = attn.in_proj_weight, attn.in_proj_bias
+    q = F.linear(block_input[:, :1], weight[:width], bias[:width])  # [B, 1, W]
+    k = F.linear(block_input, weight[width:2 * width], bias[width:2 * width])  # [B, N, W]
+    q = q.view(len(q), 1, heads, head_dim).transpose(1, 2)
+    k = k.view(len(k), -1, heads, head_dim).transpose(1, 2)
+    probs = (q.float() @ k.float().transpose(-1, -2) / math.sqrt(head_dim)).softmax(dim=-1)  # [B, H, 1, N]
+    off_objects = ((labels == BACKGROUND) | (labels == IGNORED)).float()[:, None]  # [B, 1, G]
+    return (probs[:, :, 0, 1:] * off_objects).sum(-1).mean()
+
+
+class LastBlockTaps:
+    """Forward hooks on the image tower's last block: ``tokens`` (its output [B, N, W]) and
+    ``attention_input`` (its ln_1 output), kept with their graphs for the auxiliary losses."""
+
+    def __init__(self, visual):
+        self.block = visual.transformer.resblocks[-1]
+        self.tokens = self.attention_input = None
+        self._handles = [self.block.register_forward_hook(self._keep_tokens),
+                         self.block.ln_1.register_forward_hook(self._keep_attention_input)]
+
+    def _keep_tokens(self, module, inputs, output):
+        self.tokens = output
+
+    def _keep_attention_input(self, module, inputs, output):
+        self.attention_input = output
+
+    def remove(self):
+        for handle in self._handles:
+            handle.remove()
 
 
 def learning_rate(step, peak, warmup, decay_start, steps, rewarm_from=None):
@@ -215,11 +299,16 @@ def train(args):
         print(f"resumed from {args.resume} at step {start_step} "
               f"({'exact' if exact else 'weights only: AdamW restarts, rate warms up again'})", flush=True)
 
+    from ..tokenizer import tokenize
+
+    prompt_ids = tokenize(all_class_prompts() + [BACKGROUND_PROMPT]).to(device)  # [N_CLASSES + 1, 77]
+    taps = LastBlockTaps(model.visual)
+    grid = model.visual.patch_grid
     repeats, batch = args.repeats, args.batch
     first_loaded = max(0, start_step // repeats - repeats + 1)
     last_loaded = args.steps // repeats + 1
     data = torch.utils.data.DataLoader(
-        BindingExamples(args.seed, repeats, args.negatives, args.photos), batch_size=batch,
+        BindingExamples(args.seed, repeats, args.negatives, args.photos, grid), batch_size=batch,
         sampler=range(first_loaded * batch, (last_loaded + 1) * batch), num_workers=args.workers,
         pin_memory=device.type == "cuda", drop_last=True, persistent_workers=args.workers > 0,
         prefetch_factor=6 if args.workers > 0 else None)
@@ -230,25 +319,29 @@ def train(args):
           f"{args.workers} workers, photos {args.photos})", flush=True)
 
     info = dict(name=NAME, arch=arch, seed=args.seed, batch=batch, repeats=repeats, negatives=args.negatives,
-                lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay, photos=args.photos,
+                patch_weight=args.patch_weight, attention_weight=args.attention_weight, lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay, photos=args.photos,
                 command="python -m clipviz.synth.train " + args.command_line)
     start = last_time = last_save = last_probe = time.time()
     step, recent, times = start_step, {}, []
-    loss = accuracy = beats = torch.zeros(())
+    loss = accuracy = beats = patch_accuracy = off_objects = torch.zeros(())
     for loaded, items in enumerate(data, start=first_loaded):
         recent[loaded] = [x.to(device, non_blocking=True) for x in items]
         recent.pop(loaded - repeats, None)
         while step < schedule["steps"] and _batch_order(step, repeats)[0] == loaded:
             _, trained, r = _batch_order(step, repeats)
-            images, ids, present, named = recent[trained]
+            images, ids, present, named, labels = recent[trained]
             lr = learning_rate(step, args.lr, args.warmup, schedule["decay_start"], schedule["steps"], rewarm_from)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with autocast:
-                texts = model.encode_text(ids[:, r].reshape(-1, ids.shape[-1]))
+                texts = model.encode_text(torch.cat([ids[:, r].reshape(-1, ids.shape[-1]), prompt_ids]))
+                captions, prompt_features = texts[:-len(prompt_ids)], texts[-len(prompt_ids):]
                 loss, accuracy, beats = binding_loss(model.encode_image(normalise(images)),
-                                                     texts.view(len(images), -1, texts.shape[-1]),
+                                                     captions.view(len(images), -1, texts.shape[-1]),
                                                      present, named[:, r], model.logit_scale)
+                dense, patch_accuracy = patch_loss(model.visual, taps.tokens, prompt_features, labels)
+                off_objects = class_attention_off_objects(taps.block, taps.attention_input, labels)
+                loss = loss + args.patch_weight * dense + args.attention_weight * off_objects
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -266,7 +359,8 @@ def train(args):
                 rate = args.log_every / (now - last_time) if step > start_step + args.log_every else float("nan")
                 last_time = now
                 print(f"step {step:6d}/{schedule['steps']}  loss {loss.item():.4f}  acc {accuracy.item():.3f}  "
-                      f"beats negatives {beats.item():.3f}  lr {lr:.2e}  scale {model.logit_scale.exp().item():5.1f}  "
+                      f"beats negatives {beats.item():.3f}  patch acc {patch_accuracy.item():.3f}  "
+                      f"cls attn off objects {off_objects.item():.3f}  lr {lr:.2e}  scale {model.logit_scale.exp().item():5.1f}  "
                       f"{rate:5.2f} steps/s  {now - start:6.0f}s", flush=True)
             if args.probe_every and now - last_probe > args.probe_every:
                 _probe(model, args.probe_n, step)
@@ -326,6 +420,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="steps (each with other captions) per loaded batch")
     parser.add_argument("--negatives", type=int, default=NEGATIVES, help="hard negatives per caption")
     parser.add_argument("--photos", default=None, help="folder of photos for photo backgrounds (../shared/images)")
+    parser.add_argument("--patch-weight", type=float, default=0.0, help="weight of the patch loss (module doc)")
+    parser.add_argument("--attention-weight", type=float, default=0.0,
+                        help="weight of the class-token attention loss (module doc)")
     parser.add_argument("--lr", type=float, default=4e-4, help="peak learning rate")
     parser.add_argument("--warmup", type=int, default=500, help="warm-up steps")
     parser.add_argument("--weight-decay", type=float, default=0.1)

@@ -1,0 +1,175 @@
+"""The manifest of a folder run: JSON Lines, one record per image, appended and flushed as it goes.
+
+    {"index": 3, "image": "photos/b.jpg", "size": 48211, "mtime_ns": 1733..., "status": "done",
+     "method": "relevance", "prompts": [{"prompt": "a dog", "score": 0.231, "prob": 0.61,
+     "peak_xy": [120, 88]}], "outputs": [{"path": "out/b--a-dog-1a2b3c.png", "bytes": 90211,
+     "sha256": "..."}], "error": null}
+
+``index`` is the image's place in the run's full list (the order records are merged in); ``size``
+and ``mtime_ns`` identify the input as it was read; ``status`` is "done" or "failed" (then
+``error`` says why). A record is written only after the image's outputs are published, so a
+crash (even kill -9) loses at most the images in flight: their records are missing and a
+``--resume`` run explains them. The last record for an image wins; a torn last line (the process
+killed mid-write) is skipped on reading.
+
+Under torchrun each rank appends to its own part, ``<stem>.rank<r><suffix>``, and rank 0 merges
+the parts into the manifest after every rank has finished (clipviz.distributed).
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from .errors import ClipvizError
+
+
+def part_path(path, rank):
+    """Rank ``rank``'s part of manifest ``path``: manifest.jsonl → manifest.rank1.jsonl."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+
+def existing_parts(path):
+    """Every part of manifest ``path`` on disk (from any world size), sorted by rank."""
+    path = Path(path)
+    found = path.parent.glob(f"{path.stem}.rank*{path.suffix}")
+    ranks = [(p, p.name[len(path.stem) + 5:len(p.name) - len(path.suffix)]) for p in found]
+    return [p for p, r in sorted(((p, int(r)) for p, r in ranks if r.isdigit()), key=lambda pr: pr[1])]
+
+
+def read(path):
+    """The records of manifest ``path`` and of its parts, in file order; [] when there is none."""
+    return [r for file in [Path(path)] + existing_parts(path) if file.exists() for r in read_file(file)]
+
+
+def input_identity(path):
+    """{"size", "mtime_ns"} of an input file as it is now (None values when it cannot be stat'ed)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return {"size": None, "mtime_ns": None}
+    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
+
+
+def output_entry(path):
+    """{"path", "bytes", "sha256"} of a published output file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": str(path), "bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
+
+
+def record(done, error_text=None):
+    """The manifest record of one image of a run (a clipviz.folder.Done); error_text: the
+    one-line message of its failure."""
+    entry = {"index": done.index, "image": done.path, "size": done.identity.get("size"),
+             "mtime_ns": done.identity.get("mtime_ns")}
+    exp = done.explanation
+    if done.error is not None or exp is None:
+        return {**entry, "status": "failed", "method": None, "prompts": [], "outputs": [],
+                "error": error_text or str(done.error)}
+    from .maps import peak_xy
+    peaks = done.peaks if done.peaks is not None else [peak_xy(m) for m in exp.maps]
+    prompts = [{"prompt": p, "score": float(s), "prob": float(q), "peak_xy": k}
+               for p, s, q, k in zip(exp.prompts, exp.scores, exp.probs, peaks)]
+    return {**entry, "status": "done", "method": exp.method, "prompts": prompts, "outputs": done.outputs,
+            "error": None}
+
+
+def verified(record):
+    """True if ``record`` says done, its input is unchanged (size, mtime) and every output it lists
+    still exists with the same size and sha256."""
+    if record.get("status") != "done":
+        return False
+    now = input_identity(record["image"])
+    if now["size"] is None or (now["size"], now["mtime_ns"]) != (record.get("size"), record.get("mtime_ns")):
+        return False
+    for output in record.get("outputs") or []:
+        try:
+            if os.path.getsize(output["path"]) != output["bytes"] or output_entry(output["path"])["sha256"] != output["sha256"]:
+                return False
+        except (OSError, KeyError, TypeError):
+            return False
+    return True
+
+
+def done_images(path):
+    """Paths of the images that manifest ``path`` (with its parts) records as done and verified."""
+    last = {}
+    for record in read(path):
+        last[record["image"]] = record
+    return {image for image, record in last.items() if verified(record)}
+
+
+class Writer:
+    """Appends records to one manifest file, one line each, flushed at once.
+
+    resume=True appends after what is there (ending a torn last line first); otherwise the file
+    is started afresh.
+    """
+
+    def __init__(self, path, resume):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if resume and self.path.exists() and not self.path.read_bytes().endswith(b"\n") and self.path.stat().st_size:
+                with open(self.path, "ab") as handle:
+                    handle.write(b"\n")
+            self.handle = open(self.path, "a" if resume else "w", encoding="utf-8")
+        except OSError as error:
+            raise ClipvizError(f"cannot write the manifest {str(self.path)!r}: {error.strerror or error}; "
+                               "choose another --manifest") from None
+
+    def write(self, record):
+        self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.handle.flush()
+
+    def close(self):
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def merge(path, resume):
+    """Rank 0, after every rank finished: the parts of ``path`` → one manifest at ``path``, ordered
+    by index (with ``resume``: after the records already there); the parts are then removed."""
+    from .outputs import write_atomically
+
+    parts = existing_parts(path)
+    earlier = []
+    if resume and Path(path).exists():
+        earlier = read_file(path)
+    new = sorted((r for part in parts for r in read_file(part)), key=lambda r: r.get("index", 0))
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in earlier + new)
+    write_atomically(path, lambda handle: handle.write(lines.encode("utf-8")))
+    for part in parts:
+        part.unlink()
+    return Path(path)
+
+
+def read_file(path):
+    """The records of one manifest file (no parts). Lines that are not JSON objects naming an image
+    (a torn last line) are skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ClipvizError(f"cannot read the manifest {str(path)!r}: {getattr(error, 'strerror', None) or error}; "
+                           "start over without --resume (with --force)") from None
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("image"), str):
+            records.append(record)
+    return records
