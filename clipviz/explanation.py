@@ -15,6 +15,7 @@ One pipeline for every model family (ViT and ResNet; clipviz, OpenAI, open_clip,
 All prompts share one image forward pass; the image is never repeated per prompt.
 """
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,14 +84,20 @@ class Explanation:
         from .render import explanation_figure
         return explanation_figure(self, **kwargs)
 
-    def save(self, path, **kwargs):
-        """Save the figure to ``path`` (.png, .pdf or .svg); returns the path written."""
+    def save(self, path, overwrite=False, **kwargs):
+        """Save the figure to ``path`` (.png, .pdf or .svg); returns the path written. An existing
+        file is replaced only with ``overwrite=True`` or when clipviz wrote it (unchanged since);
+        otherwise ClipvizError. kwargs: dpi and the figure's options (see clipviz.render)."""
         from .render import save_explanation
-        return save_explanation(self, path, **kwargs)
+        return save_explanation(self, path, overwrite=overwrite, **kwargs)
 
     def overlay(self, index=0, **kwargs):
         """uint8 [H, W, 3]: prompt ``index``'s map blended over the photo (see clipviz.render.overlay)."""
         from .render import overlay
+        count = len(self.prompts)
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not -count <= index < count:
+            raise ClipvizError(f"overlay index {index!r} is out of range: this explanation has {count} prompt"
+                               f"{'s' if count != 1 else ''} (0 … {count - 1})")
         return overlay(self.photo, self.maps[index], **kwargs)
 
     def __repr__(self):
@@ -178,7 +185,7 @@ def explain(model, image, prompts, method=None, *, against=None, batch_size=8, *
     query = prepare_query(adapter, prompts, against)
     images, single = image_list(image)
     notice_unseen_photos(adapter.model, images)
-    results, start, size = [], 0, max(1, int(batch_size))
+    results, start, size = [], 0, check_batch_size(batch_size)
     while start < len(images):
         chunk = images[start:start + size]
         try:
@@ -345,12 +352,25 @@ def _photo_maps(token_maps, box, same_for_all):
     return map_to_photo(normalise_maps(token_maps), box)
 
 
+def check_batch_size(batch_size):
+    """batch_size as an int >= 1 (images or frames per forward pass); ClipvizError otherwise."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ClipvizError(f"batch_size must be a whole number >= 1 (images per forward pass), got {batch_size!r}")
+    return int(batch_size)
+
+
 def clean_prompts(prompts):
     """One prompt, a list of them, or their token ids [P, L] (clipviz.tokenizer.prompts_from_tokens)
     → the prompts stripped and checked, list[str]; an empty one raises ClipvizError."""
     if isinstance(prompts, torch.Tensor) or (isinstance(prompts, np.ndarray) and prompts.dtype.kind in "iub"):
         prompts = prompts_from_tokens(prompts)
-    items = [prompts] if isinstance(prompts, str) else list(prompts) if prompts is not None else []
+    if isinstance(prompts, (bytes, bytearray)):
+        raise ClipvizError("prompts must be text (str), got bytes: decode them first, e.g. prompt.decode('utf-8')")
+    try:
+        items = [prompts] if isinstance(prompts, str) else list(prompts) if prompts is not None else []
+    except TypeError:  # explain(model, image, 5): not text, not a list
+        raise ClipvizError(f"prompts must be a string or a list of strings, got {type(prompts).__name__} "
+                           f"{prompts!r:.60}") from None
     if not items:
         raise ClipvizError("no prompt given: pass a text query such as \"a photo of a dog\"")
     cleaned = []

@@ -23,6 +23,7 @@ from pathlib import Path
 from .activation import check_activation, detect_activation
 from .cache import SHA256_PATTERN, cache_dir, checked_sha256, download, file_sha256
 from .checkpoints import read_checkpoint
+from .devices import resolve_device
 from .errors import ClipvizError
 from .sources import Mirror
 
@@ -199,6 +200,9 @@ def load(name_or_path: str | os.PathLike, device=None, download_root: str | os.P
     transformers' CLIPModel layout is converted to OpenAI's. ``model`` is ``clipviz.model.CLIP``
     in eval mode; ``preprocess`` is ``clipviz.preprocess.Preprocess(model.visual.input_resolution)``.
     """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ClipvizError(f"load takes a registered name (see clipviz.available_models()), a checkpoint path, "
+                           f"or 'openclip:...' / 'hf:...'; got {type(name_or_path).__name__} {name_or_path!r:.60}")
     if jit:
         raise ClipvizError("jit=True is not supported: clipviz always builds its own model from "
                            "the checkpoint's weights (so hooks can record attention); drop jit=True")
@@ -206,15 +210,7 @@ def load(name_or_path: str | os.PathLike, device=None, download_root: str | os.P
         check_activation(activation)
     import torch
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as e:
-        raise ClipvizError(f"{device!r} is not a torch device; use 'cpu' or 'cuda'") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ClipvizError("device='cuda' was asked for but torch sees no CUDA GPU here; "
-                           "use device='cpu'")
+    device = resolve_device(device)  # one that exists here, or ClipvizError naming those that do
     if isinstance(name_or_path, str) and name_or_path.startswith(RANDOM):
         return _random(name_or_path[len(RANDOM):], device, activation)
     if isinstance(name_or_path, str) and name_or_path.startswith(ADAPTER_PREFIXES):

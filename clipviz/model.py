@@ -9,6 +9,7 @@ Transformers here run batch-first ([B, N, D]); the official code is sequence-fir
 changes no parameter, only where the batch axis sits inside ``forward``.
 """
 
+import numbers
 from collections import OrderedDict
 
 import torch
@@ -491,6 +492,8 @@ def random_model(name, seed=0, **overrides):
     """
     if name not in OFFICIAL_CONFIGS:
         raise ClipvizError(f"unknown architecture {name!r}; choose one of {', '.join(OFFICIAL_CONFIGS)}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 63:
+        raise ClipvizError(f"seed must be a whole number from 0 to 2**63 - 1 (torch.manual_seed's range), got {seed!r}")
     torch.manual_seed(seed)
     return CLIP(**{**OFFICIAL_CONFIGS[name], **overrides}).eval()
 

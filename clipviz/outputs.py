@@ -8,7 +8,7 @@ never one of the inputs (compared as the same file on disk, so ``./a.png``, ``a.
 link to it are all the input), and lies in a writable folder. Planned paths are unique before
 anything is written. Files appear atomically: they are written to a hidden temporary file
 beside the target and renamed over it, so a reader never sees half a file; the temporary file
-is removed on any error, on Ctrl-C and on SIGTERM/SIGHUP. Without ``force`` an existing file
+is removed on any error, on Ctrl-C and on SIGTERM/SIGHUP (clipviz.signals). Without ``force`` an existing file
 (or a link, followed or not) is never replaced, unless clipviz wrote it itself and it is
 unchanged since (see ``is_own_output``): so the same command run twice replaces its own earlier
 outputs, while a file of the user's needs ``force``. With ``force`` the link itself is replaced,
@@ -17,16 +17,18 @@ never what it points to.
 
 import contextlib
 import hashlib
+import mimetypes
 import os
 import re
-import signal
 import tempfile
-import threading
 import unicodedata
 from pathlib import Path
 
 from .errors import ClipvizError
+from .signals import raising_on_termination
 
+FORCE_HINT = "pass --force to replace it or choose another --out"  # the CLI's words
+OVERWRITE_HINT = "pass overwrite=True to replace it, or choose another path"  # the API's (save, write_report)
 SLUG_LENGTH = 60  # characters of readable text in a file name made from a prompt
 # clipviz remembers the files it wrote, one record per output folder kept in its cache
 # (<cache>/outputs/<sha1 of the folder's real path>), so output folders hold only the outputs:
@@ -47,6 +49,19 @@ def slug(text, length=SLUG_LENGTH):
     return f"{body}-{digest}"
 
 
+def distinct_names(names):
+    """``names`` with repeats told apart, order kept: the second "x" becomes "x-2", the third "x-3".
+
+    For file-name parts made from different texts that still coincide (two prompts whose slugs
+    share body and 6-hex hash; a hash collision can be crafted). A slug never ends in "-<digit>"
+    after its hash, so a suffixed name cannot meet another slug."""
+    seen, out = {}, []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return out
+
+
 def same_file(a, b):
     """True if paths ``a`` and ``b`` name one file (through links and ``..``); missing files
     compare by their resolved paths."""
@@ -57,8 +72,9 @@ def same_file(a, b):
 
 
 def check_target(path, suffixes, protect=()):
-    """Check an output path before anything is drawn → Path. Raises ClipvizError for a bad
-    suffix, a folder, a protected file (an input), or a folder that cannot be created or written."""
+    """Check an output path before anything is drawn → Path, creating nothing. Raises ClipvizError
+    for a bad suffix, a folder, a protected file (an input), or a folder that cannot be created or
+    written (check_folder)."""
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise ClipvizError(f"the output path must be a file name, got {path!r}")
     path = Path(path).expanduser()
@@ -71,7 +87,7 @@ def check_target(path, suffixes, protect=()):
         if other and isinstance(other, (str, os.PathLike)) and same_file(path, Path(other).expanduser()):
             raise ClipvizError(f"refusing to write {str(path)!r}: it is the input image {str(other)!r} (an input "
                                "photo is never overwritten); choose another output name")
-    prepare_folder(path.parent)
+    check_folder(path.parent)  # created by write_atomically, with the file
     return path
 
 
@@ -83,6 +99,37 @@ def prepare_folder(folder):
     except OSError as error:
         raise ClipvizError(f"cannot create the output folder {str(folder)!r}: {error.strerror or error}; "
                            "choose another output path") from None
+    _check_writable(folder)
+
+
+def check_folder(folder):
+    """Check an output folder before any work, creating nothing (a run that fails later leaves no
+    empty folder behind; write_atomically creates it with the first file): it is a folder, or its
+    nearest existing parent is a writable folder. Refused (ClipvizError): a path that is a file
+    or lies under one, and a new name ending in a file type's suffix (``--out results.txt``, by
+    Python's mimetypes table: .txt, .json, .csv, .html, ...), which would silently become a folder."""
+    folder = Path(folder).expanduser()
+    if folder.is_dir():
+        _check_writable(folder)
+        return folder
+    if os.path.lexists(folder):
+        raise ClipvizError(f"cannot create the output folder {str(folder)!r}: it is a file (or a link to one), "
+                           "not a folder; give a folder name")
+    kind = mimetypes.MimeTypes().guess_type(folder.name, strict=False)[0]  # built-in table: same on every machine
+    if kind is not None:
+        raise ClipvizError(f"the output folder {str(folder)!r} is named like a {kind} file ({folder.suffix}); "
+                           "outputs go into a folder: give a folder name without that suffix")
+    existing = folder.parent
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ClipvizError(f"cannot create the output folder {str(folder)!r}: {str(existing)!r} is a file, "
+                           "not a folder; choose another output path")
+    _check_writable(existing)
+    return folder
+
+
+def _check_writable(folder):
     try:
         if not os.access(folder, os.W_OK | os.X_OK):
             raise PermissionError(13, "permission denied")
@@ -122,9 +169,10 @@ def is_own_output(path, record=None):
     return recorded is not None and recorded == _sha256(path)
 
 
-def refuse_existing(paths, force):
+def refuse_existing(paths, force, hint=FORCE_HINT):
     """ClipvizError naming the paths that exist (links too) unless ``force``; clipviz's own
-    unchanged outputs (is_own_output) are not in the way. Each folder's record is read once."""
+    unchanged outputs (is_own_output) are not in the way. Each folder's record is read once.
+    hint: what the message tells the user to do (the API says overwrite=True, the CLI --force)."""
     records = {}
 
     def in_the_way(path):
@@ -136,8 +184,7 @@ def refuse_existing(paths, force):
     existing = [str(p) for p in paths if os.path.lexists(p) and in_the_way(p)] if not force else []
     if existing:
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
-        raise ClipvizError(f"output file {', '.join(existing[:3])}{more} already exists; pass --force to "
-                           "replace it or choose another --out")
+        raise ClipvizError(f"output file {', '.join(existing[:3])}{more} already exists; {hint}")
 
 
 def check_unique(paths):
@@ -152,44 +199,48 @@ def check_unique(paths):
         seen[key] = path
 
 
-def write_atomically(path, write, force=True):
+def write_atomically(path, write, force=True, hint=FORCE_HINT):
     """``write(handle)`` into a temporary file beside ``path``, then rename it to ``path`` → Path.
 
-    force=False: refuse (ClipvizError) if ``path`` exists when the file is ready, so nothing that
-    appeared since planning is replaced. The temporary file never outlives an error or a signal.
+    force=False: refuse (ClipvizError, ending in ``hint``) if ``path`` exists when the file is
+    ready, unless clipviz wrote it (is_own_output), so nothing that appeared since planning is
+    replaced. A missing folder is created. The temporary file never outlives an error, Ctrl-C,
+    SIGTERM or SIGHUP (clipviz.signals).
     """
     path = Path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix,
                                              delete=False)
     except OSError as error:
         raise ClipvizError(f"cannot write to the folder {str(path.parent)!r}: {error.strerror or error}") from None
     try:
-        with _signals_raise(), handle:
+        with raising_on_termination(), handle:
             write(handle)
             handle.flush()
-            publish(handle.name, path, force)
+            publish(handle.name, path, force, hint)
     except OSError as error:
         _remove(handle.name)
         raise ClipvizError(f"cannot write {str(path)!r}: {error.strerror or error}") from None
     except BaseException:
         _remove(handle.name)
         raise
-    _remove(handle.name)  # after _link_new, the name beside the target
     return path
 
 
-def publish(temporary, path, force=True):
+def publish(temporary, path, force=True, hint=FORCE_HINT):
     """Give a finished temporary file (beside ``path``) its name, with the permissions a new file
     gets (temporary files are private), and record it as clipviz's own (record_path).
-    force=False: only if the name is free or holds clipviz's own unchanged output."""
+    force=False: only if the name is free or holds clipviz's own unchanged output (else
+    ClipvizError ending in ``hint``)."""
     path = Path(path)
     os.chmod(temporary, 0o666 & ~_umask())
     digest = _sha256(temporary)
     if force or is_own_output(path):
         os.replace(temporary, path)  # replaces a link itself, never its target
     else:
-        _link_new(temporary, path)
+        _link_new(temporary, path, hint)
+        _remove(temporary)  # linked: the file now has both names; keep the target's
     _remember(path, digest)
 
 
@@ -228,39 +279,15 @@ def _remember(path, digest):
             handle.write(f"{digest}  {path.name}\n")
 
 
-def _link_new(temporary, path):
+def _link_new(temporary, path, hint):
     """Give the finished file its name only if that name is free (no check-then-write race)."""
     try:
         os.link(temporary, path)
     except FileExistsError:
-        refuse_existing([path], force=False)
+        refuse_existing([path], False, hint)
     except OSError:  # a file system without hard links: check, then rename
-        refuse_existing([path], force=False)
+        refuse_existing([path], False, hint)
         os.replace(temporary, path)
-
-
-@contextlib.contextmanager
-def _signals_raise():
-    """While writing, SIGTERM and SIGHUP raise SystemExit (as Ctrl-C raises KeyboardInterrupt),
-    so the temporary file is removed; handlers are restored after. Main thread only."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    names = [s for s in ("SIGTERM", "SIGHUP") if hasattr(signal, s)]
-    previous = {}
-    for name in names:
-        number = getattr(signal, name)
-        if signal.getsignal(number) is signal.SIG_DFL:
-            previous[number] = signal.signal(number, _exit_on_signal)
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-
-
-def _exit_on_signal(number, frame):
-    raise SystemExit(128 + number)
 
 
 def _remove(name):

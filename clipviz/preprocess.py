@@ -21,6 +21,7 @@ CMYK after resizing (rounding differs by a level or so).
 """
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,8 @@ def load_image(source):
     if isinstance(source, Image.Image):
         return _decode(source, "the PIL image")
     if isinstance(source, (str, os.PathLike)):
+        if not os.fspath(source):  # Path("") is ".", the current folder: say what was given
+            raise ClipvizError("the image path is empty: pass a file name, a PIL image or an array")
         path = Path(source).expanduser()
         if not os.path.lexists(path):
             raise ClipvizError(
@@ -138,13 +141,23 @@ def _open(fp, name):
         try:
             img = Image.open(fp, formats=_safe_formats())
         except Image.DecompressionBombError as e:
+            # PIL's own check (above 2 × its MAX_IMAGE_PIXELS) comes first; say it in clipviz's terms
+            declared = re.search(r"\((\d+) pixels\)", str(e))
+            size = f"{int(declared.group(1)):,} pixels" if declared else \
+                f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels"
             raise ClipvizError(
-                f"{name} is too large to load safely ({e}). Downscale it first, or, if you trust it, raise "
-                "PIL.Image.MAX_IMAGE_PIXELS and clipviz.preprocess.MAX_PIXELS."
+                f"{name} claims to be {size}, more than the limit of {MAX_PIXELS:,} (a guard against "
+                "decompression bombs). Downscale it first, or, if you trust it, raise "
+                "clipviz.preprocess.MAX_PIXELS and PIL.Image.MAX_IMAGE_PIXELS."
             ) from None
         except MemoryError:
             raise
-        except Exception as e:  # OSError (UnidentifiedImageError, PermissionError), plugins' ValueError, ...
+        except Image.UnidentifiedImageError:  # PIL's text names the file object (<_io.BufferedReader name=3>)
+            raise ClipvizError(
+                f"Cannot read {name} as an image: its contents are not in a format clipviz reads (PNG, JPEG, "
+                "GIF, WebP, TIFF, BMP, ...). Check that it is an image file, not e.g. a text file or a video."
+            ) from None
+        except Exception as e:  # OSError (PermissionError), plugins' ValueError, ...
             reason = e if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
             raise ClipvizError(
                 f"Cannot read {name} as an image ({reason}). Check that it is an image file (PNG, JPEG, GIF, "

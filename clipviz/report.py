@@ -25,7 +25,9 @@ from .errors import ClipvizError
 from .explorer import Session, layer_option
 from .maps import map_to_photo, normalise_maps
 from .preprocess import CropBox
+from .outputs import OVERWRITE_HINT
 from .render import colorize, colormap_table, colour_levels
+from .suffixes import HTML_SUFFIXES
 
 PHOTO_SIDE = 720   # longest side of the embedded photo, in pixels
 SHOWN_SIDE = 480   # smaller photos are shown (not stored) at least this large
@@ -85,11 +87,14 @@ def report_html(model, image, prompts, methods=None, *, first=None, against=None
         data=json.dumps(data).replace("</", "<\\/"), gradient=colours, cmap=html.escape(cmap))
 
 
-def write_report(path, page, *, protect=()):
-    """Write the page atomically to ``path`` (.html); never over ``protect`` (the input photo)."""
-    from .outputs import check_target, write_atomically
-    path = check_target(path, (".html", ".htm"), protect)
-    return write_atomically(path, lambda handle: handle.write(page.encode("utf-8")))
+def write_report(path, page, *, protect=(), overwrite=False):
+    """Write the page atomically to ``path`` (.html) → Path; never over ``protect`` (the input
+    photo). An existing file is replaced only with ``overwrite=True`` or when clipviz wrote it and
+    it is unchanged since (clipviz.outputs.is_own_output); else ClipvizError."""
+    from .outputs import check_target, refuse_existing, write_atomically
+    path = check_target(path, HTML_SUFFIXES, protect)
+    refuse_existing([path], overwrite, OVERWRITE_HINT)
+    return write_atomically(path, lambda handle: handle.write(page.encode("utf-8")), overwrite, OVERWRITE_HINT)
 
 
 def _photo(photo):

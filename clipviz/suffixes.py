@@ -9,6 +9,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".ti
                   ".pbm", ".pnm", ".jfif", ".jpe", ".ico", ".tga")
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")  # matplotlib figures
 OVERLAY_SUFFIXES = (".png", ".jpg", ".jpeg")  # overlays written by PIL alone
+HTML_SUFFIXES = (".html", ".htm")  # clipviz.report's page
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")  # what clipviz.video reads (OpenCV)
 
 

@@ -254,7 +254,7 @@ def tokenize(texts, context_length=CONTEXT_LENGTH, truncate=False):
         texts = [texts]
     if not isinstance(texts, (list, tuple)) or not texts:
         raise ClipvizError(f"tokenize takes a string or a non-empty list of strings, got {texts!r:.60}.")
-    if context_length < 2:
+    if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 2:
         raise ClipvizError(f"context_length must be at least 2 (room for SOT and EOT), got {context_length}.")
     tokenizer = get_tokenizer()
     ids = torch.zeros(len(texts), context_length, dtype=torch.long)

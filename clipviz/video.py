@@ -31,10 +31,17 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ClipvizError
-from .outputs import refuse_existing, refuse_inputs
+from .outputs import (FORCE_HINT, check_folder, distinct_names, prepare_folder, publish, refuse_existing,
+                      refuse_inputs, slug, write_atomically)
+from .signals import raising_on_termination
+
+API_HINT = "pass force=True to replace it, or another out= folder"  # explain_video's wording of --force
 from .progress import bar as progress_bar
 
 OUTPUT_FOURCC = "mp4v"  # MPEG-4 Part 2: the opencv wheels' FFmpeg has no H.264 encoder
+# OpenCV's MPEG-4 writer fails to open below some rate (1e-4 frames/s did, 0.01 works): a sparser
+# sampling (--every 1000000 on a short clip) is written at this rate, its timing otherwise kept
+MIN_WRITER_FPS = 0.01
 CURVE_FRACTION = 0.2    # the score strip under each overlay, as a share of the frame height
 
 
@@ -199,7 +206,7 @@ def explain_frames(model, path, prompts, method=None, *, against=None, every=Non
     of an image. Arguments as for ``explain_video``. ``state``: a DecodeState to fill (where
     decoding stopped). Raises ClipvizError when no frame decodes at all.
     """
-    from .explanation import explain
+    from .explanation import check_batch_size, explain
     from .maps import map_to_photo, normalise_maps
 
     smoothing = _check_smoothing(smoothing)
@@ -209,7 +216,7 @@ def explain_frames(model, path, prompts, method=None, *, against=None, every=Non
     try:
         frames, _ = read_frames(capture, info, every=every, fps=fps, start=start, end=end, state=state)
         smoothed, explained = None, 0
-        for batch in _batches(frames, max(1, int(batch_size))):
+        for batch in _batches(frames, check_batch_size(batch_size)):
             results = explain(model, [rgb for _, _, rgb in batch], prompts, method=method, against=against,
                               batch_size=len(batch), **options)
             for (index, time, _), exp in zip(batch, results):
@@ -320,10 +327,13 @@ class VideoExplanation:
         }
 
     def csv_text(self):
-        """One row per sampled frame: frame, time_s, then score_t, prob_t, peak_x_t, peak_y_t per prompt."""
+        """One row per sampled frame: frame, time_s, then per prompt t its score, prob, peak_x and
+        peak_y, headed "score_t: <prompt>" and so on (the prompt on one line), so the file says
+        which column is which prompt."""
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["frame", "time_s"] + [f"{name}_{t}" for t in range(len(self.prompts))
+        writer.writerow(["frame", "time_s"] + [f"{name}_{t}: {' '.join(prompt.split())}"
+                                                for t, prompt in enumerate(self.prompts)
                                                 for name in ("score", "prob", "peak_x", "peak_y")])
         for f in range(len(self.frames)):
             row = [int(self.frames[f]), f"{self.times[f]:.6f}"]
@@ -354,7 +364,9 @@ def explain_video(model, path, prompts, method=None, *, against=None, every=None
     out:        a folder: writes ``<video>--<prompt>.mp4`` (mp4v; the frame, its overlay and the
                 score curve so far underneath, at the sampled frame rate), ``<video>.json`` and
                 ``<video>.csv``; each written to a temporary file and renamed when complete (removed
-                on an error or Ctrl-C). None: write nothing. Existing files need ``force=True``.
+                on an error, Ctrl-C, SIGTERM or SIGHUP). None: write nothing. Existing files need
+                ``force=True`` (clipviz's own earlier outputs are replaced, see outputs.is_own_output);
+                the folder is checked before any frame is decoded and created with the first file.
     cmap, alpha: the overlay's colours (see clipviz.render.overlay)
     progress:   a tqdm bar on stderr (frames, frames/s)
 
@@ -375,31 +387,31 @@ def explain_video(model, path, prompts, method=None, *, against=None, every=None
     _window(info, start, end)
     writers = None
     if out is not None:
-        names = output_names(path, prompt_list, out)
-        _check_outputs(names, path, force)
-        writers = _Outputs(names, output_fps, info, start, end, cmap, alpha)
+        names = check_outputs(path, prompt_list, out, force, API_HINT)
+        writers = _Outputs(names, output_fps, info, start, end, cmap, alpha, force)
     state = DecodeState()
     frames, times, scores, probs, peaks = [], [], [], [], []
     try:
-        for item in explain_frames(model, path, prompt_list, method, against=against, every=every, fps=fps,
-                                   start=start, end=end, smoothing=smoothing, batch_size=batch_size,
-                                   progress=progress, state=state, **options):
-            exp = item.explanation
-            frames.append(item.index)
-            times.append(item.time)
-            scores.append(exp.scores.astype(np.float64))
-            probs.append(exp.probs.astype(np.float64))
-            peaks.append([peak_xy(m) or [-1, -1] for m in exp.maps])
+        with raising_on_termination():  # SIGTERM / SIGHUP too reach abort() below
+            for item in explain_frames(model, path, prompt_list, method, against=against, every=every, fps=fps,
+                                       start=start, end=end, smoothing=smoothing, batch_size=batch_size,
+                                       progress=progress, state=state, **options):
+                exp = item.explanation
+                frames.append(item.index)
+                times.append(item.time)
+                scores.append(exp.scores.astype(np.float64))
+                probs.append(exp.probs.astype(np.float64))
+                peaks.append([peak_xy(m) or [-1, -1] for m in exp.maps])
+                if writers is not None:
+                    writers.write(item)
+            result = VideoExplanation(
+                source=str(path), prompts=prompt_list, method=method or exp.method,  # explain's own choice (unwrapped model)
+                against=None if against is None else clean_prompts(against),
+                frames=np.asarray(frames, dtype=np.int64), times=np.asarray(times, dtype=np.float64),
+                scores=np.stack(scores), probs=np.stack(probs), peaks=np.asarray(peaks, dtype=np.int64),
+                fps=info.fps, output_fps=output_fps, smoothing=float(smoothing or 0.0), stopped=state.stopped)
             if writers is not None:
-                writers.write(item)
-        result = VideoExplanation(
-            source=str(path), prompts=prompt_list, method=method or exp.method,  # explain's own choice (unwrapped model)
-            against=None if against is None else clean_prompts(against),
-            frames=np.asarray(frames, dtype=np.int64), times=np.asarray(times, dtype=np.float64),
-            scores=np.stack(scores), probs=np.stack(probs), peaks=np.asarray(peaks, dtype=np.int64),
-            fps=info.fps, output_fps=output_fps, smoothing=float(smoothing or 0.0), stopped=state.stopped)
-        if writers is not None:
-            result.files = writers.finish(result)
+                result.files = writers.finish(result)
     except BaseException:
         if writers is not None:
             writers.abort()
@@ -410,35 +422,36 @@ def explain_video(model, path, prompts, method=None, *, against=None, every=None
 # ----------------------------------------------------------------------------- writing
 
 def output_names(path, prompts, out):
-    """{"videos": [Path per prompt], "json": Path, "csv": Path} inside the folder ``out``."""
-    from .outputs import slug  # the file-name rule: prompts can never leave the folder
-
+    """{"videos": [Path per prompt], "json": Path, "csv": Path} inside the folder ``out``; prompts
+    whose names coincide (the same prompt twice, a slug collision) get distinct ones."""
     folder = Path(out).expanduser()
-    stem = slug(Path(path).stem).rsplit("-", 1)[0]
-    return {"videos": [folder / f"{stem}--{slug(p)}.mp4" for p in prompts],
+    stem = slug(Path(path).stem).rsplit("-", 1)[0]  # the file-name rule: prompts can never leave the folder
+    return {"videos": [folder / f"{stem}--{s}.mp4" for s in distinct_names([slug(p) for p in prompts])],
             "json": folder / f"{stem}.json", "csv": folder / f"{stem}.csv"}
 
 
-def _check_outputs(names, source, force):
-    folder = names["json"].parent
-    if folder.exists() and not folder.is_dir():
-        raise ClipvizError(f"--out {folder} is a file: give a folder for the video's outputs")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ClipvizError(f"cannot create the output folder {folder}: {error.strerror or error}") from None
+def check_outputs(path, prompts, out, force, hint=FORCE_HINT):
+    """The output names (output_names), checked before any frame is decoded and creating nothing:
+    ``out`` is (or can become) a writable folder, no output is the input video, and none exists
+    unless ``force`` or clipviz wrote it (ClipvizError ending in ``hint`` otherwise)."""
+    if not isinstance(out, (str, os.PathLike)) or not str(out):
+        raise ClipvizError(f"out must be a folder path (or None to write nothing), got {out!r:.60}")
+    names = output_names(path, prompts, out)
+    check_folder(names["json"].parent)
     paths = names["videos"] + [names["json"], names["csv"]]
-    refuse_inputs(paths, [source], "the input video")
-    refuse_existing(paths, force)
+    refuse_inputs(paths, [path], "the input video")
+    refuse_existing(paths, force, hint)
+    return names
 
 
 class _Outputs:
     """One cv2.VideoWriter per prompt into temporary files beside the targets; renamed by finish(),
     deleted by abort()."""
 
-    def __init__(self, names, output_fps, info, start, end, cmap, alpha):
-        self.names, self.cmap, self.alpha = names, cmap, alpha
-        self.fps, self.writers, self.temps, self.curves = output_fps, [], [], None
+    def __init__(self, names, output_fps, info, start, end, cmap, alpha, force):
+        self.names, self.cmap, self.alpha, self.force = names, cmap, alpha, force
+        self.fps, self.writers, self.temps, self.curves = max(output_fps, MIN_WRITER_FPS), [], [], None
+        self.made_folder = None  # the output folder, when _open created it (abort removes it if still empty)
         first, end_time = _window(info, start, end)
         stop = info.duration if info.duration is not None else math.inf
         self.span = (first / info.fps, min(end_time, stop))
@@ -460,6 +473,12 @@ class _Outputs:
         strip = max(48, int(round(height * CURVE_FRACTION)))
         self.curves = [ScoreCurve(width, strip, *self.span, fps=self.fps) for _ in range(prompts)]
         size = (width + width % 2, height + strip + (height + strip) % 2)
+        folder = self.names["json"].parent
+        if not folder.is_dir():
+            self.made_folder = folder
+            while not self.made_folder.parent.exists():  # the outermost folder this run creates
+                self.made_folder = self.made_folder.parent
+        prepare_folder(folder)  # created now, with the first file
         for target in self.names["videos"]:
             handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".mp4")
             os.close(handle)
@@ -471,17 +490,19 @@ class _Outputs:
             self.writers.append(writer)
 
     def finish(self, result):
-        from .outputs import publish, write_atomically
+        """Publish the videos, then write the CSV and JSON; a file that appeared at a target since
+        the check is not replaced without force (ClipvizError)."""
         for writer in self.writers:
             writer.release()
         for temp, target in zip(self.temps, self.names["videos"]):
-            publish(temp, target)
+            publish(temp, target, self.force, API_HINT)
         self.temps = []
         files = dict(self.names)
-        write_atomically(self.names["csv"], lambda handle: handle.write(result.csv_text().encode()))
+        write_atomically(self.names["csv"], lambda handle: handle.write(result.csv_text().encode()), self.force,
+                         API_HINT)
         result.files = files
         text = json.dumps(result.to_dict(), indent=1) + "\n"
-        write_atomically(self.names["json"], lambda handle: handle.write(text.encode()))
+        write_atomically(self.names["json"], lambda handle: handle.write(text.encode()), self.force, API_HINT)
         return files
 
     def abort(self):
@@ -493,6 +514,15 @@ class _Outputs:
             except FileNotFoundError:
                 pass
         self.temps = []
+        if self.made_folder is not None:  # a failed run leaves no empty folder behind
+            folder = self.names["json"].parent
+            for empty in [folder, *folder.parents]:  # innermost first, up to the first one made
+                try:
+                    empty.rmdir()
+                except OSError:  # not empty (someone wrote there meanwhile) or gone
+                    break
+                if empty == self.made_folder:
+                    break
 
 
 def _even(picture):

@@ -52,6 +52,16 @@ def save_tiny_checkpoint(folder, seed):
     return Path(folder) / "tiny.pt"
 
 
+def tiny_cli_folder(root, seed=0):
+    """``root`` with tiny.pt (save_tiny_checkpoint) and photo.png (56×40 noise), for CLI runs → root."""
+    import numpy as np
+    from PIL import Image
+
+    save_tiny_checkpoint(root, seed)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(root / "photo.png")
+    return root
+
+
 def make_model(config, seed=0):
     torch.manual_seed(seed)
     return perturbed(CLIP(**config), seed)

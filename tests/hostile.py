@@ -9,6 +9,7 @@ Hypothesis examples count one by one (each runs the block). The module prints
 """
 
 import contextlib
+import functools
 
 import pytest
 
@@ -41,3 +42,14 @@ def tally(category):
                 reporter.write_line(f"\n{counts}")
 
     return counts, report
+
+
+def counted(counts):
+    """Decorator: each call of the test (each parametrized case) is one case of ``counts``."""
+    def wrap(test):
+        @functools.wraps(test)  # pytest still sees the test's own arguments (fixtures, parameters)
+        def run(*args, **kwargs):
+            with counts.case():
+                return test(*args, **kwargs)
+        return run
+    return wrap

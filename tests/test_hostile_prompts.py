@@ -92,7 +92,7 @@ def test_prompts_with_no_text_tokenize_empty_and_explain_refuses(name, tiny_vit)
 
 
 @pytest.mark.parametrize("prompts, words", [
-    (None, "no prompt given"), ([], "no prompt given"), ([3], "must be strings"), (b"dog", "must be strings"),
+    (None, "no prompt given"), ([], "no prompt given"), ([3], "must be strings"), (b"dog", "got bytes"),
 ])
 def test_prompts_that_are_not_text(prompts, words, tiny_vit):
     with CASES.case(), pytest.raises(ClipvizError, match=words):

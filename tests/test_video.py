@@ -285,8 +285,9 @@ def test_outputs_videos_json_csv_and_no_temporary_files(model, tmp_path):
     assert [int(r["frame"]) for r in rows] == [0, 3, 6, 9]
     for f, row in enumerate(rows):
         for t in range(2):
-            assert float(row[f"score_{t}"]) == pytest.approx(result.scores[f, t], abs=1e-6)
-            assert [int(row[f"peak_x_{t}"]), int(row[f"peak_y_{t}"])] == list(result.peaks[f, t])
+            named = f"{t}: {prompts[t]}"  # each column names its prompt
+            assert float(row[f"score_{named}"]) == pytest.approx(result.scores[f, t], abs=1e-6)
+            assert [int(row[f"peak_x_{named}"]), int(row[f"peak_y_{named}"])] == list(result.peaks[f, t])
     summary = json.loads(files["json"].read_text())
     assert [fr["frame"] for fr in summary["frames"]] == [0, 3, 6, 9]
     best = int(np.argmax(result.scores[:, 0]))
@@ -317,7 +318,7 @@ def test_an_interrupt_leaves_no_temporary_or_partial_file(model, tmp_path, monke
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         explain_video(model, path, "a photo of a red circle", batch_size=2, out=out)
-    assert calls == [0, 1, 2, 3, 4] and list(out.iterdir()) == []
+    assert calls == [0, 1, 2, 3, 4] and not out.exists()  # the folder it made is gone too
 
 
 def test_score_curve_keeps_one_mean_per_column_and_doubles_its_window():

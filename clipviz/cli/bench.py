@@ -2,11 +2,11 @@
 
 import argparse
 import json
-from pathlib import Path
 
 from ..errors import ClipvizError
+from ..outputs import check_target, refuse_existing, write_atomically
 from .inputs import load_model, model_name
-from .parser import DEFAULT_MODEL, Parser
+from .parser import DEFAULT_MODEL, Parser, seed
 from .policy import EXIT_OK, EXIT_USAGE
 
 
@@ -19,13 +19,15 @@ def add_arguments(parser):
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"registered name, checkpoint path, or random:ARCH (default {DEFAULT_MODEL})")
     parser.add_argument("--n", type=int, default=DEFAULT_N, help=f"number of scenes (default {DEFAULT_N})")
-    parser.add_argument("--seed", type=int, default=BENCH_SEED,
+    parser.add_argument("--seed", type=seed, default=BENCH_SEED,
                         help=f"scene stream (default {BENCH_SEED}, held out from training)")
     parser.add_argument("--methods", default=None,
                         help=f"comma-separated method names among {', '.join(available_methods())} "
                              "(default: every one that applies to the model)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--out", default="bench.json", help="JSON output file (default bench.json)")
+    parser.add_argument("--out", default="bench.json", help="JSON output file (default bench.json); checked "
+                        "before the run, never replaced unless clipviz wrote it or --force")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     parser.add_argument("--data", default=None, metavar="DIR",
                         help="localization on real photos: DIR/images and DIR/masks/<stem>__<category>.png")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
@@ -49,6 +51,8 @@ def run_parsed(args):
     from ..bench import markdown, run_benchmark, run_data_benchmark
 
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
+    out = check_target(args.out, (".json",))  # before the run: a bad --out wastes no benchmark
+    refuse_existing([out], args.force)
     name = model_name(args.model)
     model = load_model(name, args.device)  # bench has no --activation: registered names know theirs
     progress = not args.quiet
@@ -59,12 +63,9 @@ def run_parsed(args):
         result = run_benchmark(model, methods=methods, n=args.n, seed=args.seed, progress=progress,
                                steps=args.steps, sanity=not args.no_sanity, sanity_scenes=args.sanity_scenes,
                                model_name=name)
+    text = json.dumps(result, indent=1, ensure_ascii=False) + "\n"
+    write_atomically(out, lambda handle: handle.write(text.encode("utf-8")), args.force)  # before printing: a closed stdout loses no result
     print(markdown(result))
-    out = Path(args.out).expanduser()
-    try:
-        out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
-    except OSError as error:
-        raise ClipvizError(f"cannot write {out}: {error.strerror}; pass --out with a writable path") from None
     print(f"\nwrote {out}")
     return EXIT_OK
 

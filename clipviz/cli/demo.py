@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..errors import ClipvizError
 from ..maps import peak_xy
-from ..outputs import refuse_existing
+from ..outputs import check_target, refuse_existing
+from ..suffixes import FIGURE_SUFFIXES
 from .inputs import load_model, model_name
 from .parser import FIGURE_FORMATS
 from .policy import EXIT_OK
@@ -17,6 +18,7 @@ def run(args):
     out = Path(args.out)
     if out.suffix.lower().lstrip(".") not in FIGURE_FORMATS:
         raise ClipvizError(f"--out {out}: the demo writes a figure; end the name in .png, .pdf or .svg")
+    check_target(out, FIGURE_SUFFIXES)  # folder writable (created with the file), not a folder itself
     refuse_existing([out], args.force)
     name = model_name(args.model)
     model = load_model(name, args.device, args.activation)

@@ -19,19 +19,19 @@ from ..maps import peak_xy
 from ..outputs import refuse_existing
 from ..suffixes import is_video
 from .inputs import check_prompts, load_model, model_name, split_inputs
-from .plan import OutputPlan
+from .plan import OutputPlan, once_each
 from .policy import failure_text, keep_failure, one_line, report_failures
 
 
 def run(args):
     """Explain every image, write its files, print its table; failures listed at the end."""
-    images, prompts = split_inputs(args.inputs, args.image, args.images, args.prompt, args.image_list)
+    images, prompts = once_each(*split_inputs(args.inputs, args.image, args.images, args.prompt, args.image_list))
     videos = [path for path in images if is_video(path)]
     if videos:
         if len(images) > 1:
             raise ClipvizError(f"explain one video per run, without images ({len(images)} files given)")
         from .video import run_video
-        return run_video(args, videos[0])
+        return run_video(args, videos[0], prompts)
     name = model_name(args.model)
     if args.html:
         from .report import run_html_report

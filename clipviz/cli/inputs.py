@@ -19,14 +19,20 @@ def split_inputs(positionals, images=(), folders=(), prompts=(), lists=()):
     named files, unusable folders or lists, and no image or no prompt at all raise ClipvizError;
     a listed file that is missing fails alone later, as a folder's unreadable file does.
     """
-    named, texts = list(images), []
+    named, texts, taken = list(images), [], []
     for arg in positionals:
-        (named if os.path.isfile(arg) or looks_like_image(arg) or is_video(arg) else texts).append(arg)
+        file_like = looks_like_image(arg) or is_video(arg)
+        exists = os.path.lexists(arg) and not os.path.isdir(arg)  # FIFOs and devices too: named below
+        (named if file_like or exists else texts).append(arg)
+        if exists and not file_like:
+            taken.append(arg)
     texts += list(prompts)
     for path in named:
         if os.path.isdir(path):
             raise ClipvizError(f"'{path}' is a folder, not an image file: pass it as --images {path}")
-        if not os.path.isfile(path):
+        if os.path.lexists(path):
+            _check_regular(path, path in taken)
+        elif not os.path.isfile(path):
             raise ClipvizError(f"no image file at '{path}': check the path (a prompt that ends in an "
                                "image suffix must be given with --prompt)")
     listed = [p for folder in folders for p in list_images(folder)] + [p for f in lists for p in read_image_list(f)]
@@ -36,10 +42,28 @@ def split_inputs(positionals, images=(), folders=(), prompts=(), lists=()):
         hint = f" ('{folders_given[0]}' is a folder: use --images {folders_given[0]})" if folders_given else ""
         raise ClipvizError(f"no image given{hint}: name image files (.jpg, .png, ...) or --images DIR")
     if not texts:
-        raise ClipvizError("no prompt given: add a text query such as \"a photo of a dog\"")
+        taken_hint = f" ({taken[0]!r} names a file here, so it was taken for an image: pass --prompt {taken[0]!r})" \
+            if taken else ""
+        raise ClipvizError(f"no prompt given{taken_hint}: add a text query such as \"a photo of a dog\"")
     if not all(t.strip() for t in texts):
         raise ClipvizError("a prompt is empty: write what to look for, e.g. \"a photo of a dog\"")
+    if taken:  # `clipviz explain a.png "a dog"` beside a file named "a dog": say which rule applied
+        print(f"clipviz: note: {taken[0]!r}{f' (and {len(taken) - 1} more)' if len(taken) > 1 else ''} is taken "
+              f"for an image because a file of that name exists here; to use it as a prompt, pass --prompt "
+              f"{taken[0]!r}", file=sys.stderr)
     return all_images, [t.strip() for t in texts]  # as explain() strips them
+
+
+def _check_regular(path, taken):
+    """A named image must be a regular file (or a link to one); a FIFO, device or socket is named
+    for what it is, before anything would block on it (clipviz.files)."""
+    from ..files import check_regular
+
+    try:
+        check_regular(path, "image")
+    except ClipvizError as error:
+        hint = f" (to use {path!r} as a prompt, pass --prompt {path!r})" if taken else ""
+        raise ClipvizError(f"{error}{hint}") from None
 
 
 def list_images(folder):

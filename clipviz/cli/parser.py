@@ -47,7 +47,10 @@ cannot write outside the folder). With
 --figure, or --format pdf/svg, one titled figure "<image>.<format>" per image instead.
 --out FILE.png|pdf|svg writes that one figure (one image only). --layers and --heads add
 "<name>--<prompt>-<hash>--layers.<format>" / "--heads.<format>". Existing files are never
-replaced without --force, input images never. Files appear atomically (temporary + rename).
+replaced without --force (clipviz's own earlier outputs are), input images never. An image or a
+prompt given twice is explained once; a new --out folder name may not end like a file (.txt,
+.json ...). Everything is checked before the model loads; the folder is made with the first file.
+Files appear atomically (temporary + rename; removed on Ctrl-C, SIGTERM and SIGHUP).
 --maps npz adds "<image>--maps.npz", --maps png "<image>--<prompt>-<hash>--map.png";
 --no-overlays leaves the overlays out.
 
@@ -137,7 +140,7 @@ def build_parser():
                    "scene (clipviz.synth) with prompts naming its objects; says whether each map's peak "
                    "lands on the named object.")
     _add_model(demo)
-    demo.add_argument("--seed", type=int, default=0, help="which scene (default 0)")
+    demo.add_argument("--seed", type=seed, default=0, help="which scene (default 0)")
     demo.add_argument("--method", help=f"explanation method: {method_names}; default {DEFAULT_METHOD_HELP}")
     demo.add_argument("--out", default="clipviz-demo.png", help="figure file .png/.pdf/.svg (default clipviz-demo.png)")
     demo.add_argument("--dpi", type=_dpi, default=FIGURE_DPI, help=f"figure resolution, {FIGURE_DPI} to 2400 "
@@ -201,6 +204,16 @@ def _fraction(text):
     if value is None or not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number in [0, 1]")
     return value
+
+
+SEED_LIMIT = 2 ** 32  # numpy's classic seed range; the benchmark's weight randomisation multiplies it by 100003
+
+
+def seed(text):
+    """A random seed from the command line: a whole number from 0 to 2**32 - 1."""
+    if not text.isdigit() or int(text) >= SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 0 to {SEED_LIMIT - 1}")
+    return int(text)
 
 
 def _dpi(text):

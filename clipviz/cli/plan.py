@@ -1,14 +1,21 @@
 """Output names, planned and checked before any work (the naming rule is in ``clipviz explain
 --help``): file names from prompts and image stems, unique, never an input, never an existing
-file without --force. Writing itself is clipviz.outputs' job."""
+file without --force. Writing itself is clipviz.outputs' job.
+
+Two inputs that would give one output name never end a run half-way nor replace each other:
+the same work given twice (one prompt typed twice, one image named twice) is done once, with a
+warning; different inputs whose names still coincide get distinct names (outputs.distinct_names).
+"""
 
 import os
+import warnings
 from pathlib import Path
 
 from ..errors import ClipvizError
-from ..outputs import check_unique, prepare_folder, refuse_existing, refuse_inputs, slug
+from ..outputs import check_folder, check_unique, distinct_names, refuse_existing, refuse_inputs, slug
 from ..suffixes import looks_like_image
 from .parser import DEFAULT_OUT, FIGURE_FORMATS
+
 
 def image_labels(images):
     """A short file-name part per image: its stem, made safe; stems that collide get a hash."""
@@ -16,7 +23,35 @@ def image_labels(images):
     counts = {}
     for stem in stems:
         counts[stem] = counts.get(stem, 0) + 1
-    return [stem if counts[stem] == 1 else f"{stem}-{slug(os.path.abspath(p))[-6:]}" for stem, p in zip(stems, images)]
+    labels = [stem if counts[stem] == 1 else f"{stem}-{slug(os.path.abspath(p))[-6:]}" for stem, p in zip(stems, images)]
+    return distinct_names(labels)
+
+
+def once_each(images, prompts):
+    """(images, prompts) with the same work given twice dropped, order kept, each drop warned
+    about: an image named twice (any spelling of one file: ``a.png``, ``./a.png``, a link to it)
+    and a prompt typed twice would otherwise be explained twice into one output name."""
+    return _first_of_each(images, _file_key, "image"), _first_of_each(prompts, lambda p: p, "prompt")
+
+
+def _first_of_each(items, key, what):
+    kept, seen = [], {}
+    for item in items:
+        k = key(item)
+        if k in seen:
+            warnings.warn(f"{what} {item!r} is given twice (also as {seen[k]!r}); it is explained once")
+            continue
+        seen[k] = item
+        kept.append(item)
+    return kept
+
+
+def _file_key(path):
+    try:
+        info = os.stat(path)
+        return info.st_dev, info.st_ino
+    except OSError:
+        return os.path.realpath(path)
 
 
 class OutputPlan:
@@ -50,7 +85,7 @@ class OutputPlan:
             self.folder, self.format = Path(out), fmt or "png"
             self.figure = figure or self.format != "png"
             self.bases = image_labels(images)
-        self.prompt_slugs = [slug(p if against is None else f"{p} vs {against}") for p in prompts]
+        self.prompt_slugs = distinct_names([slug(p if against is None else f"{p} vs {against}") for p in prompts])
         self.inputs = list(images)
 
     def files(self, index):
@@ -71,10 +106,12 @@ class OutputPlan:
         return planned
 
     def check(self, count, mine=None):
-        """Create the folder; refuse (ClipvizError) if it is not writable, if two planned files of
-        the ``count`` images coincide, if any is an input image, or (among the images ``mine``,
-        default all: a torchrun rank checks its own shard) exists without --force."""
-        prepare_folder(self.folder)
+        """Refuse (ClipvizError) a folder that is a file or cannot be created or written, two
+        planned files of the ``count`` images that coincide, a planned file that is an input
+        image, or (among the images ``mine``, default all: a torchrun rank checks its own shard)
+        one that exists without --force. Creates nothing: the folder appears with the first file
+        written (outputs.write_atomically)."""
+        check_folder(self.folder)
         planned = [path for index in range(count) for _, _, path in self.files(index)]
         check_unique(planned)
         refuse_inputs(planned, self.inputs)

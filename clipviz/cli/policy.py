@@ -1,6 +1,9 @@
 """The CLI's error policy: exit codes, one-line messages safe for a terminal, and what happens
 when some images of a run fail (the others are still done; the failures are listed at the end)."""
 
+import contextlib
+import io
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +26,58 @@ def warning_line(message, category, filename, lineno, file=None, line=None):
     print(f"clipviz: warning: {one_line(message)}", file=sys.stderr)
 
 
+class StdoutFailed(Exception):
+    """Standard output could not be written (its reader left, the disk is full): the user's
+    environment, reported in one line (exit 2), never as a bug."""
+
+
+class _GuardedStdout:
+    """sys.stdout during a command: a write or flush that fails raises StdoutFailed, so the error
+    is told apart from any other OSError (a file being written, a download)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        if self._stream is None:  # started with stdout closed (`clipviz ... >&-`)
+            raise StdoutFailed("standard output is closed, so the results cannot be printed; the run stopped "
+                               "there (send them to /dev/null instead)")
+        return self._guard("write", text)
+
+    def flush(self):
+        return None if self._stream is None else self._guard("flush")
+
+    def _guard(self, method, *args):
+        try:
+            return getattr(self._stream, method)(*args)
+        except (OSError, ValueError) as error:  # ValueError: the stream was closed
+            # point fd 1 at os.devnull, so Python's own flush at exit does not report it again
+            with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+            raise StdoutFailed(
+                "standard output was closed before clipviz finished writing to it (a reader such as 'head' "
+                "stopped early); the run stopped there" if isinstance(error, BrokenPipeError) else
+                f"cannot write to standard output ({getattr(error, 'strerror', None) or error}); the run "
+                "stopped there") from error
+
+    def isatty(self):
+        return self._stream is not None and self._stream.isatty()
+
+    def __getattr__(self, name):  # fileno, encoding, buffer ...
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def guarded_stdout():
+    """Within, sys.stdout is a _GuardedStdout (also when stdout was closed at start: None)."""
+    original = sys.stdout
+    sys.stdout = _GuardedStdout(original)
+    try:
+        yield
+    finally:
+        sys.stdout = original
+
+
 def each_image(images, work, bar=None):
     """Call ``work(index, image)`` for every image; returns the failures [(image, message)].
 
@@ -35,6 +90,8 @@ def each_image(images, work, bar=None):
     for index, image in enumerate(images):
         try:
             work(index, image)
+        except StdoutFailed:  # the output went, not the image: the run stops
+            raise
         except Exception as error:
             keep_failure(failures, image, error, index, len(images))
         if bar is not None:

@@ -5,7 +5,8 @@ import sys
 from pathlib import Path
 
 from ..errors import ClipvizError
-from ..outputs import refuse_existing
+from ..outputs import check_target, refuse_existing
+from ..suffixes import HTML_SUFFIXES
 from .inputs import check_prompts, load_model
 from .policy import EXIT_OK
 
@@ -19,6 +20,7 @@ def run_html_report(args, images, prompts, name):
         raise ClipvizError(f"--html writes the report of one image; {len(images)} were given")
     if args.method is not None:
         check_contrast(args.method, args.against)
+    check_target(args.html, HTML_SUFFIXES, protect=images)  # a bad --html fails before the model loads
     refuse_existing([Path(args.html)], args.force)
     check_prompts(prompts + ([args.against] if args.against else []))
     model = load_model(name, args.device, args.activation)
@@ -28,7 +30,7 @@ def run_html_report(args, images, prompts, name):
         check_contrast(args.method, args.against)
     page = report_html(model, images[0], prompts, first=args.method, against=args.against, alpha=args.alpha,
                        cmap=args.cmap, title=f"clipviz: {Path(images[0]).name} ({name})")
-    path = write_report(args.html, page, protect=images)
+    path = write_report(args.html, page, protect=images, overwrite=args.force)
     if args.json:
         json.dump({"model": name, "image": images[0], "prompts": prompts, "against": args.against,
                    "files": [str(path)]}, sys.stdout, indent=1)

@@ -35,14 +35,16 @@ def add_video_arguments(parser):
                        "automatically when memory runs out)")
 
 
-def run_video(args, path):
-    """Explain the video ``path`` with the explain command's arguments; returns the exit status."""
+def run_video(args, path, prompts):
+    """Explain the video ``path`` for ``prompts`` with the explain command's arguments; returns the
+    exit status. Every output is checked (clipviz.video.check_outputs) before the model loads."""
+    from ..explanation import clean_prompts
+    from ..video import check_outputs
     from .explain import method_and_options
-    from .inputs import check_prompts, load_model, model_name, split_inputs
+    from .inputs import check_prompts, load_model, model_name
     from .parser import DEFAULT_OUT
     from .policy import one_line
 
-    _, prompts = split_inputs(args.inputs, args.image, args.images, args.prompt)
     for flag, given in (("--figure", args.figure), ("--format", args.format), ("--layers", args.layers),
                         ("--heads", args.heads)):
         if given:
@@ -52,6 +54,7 @@ def run_video(args, path):
     name = model_name(args.model)
     method, options = method_and_options(args) if args.method is not None else (None, None)
     check_prompts(prompts + ([args.against] if args.against else []))
+    check_outputs(path, clean_prompts(prompts), args.out or DEFAULT_OUT, args.force)  # the names explain_video writes
     model = load_model(name, args.device, args.activation)
     if method is None:
         from ..methods import default_method

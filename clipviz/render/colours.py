@@ -15,6 +15,8 @@ Any name in matplotlib's colour-map registry works (jet, viridis, turbo, magma, 
 matplotlib is imported when a table is first needed, never at ``import clipviz.render``.
 """
 
+import math
+import numbers
 from functools import lru_cache
 
 import numpy as np
@@ -72,7 +74,7 @@ def overlay(photo, heatmap, cmap="jet", alpha=0.5):
     if heat.shape != photo.shape[:2]:
         raise ClipvizError(f"the heatmap is {heat.shape} but the photo is {photo.shape[:2]}: map patch grids "
                            "onto the photo first with clipviz.map_to_photo(grid, crop_box)")
-    alpha = float(alpha)
+    alpha = float(alpha) if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool) else math.nan
     if not 0.0 <= alpha <= 1.0:
         raise ClipvizError(f"alpha must be between 0 (photo only) and 1 (heatmap only), got {alpha}")
     blended = blend_table(255.0 * colormap_table(cmap), alpha)  # [256 levels, 3, 256 photo values]
@@ -109,8 +111,9 @@ def blend_table(table, alpha):
 def save_overlay(path, photo, heatmap, cmap="jet", alpha=0.5, *, protect=(), force=True):
     """Write ``overlay(photo, heatmap)`` as a .png (or .jpg) with PIL; returns the Path written.
 
-    protect: paths never to overwrite (the input photo). force=False: refuse to replace a file
-    that exists when the overlay is ready (clipviz.outputs.write_atomically).
+    protect: paths never to overwrite (the input photo). force=True (the default of this
+    low-level writer) replaces a file already at ``path``; force=False refuses one clipviz did
+    not write (clipviz.outputs.write_atomically).
     """
     from PIL import Image
     path = check_target(path, OVERLAY_SUFFIXES, protect)

@@ -16,7 +16,7 @@ saves (``matplotlib.rc_context``); the user's rcParams are left as they were.
 """
 
 from ..errors import ClipvizError
-from ..outputs import check_target, write_atomically
+from ..outputs import OVERWRITE_HINT, check_target, refuse_existing, write_atomically
 from ..suffixes import FIGURE_SUFFIXES
 from .colours import PNG_COMPRESS_LEVEL
 from .figures import explanation_figure
@@ -33,8 +33,9 @@ def save_figure(fig, path, dpi=FIGURE_DPI, *, protect=(), force=True):
     dpi: pixels per inch of a PNG and of the images inside a PDF or SVG, from 300 (FIGURE_DPI,
     the default) to 2400 (module docstring: the resolution rule). Fonts are embedded as TrueType
     in PDF and kept as text in SVG. Missing folders are created. protect: paths never to
-    overwrite (the input photo). force=False: refuse to replace a file that exists when the
-    figure is ready (clipviz.outputs.write_atomically).
+    overwrite (the input photo). force=True (the default of this low-level writer) replaces a
+    file already at ``path``; force=False refuses one clipviz did not write
+    (clipviz.outputs.write_atomically). Explanation.save refuses by default.
     """
     check_dpi(dpi)
     path = check_target(path, FIGURE_SUFFIXES, protect)
@@ -56,8 +57,14 @@ def check_dpi(dpi):
                            f"at {FIGURE_DPI} dpi or more (print resolution); for a smaller file use width='single'")
 
 
-def save_explanation(exp, path, dpi=FIGURE_DPI, **kwargs):
-    """``explanation_figure(exp, **kwargs)`` saved to ``path`` at ``dpi`` (≥ 300, see save_figure);
-    never overwrites the input photo."""
+def save_explanation(exp, path, dpi=FIGURE_DPI, overwrite=False, **kwargs):
+    """``explanation_figure(exp, **kwargs)`` saved to ``path`` at ``dpi`` (≥ 300, see save_figure)
+    → Path; never over the input photo.
+
+    An existing file is replaced only with ``overwrite=True``, or when clipviz wrote it and it is
+    unchanged since (clipviz.outputs.is_own_output: re-running a notebook cell replaces its own
+    figure); otherwise ClipvizError, checked before the figure is drawn."""
+    protect = [exp.source] if exp.source else ()
+    refuse_existing([check_target(path, FIGURE_SUFFIXES, protect)], overwrite, OVERWRITE_HINT)
     fig = explanation_figure(exp, **kwargs)
-    return save_figure(fig, path, dpi=dpi, protect=[exp.source] if exp.source else ())
+    return save_figure(fig, path, dpi=dpi, protect=protect, force=overwrite)
