@@ -31,9 +31,15 @@ the residual stream entering the first recorded block starts a fresh graph (``cu
 the default ``start_layer=-1`` an explanation then costs one no-grad pass through all but the last
 block plus one small backward, and holds no activations of the other blocks.
 
+With ``recompute=True`` no block keeps a graph at all: the forward runs without autograd up to the
+encoder's last block, keeping each block's call, and ``backward_batched`` recomputes one block at
+a time from the top down with autograd on (activation checkpointing), so every target's gradients
+of many blocks cost the memory of one block's graph instead of all of them.
+
 On exit (normal or exception) every hook is removed and the model is exactly as before.
 """
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -153,12 +159,23 @@ class AttentionRecorder:
     cut_graph: with ``gradients``, run everything before the first recorded block without
                autograd (its graph is never used by ``backward``); False keeps it, e.g. to also
                differentiate the same forward pass with respect to the pixels.
+    recompute: with ``gradients`` and ``cut_graph``: the forward builds no graph up to the output
+               of the encoder's last block (the head after it does: the scores start there), and
+               ``backward_batched`` recomputes the blocks from the first recorded one on, one at a
+               time from the top (see there). ``backward`` is not available then. The forward
+               raises ``Unchained`` when a block's input is not the block before's output (the
+               blocks are not one residual stream, so recomputing them one by one is not the model).
     """
 
     def __init__(self, encoder, layers=None, gradients=None, tokens=False, outputs=False, qk=False,
-                 cut_graph=True):
+                 cut_graph=True, recompute=False):
         self.encoder = encoder
         self.cut_graph = cut_graph
+        self.recompute = recompute and cut_graph and gradients is not None
+        self._calls = {}          # block index -> (args, kwargs) of its forward call (recompute)
+        self._top = None          # the leaf the head ran on: the last block's output (recompute)
+        self._previous = None     # the last block output seen in the forward (recompute)
+        self._recomputing = False
         self._grad_mode = None  # grad mode to restore at the first recorded block (cut_graph)
         self.blocks = find_blocks(encoder)
         count = len(self.blocks)
@@ -197,8 +214,14 @@ class AttentionRecorder:
             if self.gradients is not None and self.cut_graph:
                 self._handles.insert(0, self.encoder.register_forward_pre_hook(self._stop_graph))
                 self._handles.append(self.encoder.register_forward_hook(self._restore_grad_mode, always_call=True))
-                self._handles.append(self.blocks[self.indices[0]].register_forward_pre_hook(
-                    self._start_graph, with_kwargs=True, prepend=True))  # before the tokens hook
+                if self.recompute:
+                    for k in range(self.indices[0], len(self.blocks)):
+                        self._handles.append(self.blocks[k].register_forward_pre_hook(
+                            self._keep_call(k), with_kwargs=True, prepend=True))
+                        self._handles.append(self.blocks[k].register_forward_hook(self._block_output(k)))
+                else:
+                    self._handles.append(self.blocks[self.indices[0]].register_forward_pre_hook(
+                        self._start_graph, with_kwargs=True, prepend=True))  # before the tokens hook
             elif self.gradients is not None:
                 # frozen weights (requires_grad=False) would leave nothing to differentiate: let
                 # the residual stream entering the first block carry a gradient (values unchanged)
@@ -217,7 +240,8 @@ class AttentionRecorder:
         remove_hooks(self._handles)
         self._restore_grad_mode()
         for record in self.layers.values():  # drop graph references so memory can be freed
-            record._live_probs = record._live_tokens = record._live_output = None
+            _drop_graph(record)
+        self._calls, self._top, self._previous = {}, None, None
 
     # -- hooks ---------------------------------------------------------------------------------
     def _attention_hook(self, index, native=True, layout=None):
@@ -234,7 +258,8 @@ class AttentionRecorder:
                     "attention to return them (encode through clipviz.adapters.adapt(model))")
             live = _tensor_used_in_graph(weights)
             record = self.layers[index]
-            record.probs = weights.detach().float()  # methods accumulate in fp32
+            if not self._recomputing:  # a recomputed block's probabilities are the same: keep the forward's
+                record.probs = weights.detach().float()  # methods accumulate in fp32
             if self.gradients is not None and live.requires_grad:
                 record._live_probs = live
                 live.register_hook(self._gradient_hook(record, weights.shape))
@@ -278,8 +303,36 @@ class AttentionRecorder:
             return (args, {**kwargs, name: fresh[0]}) if fresh is not None else None
         return None
 
+    def _keep_call(self, index):
+        """Pre-hook (recompute): keep block ``index``'s call; check it reads the block before's output."""
+        def hook(module, args, kwargs):
+            if self._recomputing:
+                return
+            if index > self.indices[0] and _block_input(module, args, kwargs) is not self._previous:
+                raise Unchained(f"block {index}'s input is not block {index - 1}'s output")
+            self._calls[index] = (args, kwargs)
+        return hook
+
+    def _block_output(self, index):
+        """Forward hook (recompute): remember the output; after the last block, autograd back on
+        and the output replaced by a leaf the head runs on (the top of backward_batched's walk)."""
+        def hook(module, args, output):
+            if self._recomputing:
+                return None
+            self._previous = _stream(output)
+            if index < len(self.blocks) - 1:
+                return None
+            self._restore_grad_mode()
+            if not torch.is_grad_enabled():
+                return None
+            self._top = self._previous.detach().requires_grad_(True)
+            return _with_stream(output, self._top)
+        return hook
+
     def _qk_hook(self, index, layout):
         def hook(module, args, kwargs):
+            if self._recomputing:
+                return  # recorded in the forward already
             with torch.no_grad():
                 if layout is None:
                     queries, keys = _queries_keys(module, args[0] if args else kwargs.get("query"))
@@ -299,7 +352,8 @@ class AttentionRecorder:
             tokens = args[0]
             record = self.layers[index]
             record._live_tokens = tokens
-            record.tokens = tokens.detach().float()
+            if not self._recomputing:
+                record.tokens = tokens.detach().float()
             if self.gradients is not None and tokens.requires_grad:
                 tokens.register_hook(self._token_gradient_hook(record))
         return hook
@@ -325,50 +379,119 @@ class AttentionRecorder:
         traversed; the model's parameters get no ``.grad``. ``layers`` restricts the gradients
         taken (and stored) to those blocks.
         """
+        if self.recompute:
+            raise RuntimeError("AttentionRecorder(recompute=True) takes backward_batched only")
         chosen = [r for i, r in self.layers.items() if layers is None or i in layers]
         targets = [r._live_probs for r in chosen if r._live_probs is not None]
         targets += [r._live_tokens for r in chosen if r._live_tokens is not None and r._live_tokens.requires_grad]
         if not targets:
-            raise ClipvizError(
-                "nothing was recorded with gradients: run the forward pass inside the recorder, "
-                "with gradients enabled (not under torch.no_grad())")
+            raise _nothing_recorded()
         self._slot = slot
         try:
             torch.autograd.grad(score, targets, retain_graph=retain_graph, allow_unused=True)
         finally:
             self._slot = None
 
-    def backward_batched(self, scores, slots, chunk=8):
+    def backward_batched(self, scores, slots, chunk=None, retain_graph=False):
         """``backward(scores[i], slot=slots[i])`` for every i, as vectorised backward passes.
 
         scores: [T] scalars of one graph. ``torch.autograd.grad(..., is_grads_batched=True)`` runs
-        the backward for ``chunk`` targets at once (vmap over the grad_outputs rows of an identity):
-        one traversal of the graph instead of T, with batched matrix products. Each chunk holds
-        ``chunk`` full ∂S/∂A per recorded block until they are reduced, which bounds the memory.
+        the backward for ``chunk`` targets at once (vmap over the rows of an identity): one
+        traversal of the graph instead of T, with batched matrix products; each result is reduced
+        (``gradients``) as soon as its chunk returns. chunk: targets per pass; None takes as many
+        as keep one block's batched attention gradient under 8 MiB on a CPU (where more buy no
+        speed: every target's matrix products already have N rows) and 1 GiB on other devices.
+        retain_graph: keep the graph for another backward (always freed with recompute).
+
+        With recompute=True the blocks are walked from the top: ∂S_t/∂y [T, ...] at the last
+        block's output y (from the head's small graph), then for each block k from the last down
+        to the first recorded one, the block is run again on its kept input x_k (a fresh leaf,
+        autograd on) and one batched backward of its output with the carried ∂S_t/∂x_{k+1} as
+        grad_outputs gives ∂S_t/∂A_k and ∂S_t/∂x_k (the chain rule across the residual stream;
+        the same numbers as one backward through every block, up to rounding). One block's graph
+        and ``chunk`` copies of its gradients are alive at a time; each is freed before the next.
         """
         slots = list(slots)
+        if chunk is None:
+            chunk = self._chunk(scores.device)
+        if self.recompute:
+            return self._backward_recomputed(scores, slots, chunk)
         chosen = [r for r in self.layers.values() if r._live_probs is not None]
         token_records = [r for r in self.layers.values() if r._live_tokens is not None and r._live_tokens.requires_grad]
         targets = [r._live_probs for r in chosen] + [r._live_tokens for r in token_records]
         if not targets:
-            raise ClipvizError(
-                "nothing was recorded with gradients: run the forward pass inside the recorder, "
-                "with gradients enabled (not under torch.no_grad())")
+            raise _nothing_recorded()
         identity = torch.eye(len(slots), dtype=scores.dtype, device=scores.device)
         for start in range(0, len(slots), chunk):
-            rows = identity[start:start + chunk]  # [k, T]: row i picks target start + i
-            grads = torch.autograd.grad(scores, targets, grad_outputs=rows, retain_graph=True,
-                                        is_grads_batched=True, allow_unused=True)
-            for i, slot in enumerate(slots[start:start + chunk]):
-                for record, grad in zip(chosen, grads):  # the hooks saw batched tensors and kept nothing
-                    if grad is not None:
-                        shape = record.probs.shape  # [B, H, N, N]; the live tensor may be its [B·H, N, N] base
-                        probs = record._live_probs.detach().view(shape)
-                        record.grads[slot] = self.reduce(record.index, probs.float(), grad[i].view(shape).float())
-                for record, grad in zip(token_records, grads[len(chosen):]):
-                    if grad is not None:
-                        record.token_grads[slot] = grad[i].detach().float()
+            last = start + chunk >= len(slots)
+            grads = torch.autograd.grad(scores, targets, grad_outputs=identity[start:start + chunk],
+                                        retain_graph=retain_graph or not last, is_grads_batched=True, allow_unused=True)
+            self._keep_batched(chosen, token_records, grads, slots[start:start + chunk])
             del grads
+
+    def _chunk(self, device):
+        """Targets per batched backward pass for the budget backward_batched describes."""
+        recorded = [r.probs for r in self.layers.values() if r.probs is not None]
+        if not recorded:
+            return 8
+        budget = 8 * 2**20 if device.type == "cpu" else 2**30
+        return max(1, budget // (recorded[0].numel() * recorded[0].element_size()))
+
+    def _backward_recomputed(self, scores, slots, chunk):
+        if self._top is None:
+            raise _nothing_recorded()
+        identity = torch.eye(len(slots), dtype=scores.dtype, device=scores.device)
+        carried, = torch.autograd.grad(scores, self._top, grad_outputs=identity, is_grads_batched=True)
+        resident = _resident_bytes() if carried.device.type == "cpu" else None
+        spare = torch.empty_like(carried)
+        first = self.indices[0]
+        for index in reversed(range(first, len(self.blocks))):
+            block, (args, kwargs) = self.blocks[index], self._calls.pop(index)
+            args, kwargs, leaf = _with_block_input(block, args, kwargs)
+            self._recomputing = True
+            try:
+                with torch.enable_grad():
+                    output = _stream(block(*args, **kwargs))
+            finally:
+                self._recomputing = False
+            record = self.layers.get(index)
+            probs = [record] if record is not None and record._live_probs is not None else []
+            tokens = [record] if record is not None and record._live_tokens is not None else []
+            inputs = [r._live_probs for r in probs] + [r._live_tokens for r in tokens]
+            carry = index > first
+            below = spare  # two buffers taken in turn: no new allocation per block to split freed memory
+            for start in range(0, len(slots), chunk):
+                grads = torch.autograd.grad(output, inputs + [leaf] * carry, grad_outputs=carried[start:start + chunk],
+                                            retain_graph=start + chunk < len(slots), is_grads_batched=True,
+                                            allow_unused=True)
+                self._keep_batched(probs, tokens, grads[:len(inputs)], slots[start:start + chunk])
+                if carry and grads[-1] is not None:
+                    below[start:start + chunk] = grads[-1]
+                elif carry:
+                    below[start:start + chunk] = 0
+                del grads
+            if record is not None:
+                _drop_graph(record)
+            del output, leaf, args, kwargs
+            if carry:
+                carried, spare = below, carried
+            if resident is not None and _resident_bytes() > resident + _FRAGMENTS_KEPT:
+                _return_freed_pages()
+        self._top = None
+
+    def _keep_batched(self, prob_records, token_records, grads, slots):
+        """Store reduce(probs, grads[i]) and token gradients under slots[i], for one chunk; grads
+        holds the probs' gradients, then the tokens', each [chunk, ...]."""
+        for record, grad in zip(prob_records, grads):
+            if grad is not None:  # the hooks saw batched tensors and kept nothing
+                shape = record.probs.shape  # [B, H, N, N]; the live tensor may be its [B·H, N, N] base
+                probs = record._live_probs.detach().view(shape).float()
+                for i, slot in enumerate(slots):
+                    record.grads[slot] = self.reduce(record.index, probs, grad[i].view(shape).float())
+        for record, grad in zip(token_records, grads[len(prob_records):]):
+            if grad is not None:
+                for i, slot in enumerate(slots):
+                    record.token_grads[slot] = grad[i].detach().float()
 
     def reduce(self, index, probs, grad):
         """The gradient reducer applied to block ``index``'s probabilities and ∂S/∂probs (a recorder
@@ -500,6 +623,81 @@ def _tensor_used_in_graph(weights):
     if base is not None and base.data_ptr() == weights.data_ptr() and base.numel() == weights.numel():
         return base
     return weights
+
+
+class Unchained(Exception):
+    """Raised by a recompute=True recorder's forward when the blocks are not one residual stream
+    (a block's input is not the block before's output): take the path without recompute."""
+
+
+def _nothing_recorded():
+    return ClipvizError("nothing was recorded with gradients: run the forward pass inside the recorder, "
+                        "with gradients enabled (not under torch.no_grad())")
+
+
+def _resident_bytes():
+    """This process's resident set in bytes (Linux /proc/self/statm), or 0 where unknown."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_FRAGMENTS_KEPT = 64 * 2**20  # resident growth during a recomputing walk tolerated before trimming
+
+
+def _return_freed_pages():
+    """Give the pages glibc's malloc holds free back to the OS (``malloc_trim(0)``; nothing where
+    there is no glibc). Each recomputed block frees its graph and its batched gradients, but the
+    small tensors kept next (the reduced gradients) split those free regions, and the resident set
+    grows by about 30 MiB per block (ViT-B/16, 16 targets, every block: 540-620 MiB peak instead
+    of 205-280 MiB). Trimming costs time (the pages are faulted in again), so the walk trims only
+    once the resident set has grown by _FRAGMENTS_KEPT."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        import ctypes
+        try:
+            _MALLOC_TRIM = ctypes.CDLL(None).malloc_trim
+        except (AttributeError, OSError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None  # libc's malloc_trim once looked up, False where there is none
+
+
+def _drop_graph(record):
+    """Let go of the in-graph tensors a record holds, so their graph can be freed."""
+    record._live_probs = record._live_tokens = record._live_output = None
+
+
+def _stream(output):
+    """The residual stream a block returns: the output itself, or its first item (Hugging Face)."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _with_stream(output, stream):
+    """A block's output with its residual stream replaced by ``stream``."""
+    return (stream,) + tuple(output[1:]) if isinstance(output, (tuple, list)) else stream
+
+
+def _block_input(block, args, kwargs):
+    """The residual stream entering a block: its first argument, or a layout's keyword."""
+    if args:
+        return args[0]
+    return kwargs.get(getattr(_attention_and_layout(block)[1], "input_name", None) or "hidden_states")
+
+
+def _with_block_input(block, args, kwargs):
+    """A kept call with its input replaced by a fresh leaf that requires grad: (args, kwargs, leaf)."""
+    leaf = _block_input(block, args, kwargs).detach().requires_grad_(True)
+    if args:
+        return (leaf,) + tuple(args[1:]), kwargs, leaf
+    name = getattr(_attention_and_layout(block)[1], "input_name", None) or "hidden_states"
+    return args, {**kwargs, name: leaf}, leaf
 
 
 def _out_of_range(index, count):

@@ -18,7 +18,7 @@ from .adapters.tower import text_tower_needed
 from .forms import check_trainable, explaining, usable
 from .adapters.probe import probe_readout_gradients
 from .adapters.vit import ViTRecorder
-from .hooks import AttentionRecorder, CausalPrefix, find_blocks
+from .hooks import AttentionRecorder, CausalPrefix, Unchained, find_blocks
 from .last_block import block_parts, cls_row_gradients, full_gradient
 from .methods.base import Records
 
@@ -40,11 +40,14 @@ def run_method(adapter, pixels, ids, target_weights, target_prompt, method, opti
     through the recorded blocks (the same maps, slower).
     """
     with explaining(adapter.model):
-        return _run_method(adapter, usable(pixels), usable(ids), usable(target_weights), target_prompt, method,
-                           options, fast)
+        arguments = (adapter, usable(pixels), usable(ids), usable(target_weights), target_prompt, method, options, fast)
+        try:
+            return _run_method(*arguments)
+        except Unchained:  # blocks that are not one residual stream: no block-by-block recompute
+            return _run_method(*arguments, recompute=False)
 
 
-def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, options, fast=True):
+def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, options, fast=True, recompute=True):
     method.check_family(adapter)
     needs = method.needs(adapter, options)
     batch, targets = pixels.shape[0], target_weights.shape[0]
@@ -57,51 +60,56 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, opt
     if wants_gradient:
         check_trainable(adapter.model, method.name)
     last = _closed_form_block(adapter, needs) if fast and wants_gradient else None
+    # every target's gradients in batched backward passes, recomputing one block at a time (a
+    # training-mode model may draw dropout masks: a recomputed block would not be the same function)
+    batched = fast and wants_gradient and last is None and needs.readout is None
+    recompute = recompute and batched and not any(m.training for m in adapter.image_encoder.modules())
     if last is not None:  # forward only: the last block's input is all the closed form needs
         image_recorder = ViTRecorder(adapter.image_encoder, needs, block_input=True)
     else:
-        image_recorder = adapter.image_recorder(needs) or _NoRecorder()
+        image_recorder = adapter.image_recorder(needs, recompute=recompute) or _NoRecorder()
     text_recorder = AttentionRecorder(adapter.text_encoder, layers=needs.text, gradients=needs.gradient) \
         if needs.text is not None else _NoRecorder()
-    # text gradients differ per image: give each image its own copy of the prompts (rows b·P … b·P+P-1)
+    # text gradients differ per image (∂S[b, p]/∂A_text depends on image b's embedding): one text
+    # forward for the batch, then one backward per image b of Σ_p S[b, p] (batched when fast)
     per_image_text = needs.gradient is not None and needs.text is not None and needs.readout is None
     # the text feature is read at EOT under a causal mask: positions after the last EOT never matter
     short_text = CausalPrefix(adapter.text_encoder, int(adapter.eot_positions(ids).max()) + 1) \
         if adapter.text_encoder is not None else _NoRecorder()
-    with torch.set_grad_enabled(wants_gradient), image_recorder, text_recorder, short_text:
+    with torch.set_grad_enabled(wants_gradient), adapter.running(), image_recorder, text_recorder, short_text:
         with torch.set_grad_enabled(wants_gradient and last is None):
             image_emb = adapter.encode_image(pixels)
         if adapter.text_encoder is None:  # an image tower alone: nothing to score against
             cosine = logits = torch.full((batch, ids.shape[0]), float("nan"))
-        elif per_image_text:
-            text_emb = adapter.encode_text(ids.repeat(batch, 1))
-            cosine, logits = _paired_scores(image_emb, text_emb, adapter.logit_scale(), adapter.logit_bias())
         else:
-            text_emb = adapter.encode_text(ids)
+            with torch.set_grad_enabled(per_image_text):  # the image gradients need the text as a constant only
+                text_emb = adapter.encode_text(ids)
             cosine, logits = scores_from_embeddings(image_emb, text_emb, adapter.logit_scale(), adapter.logit_bias())
         image_recorder.check_recorded()
         text_recorder.check_recorded()
+        if per_image_text:  # first: the image side's batched walk frees the graph the scores share
+            # prompt p's text graph feeds S[:, p] alone: image b's backward gives all P prompts' gradients
+            if fast:
+                text_recorder.backward_batched(logits.sum(dim=1), slots=range(batch), retain_graph=True)
+            else:
+                for b in range(batch):
+                    text_recorder.backward(logits[b].sum(), slot=b)
         if wants_gradient and needs.readout is not None and adapter.pooling == "probe":
             probe_readout_gradients(image_recorder, adapter, text_emb, target_weights)
         elif wants_gradient and needs.readout is not None:
             _readout_backward(image_recorder, needs.readout, adapter, text_emb, target_weights)
         elif last is not None:
             _closed_form_gradients(image_recorder, last, needs.gradient, adapter, text_emb, target_weights)
-            if per_image_text:
-                text_recorder.backward(logits.sum(), slot="rows")
         elif wants_gradient:
             # images are independent, so one backward of the batch sum serves every image
             target_scores = (logits @ target_weights.to(logits).t()).sum(dim=0)  # [T]
-            if fast and targets > 1 and hasattr(image_recorder, "backward_batched"):  # ResNets: one per target
+            if batched and hasattr(image_recorder, "backward_batched"):  # ResNets: one per target
                 image_recorder.backward_batched(target_scores, slots=range(targets))
             else:
                 for t in range(targets):
                     image_recorder.backward(target_scores[t], slot=t)
-            if per_image_text:
-                # text row (b, p) feeds S[b, p] alone: one backward of Σ S gives all B·P gradients
-                text_recorder.backward(logits.sum(), slot="rows")
     image_recorder.collect(records)
-    _collect_text(records, text_recorder, ids.shape[0])
+    _collect_text(records, text_recorder)
     output = method.compute(records, options)
     return records, cosine.detach(), logits.detach(), output
 
@@ -117,11 +125,10 @@ def _closed_form_block(adapter, needs):
 
 def _closed_form_gradients(recorder, parts, reduce, adapter, text_emb, target_weights):
     """Store reduce(A, ∂S_t/∂A) of the last block under slot t for every target, from the closed
-    form; text_emb is [P, E] or each image's own copy [B·P, E] (rows b·P … are equal)."""
+    form; text_emb [P, E]."""
     record = next(iter(recorder.layers.values()))
     tokens, _ = recorder.batch_first_tokens(record)
-    text = text_emb.detach()[:target_weights.shape[1]]  # the copies of image 0 = the prompts
-    cls_rows = cls_row_gradients(parts, adapter.image_head, tokens.to(adapter.dtype), record.probs, text,
+    cls_rows = cls_row_gradients(parts, adapter.image_head, tokens.to(adapter.dtype), record.probs, text_emb.detach(),
                                  adapter.logit_scale().detach(), target_weights)  # [B, T, H, N]
     n = record.probs.shape[-1]
     from_row = getattr(reduce, "cls_row", None)  # a reducer's shortcut for a CLS-row-only gradient
@@ -142,27 +149,11 @@ def _readout_backward(recorder, readout, adapter, text_emb, target_weights):
         for t in range(scores.shape[1]):
             recorder.backward(scores[:, t].sum(), slot=t, layers=(index,))
 
-def _paired_scores(image_emb, text_emb, logit_scale, logit_bias=None):
-    """Image b against its own copy of the prompts: image [B, E], text [B·P, E] → cosine, logits [B, P]."""
-    image = torch.nn.functional.normalize(image_emb.float(), dim=-1)
-    text = torch.nn.functional.normalize(text_emb.float(), dim=-1).view(image.shape[0], -1, image.shape[-1])
-    cosine = (text @ image.unsqueeze(-1)).squeeze(-1)
-    logits = logit_scale.float() * cosine
-    return cosine, logits if logit_bias is None else logits + logit_bias.float()
-
-def _collect_text(records, text_recorder, prompts):
+def _collect_text(records, text_recorder):
     for index, layer in text_recorder.layers.items():
-        records.text_probs[index] = layer.probs[:prompts]
-        rows = layer.grads.get("rows")  # [B·P, ...]: image b's prompts are rows b·P … b·P+P-1
-        records.text_grads[index] = {} if rows is None else {
-            (b, t): _rows(rows, b * prompts, (b + 1) * prompts)
-            for b in range(records.batch) for t in range(records.targets)}
-
-def _rows(value, start, stop):
-    """Rows start:stop of a reduced gradient (a tensor, or a dict of them)."""
-    if isinstance(value, dict):
-        return {key: _rows(item, start, stop) for key, item in value.items()}
-    return value[start:stop] if torch.is_tensor(value) else value
+        records.text_probs[index] = layer.probs
+        # slot b: image b's gradients of all P prompts (prompt p's row is ∂S[b, p]/∂A_text)
+        records.text_grads[index] = {(b, t): layer.grads[b] for b in layer.grads for t in range(records.targets)}
 
 class _NoRecorder:
     layers = {}

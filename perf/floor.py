@@ -1,7 +1,8 @@
 """Issue 19: explanations against the true floor — a no-grad image forward (and, for rollout, a
 forward that returns every block's attention weights).
 
-    python perf/floor.py [--repeats 9] [--model ViT-B/16]
+    python perf/floor.py [--repeats 9] [--model ViT-B/16]          CPU, every figure in one run
+    python perf/floor.py --device cuda --dtype bf16 --batch 64     GPU: relevance ÷ no-grad forward
 
 CPU, 2 torch threads, random weights, one 360×480 photo, the prompts of common.py. Every side
 starts from the same photo array (preprocessing is paid by all):
@@ -16,26 +17,32 @@ starts from the same photo array (preprocessing is paid by all):
     general path:    relevance P=16 with the closed form switched off (what clipviz ran before
                      issue 19), for information
 
-Variants run interleaved (one of each per round, order rotated) and each ratio is the median over
-rounds of method ÷ baseline (see common.py). Prints RESULT lines; exits 1 when a limit is missed.
+Then start_layer=0 at 16 prompts against the code before issue 19 and its peak memory against
+the forward (every_block.py, which this run calls). Variants run interleaved (one of each per
+round, order rotated) and each ratio is the median over rounds of method ÷ baseline (see
+common.py). Prints RESULT lines; exits 1 when a limit is missed.
+
+GPU mode (--device cuda): random ViT-B/16 weights cast to --dtype (both sides run in it; clipviz
+explains a model in its own dtype), pixels [batch, 3, 224, 224] and one prompt's token ids already
+on the device (no preprocessing, no tokenizer: ftfy and regex are stood in for when missing);
+relevance through clipviz.pipeline.run_method with its defaults (text-token relevance on), maps
+copied to the host, against ``encode_image`` under no_grad; medians of interleaved synchronised
+runs after warm-up (gpu_throughput.py's timing).
 """
 
 import argparse
 import functools
+import statistics
 
 import torch
 
-import clipviz
-import clipviz.explanation as explanation
-from clipviz.model import random_model
-from clipviz.preprocess import preprocess_image
+from common import PROMPTS, header, interleaved, load_average, photo, print_ratio, print_times, report, report_ratio, setup
 
-from common import PROMPTS, header, interleaved, photo, print_ratio, print_times, report_ratio, setup
-
-LIMITS = {"relevance P=1": 1.10, "relevance P=16": 1.35, "rollout": 1.10}
+LIMITS = {"relevance P=1": 1.10, "relevance P=16": 1.35, "rollout": 1.10, "GPU relevance": 1.25}
 
 
 def floor(model, image):
+    from clipviz.preprocess import preprocess_image
     pixels, _ = preprocess_image(image, model.visual.input_resolution)
     with torch.no_grad():
         return model.encode_image(pixels[None])
@@ -62,6 +69,8 @@ def attention_floor(model, image):
 
 def general_path(model, image, prompts, **options):
     """explain() as before issue 19: one backward per target (run_method(fast=False))."""
+    import clipviz
+    import clipviz.explanation as explanation
     saved = explanation.run_method
     explanation.run_method = functools.partial(saved, fast=False)
     try:
@@ -70,11 +79,63 @@ def general_path(model, image, prompts, **options):
         explanation.run_method = saved
 
 
+def gpu(args):
+    """relevance ÷ no-grad encode_image on a GPU, batch ``args.batch``, the model in ``args.dtype``."""
+    from gpu_throughput import stub_text_packages, timed, token_ids
+    stubbed = stub_text_packages()
+    from clipviz.adapters import adapt
+    from clipviz.methods import get_method
+    from clipviz.model import random_model
+    from clipviz.pipeline import run_method
+    device, dtype = torch.device(args.device), {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    print(f"== issue 19 floor on {name}, {args.model}, batch {args.batch}, {args.dtype}  (torch {torch.__version__}, "
+          f"stand-ins for: {stubbed or 'none'})", flush=True)
+    with torch.device(device):
+        model = random_model(args.model).to(dtype).eval()
+    pixels = torch.randn(args.batch, 3, model.visual.input_resolution, model.visual.input_resolution,
+                         device=device, dtype=dtype)
+    ids = token_ids(1).to(device)
+    adapter, relevance = adapt(model), get_method("relevance")
+
+    def explain(**options):
+        _, cosine, _, output = run_method(adapter, pixels, ids, torch.eye(1, device=device),
+                                          torch.arange(1, device=device), relevance, options)
+        return output.token_maps.float().cpu(), cosine.cpu()
+
+    def no_grad_forward():
+        with torch.no_grad():
+            return model.encode_image(pixels)
+
+    variants = {"no-grad encode_image": no_grad_forward, "relevance": explain,
+                "relevance, text=False": lambda: explain(text=False)}
+    times = timed(variants, args.repeats, None)  # None: no autocast, the model is in its dtype
+    print_times(times)
+    floor_time = statistics.median(times["no-grad encode_image"])
+    met = report(f"19 GPU relevance / no-grad encode_image {args.model} batch {args.batch} {args.dtype}",
+                 statistics.median(times["relevance"]) / floor_time, LIMITS["GPU relevance"],
+                 detail=f"{args.batch / statistics.median(times['relevance']):.0f} vs "
+                        f"{args.batch / floor_time:.0f} images/s")
+    print(f"INFO 19 GPU relevance text=False / no-grad encode_image: "
+          f"{statistics.median(times['relevance, text=False']) / floor_time:.3f}", flush=True)
+    return 0 if met else 1
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--model", default="ViT-B/16")
+    parser.add_argument("--device", default="cpu", help="cpu (every CPU figure), or cuda (the GPU ratio)")
+    parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="GPU mode: the model's dtype")
+    parser.add_argument("--batch", type=int, default=64, help="GPU mode: images per call")
+    parser.add_argument("--every-block-repeats", type=int, default=3)
+    parser.add_argument("--memory-repeats", type=int, default=2)
+    parser.add_argument("--before", default=None, help="a tree of clipviz at a4b4c4e (default: exported)")
     args = parser.parse_args(argv)
+    if args.device != "cpu":
+        return gpu(args)
+    import clipviz
+    from clipviz.model import random_model
     setup()
     header(f"issue 19 floor, {args.model}")
     model, image = random_model(args.model), photo()
@@ -98,7 +159,10 @@ def main(argv=None):
                 "general path P=16 (before issue 19)", "floor: no-grad encode_image")
     print_ratio(f"19 relevance P=16 / general path P=16 {args.model}", times, "relevance P=16",
                 "general path P=16 (before issue 19)")
-    print(f"load average at the end: {__import__('os').getloadavg()[0]:.1f}")
+    print(f"load average after the floor figures: {load_average():.1f}", flush=True)
+    import every_block
+    met &= every_block.measure(args.model, args.every_block_repeats, args.memory_repeats, args.before)
+    print(f"load average at the end: {load_average():.1f}")
     return 0 if met else 1
 
 

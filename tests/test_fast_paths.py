@@ -154,3 +154,90 @@ def test_prompt_independent_maps_are_mapped_once_and_equal(models, method):  # n
     assert many.maps.shape[0] == 5
     for row in many.maps:
         np.testing.assert_array_equal(row, one.maps[0])
+
+
+def test_recompute_takes_the_path_without_it_when_blocks_are_not_one_stream(models, monkeypatch):  # noqa: F811
+    """A transformer that changes the stream between blocks (here x·1, a new tensor: the same
+    values) cannot be recomputed block by block; explain() notices in the forward and takes the
+    batched path on one graph, with the same maps."""
+    model = models["clipviz"]
+    blocks = list(model.visual.transformer.resblocks)
+
+    def forward(x):
+        for block in blocks:
+            x = block(x) * 1.0
+        return x
+
+    expected = general(monkeypatch, model, photo(3), MANY[:3], method="relevance", start_layer=0)
+    taken = []
+    real = pipeline._run_method
+    monkeypatch.setattr(pipeline, "_run_method", lambda *a, **k: taken.append(k.get("recompute", True)) or real(*a, **k))
+    monkeypatch.setattr(model.visual.transformer, "forward", forward)
+    fast = clipviz.explain(model, photo(3), MANY[:3], method="relevance", start_layer=0)
+    assert taken == [True, False]
+    assert_same(fast, expected)
+
+
+def test_recompute_builds_no_graph_in_the_forward(models):  # noqa: F811
+    """With recompute the image forward saves nothing for backward before the head; the general
+    path's forward saves every recorded block's activations (counted with saved_tensors_hooks)."""
+    from clipviz.adapters import adapt
+    from clipviz.adapters.vit import ViTRecorder
+    from clipviz.methods import relevance
+    adapter = adapt(models["clipviz"])
+    needs = relevance.needs(adapter, start_layer=0, text=False)
+    pixels = torch.randn(1, 3, 80, 80)
+
+    weights = {p.data_ptr() for p in adapter.model.parameters()}
+
+    def saved_bytes(recompute):
+        sizes = []
+
+        def pack(tensor):
+            if tensor.data_ptr() not in weights:  # activations only
+                sizes.append(tensor.numel() * tensor.element_size())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.enable_grad(), \
+                ViTRecorder(adapter.image_encoder, needs, recompute=recompute):
+            adapter.encode_image(pixels)
+        return sum(sizes)
+
+    block_probs = 4 * 2 * 26 * 26  # one block's [B, H, N, N] in fp32 (2 heads, 1 + 5·5 tokens)
+    assert saved_bytes(recompute=False) > 3 * block_probs
+    assert saved_bytes(recompute=True) < block_probs  # the head only (ln_post, proj on the CLS token)
+
+
+@pytest.mark.parametrize("method", ["rollout", "attention"])
+def test_prompt_independent_methods_run_the_image_once(models, method):  # noqa: F811
+    """Rollout and attention do not depend on the prompt: one image forward (each block once) per
+    batch of images, whether 1 or 16 prompts."""
+    model = models["clipviz"]
+    calls = []
+    handles = [block.register_forward_hook(lambda *a: calls.append(1)) for block in find_blocks(model.visual)]
+    try:
+        for prompts in (FEW, MANY):
+            calls.clear()
+            clipviz.explain(model, [photo(0), photo(1)], prompts, method=method)
+            assert len(calls) == len(handles)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def test_text_is_encoded_once_per_batch_of_images(models, monkeypatch):  # noqa: F811
+    """Text-token relevance depends on the image (∂S[b, p]/∂A_text goes through image b's embedding),
+    so each image has its own text gradients; the prompts are still encoded once for the batch
+    (P rows, not B·P), and each image's text relevance equals that image explained alone."""
+    model = models["clipviz"]
+    rows = []
+    handle = model.transformer.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    try:
+        together = clipviz.explain(model, [photo(0), photo(1)], MANY[:3], method="relevance")
+    finally:
+        handle.remove()
+    assert rows == [3]
+    for b in range(2):
+        alone = clipviz.explain(model, photo(b), MANY[:3], method="relevance")
+        np.testing.assert_allclose(together[b].text_relevance, alone.text_relevance, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(together[0].text_relevance, together[1].text_relevance)

@@ -6,6 +6,7 @@ built-in adapter serves clipviz's own models and anything with OpenAI's module l
 ``logit_scale``), which includes the official OpenAI code. Other families register a matcher.
 """
 
+import contextlib
 import weakref
 
 import torch
@@ -115,6 +116,11 @@ class ClipAdapter:
         """[B, 3, S, S] → [B, E]."""
         return self.model.encode_image(pixels)
 
+    def running(self):
+        """A context manager for the setting the model's blocks run in, also when one block is run
+        again on its own (a recomputing backward): nothing to set for OpenAI's layout."""
+        return contextlib.nullcontext()
+
     def encode_text(self, ids):
         """[P, Lt] → [P, E]."""
         return self.model.encode_text(ids)
@@ -126,16 +132,18 @@ class ClipAdapter:
         """The constant added to logit_scale · cos (SigLIP's logit_bias), or None (CLIP)."""
         return None
 
-    def image_recorder(self, needs):
+    def image_recorder(self, needs, recompute=False):
         """A recorder of the image tower for a method's ``needs`` (clipviz.methods.base.Needs): a
-        context manager with check_recorded(), backward(score, slot) and collect(records)."""
+        context manager with check_recorded(), backward(score, slot) and collect(records).
+        recompute: a ViT's blocks recomputed one at a time in backward_batched (clipviz.hooks.
+        AttentionRecorder); a ResNet's recorder ignores it."""
         if self.family == "resnet":
             from .resnet import ResNetRecorder
             return ResNetRecorder(self.image_encoder, needs)
         if needs.layers is None and not needs.features:
             return None
         from .vit import ViTRecorder
-        return ViTRecorder(self.image_encoder, needs)
+        return ViTRecorder(self.image_encoder, needs, recompute=recompute)
 
     def image_head(self, tokens):
         """The ViT's head on a token: ln_post, then proj. [..., D] → [..., E] (LeGrad reads block

@@ -108,6 +108,10 @@ class HuggingFaceAdapter(ClipAdapter):
         with eager_attention(self.model):
             return _features(self.model.get_image_features(pixel_values=pixels))
 
+    def running(self):
+        """Eager attention (the only path that returns the probabilities), also for recomputed blocks."""
+        return eager_attention(self.model)
+
     def encode_text(self, ids):
         positions = torch.arange(ids.shape[-1], device=ids.device)
         mask = (positions[None, :] <= self.eot_positions(ids)[:, None]).long()  # SOT … EOT

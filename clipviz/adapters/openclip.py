@@ -127,9 +127,11 @@ class OpenClipAdapter(ClipAdapter):
         bias = getattr(self.model, "logit_bias", None)
         return None if bias is None else bias.reshape(())
 
-    def image_recorder(self, needs):
+    def image_recorder(self, needs, recompute=False):
+        """As ClipAdapter's; an attention-pooling tower keeps its one-graph backward (the pool reads
+        the last block's output besides the probe: not one residual stream to recompute)."""
         if self.pooling != "probe":
-            return super().image_recorder(needs)
+            return super().image_recorder(needs, recompute)
         if needs.layers is None and not needs.features:
             return None
         from .probe import ProbeRecorder

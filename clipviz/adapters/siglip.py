@@ -29,7 +29,6 @@ import math
 import torch
 
 from ..errors import ClipvizError
-from ..forms import unwrap
 from ..hooks import AttentionLayout, attention_keywords, register_layout
 from . import _checked_ids, attach_tokenizer, attached_tokenizer
 from .huggingface import HuggingFaceAdapter, _features, eager_attention
@@ -178,7 +177,9 @@ class SiglipAdapter(HuggingFaceAdapter):
     def logit_bias(self):
         return self.model.logit_bias.reshape(())
 
-    def image_recorder(self, needs):
+    def image_recorder(self, needs, recompute=False):
+        """The probe recorder; recompute is ignored: the pooling head is not one more residual block,
+        so the one-graph backward is used."""
         if needs.layers is None and not needs.features:
             return None
         return ProbeRecorder(self.image_encoder, needs)

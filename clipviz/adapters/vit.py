@@ -9,12 +9,13 @@ class ViTRecorder(AttentionRecorder):
     reduced attention gradients, patch features (the tokens entering the first recorded block,
     CLS left out) with their gradients, queries and keys, block outputs for a readout."""
 
-    def __init__(self, encoder, needs, block_input=False):
+    def __init__(self, encoder, needs, block_input=False, recompute=False):
         """block_input: forward only, keeping the recorded block's input tokens and no gradients
-        (clipviz.last_block computes ∂S/∂A of the last block from them, clipviz.pipeline)."""
+        (clipviz.last_block computes ∂S/∂A of the last block from them, clipviz.pipeline).
+        recompute: no graph in the forward; backward_batched recomputes block by block (AttentionRecorder)."""
         gradients = None if block_input else needs.gradient or (_no_attention_gradient if needs.features else None)
         super().__init__(encoder, layers=needs.layers, gradients=gradients, tokens=needs.features or block_input,
-                         outputs=needs.readout is not None, qk=needs.qk)
+                         outputs=needs.readout is not None, qk=needs.qk, recompute=recompute)
         self.needs = needs
 
     def collect(self, records):
