@@ -205,7 +205,8 @@ def nccl_check(folder, args):
     up to order (scores within 1e-4, same peaks, same output names)."""
     common = ["--images", str(folder), PROMPT, "--model", args.model, "--quiet", "--maps", "npz", "--no-overlays",
               "--batch-size", str(args.batch_size)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path[:1] + [str(ROOT)] if p))
+    inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)  # e.g. carried packages: keep them
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path[:1] + [str(ROOT)] + inherited if p))
     runs = {}
     for name, launcher in (("one", [sys.executable, "-m"]),
                            ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone",
