@@ -61,11 +61,12 @@ def output_entry(path):
     return {"path": str(path), "bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
 
 
-def record(done, error_text=None):
+def record(done, error_text=None, settings=None):
     """The manifest record of one image of a run (a clipviz.folder.Done); error_text: the
-    one-line message of its failure."""
+    one-line message of its failure; settings: what decides the run's results and files
+    (check_settings compares them when the run is resumed)."""
     entry = {"index": done.index, "image": done.path, "size": done.identity.get("size"),
-             "mtime_ns": done.identity.get("mtime_ns")}
+             "mtime_ns": done.identity.get("mtime_ns"), "settings": settings}
     exp = done.explanation
     if done.error is not None or exp is None:
         return {**entry, "status": "failed", "method": None, "prompts": [], "outputs": [],
@@ -93,6 +94,22 @@ def verified(record):
         except (OSError, KeyError, TypeError):
             return False
     return True
+
+
+def check_settings(path, settings):
+    """Refuse to resume manifest ``path`` (with its parts) if a record was written with other
+    settings than ``settings`` (a JSON-ready dict: model, method, prompts, outputs ...): its images
+    would be skipped with results of another question. Records without settings are not compared."""
+    settings = json.loads(json.dumps(settings))  # tuples become lists, as in the file
+    for record in read(path):
+        theirs = record.get("settings")
+        if theirs is None or theirs == settings:
+            continue
+        changed = [f"{key} {theirs.get(key)!r} → {settings.get(key)!r}" for key in sorted(set(theirs) | set(settings))
+                   if theirs.get(key) != settings.get(key)]
+        raise ClipvizError(f"--resume: the manifest {path} records a run with other settings ({'; '.join(changed)}): "
+                           "repeat that run's command to continue it, or start a new --manifest (or --force without "
+                           "--resume to redo everything)")
 
 
 def done_images(path):

@@ -180,6 +180,28 @@ def test_resume_skips_what_is_done_and_verified(work):
     assert no_manifest.returncode == 2 and "--manifest" in no_manifest.stderr
 
 
+def test_resume_refuses_a_manifest_written_with_other_settings(work):
+    """A resumed run that asks another question (prompts, method, outputs) must not skip images with
+    the old run's answers: one line naming what changed, exit 2, nothing written."""
+    args = ["explain", "--images", "photos", "a dog", "--model", "tiny.pt", "--out", "out-s", "--manifest", "s.jsonl",
+            "--quiet", "--workers", "0", "--maps", "npz", "--no-overlays"]
+    run_cli(*args, cwd=work)
+    records = manifest.read(work / "s.jsonl")
+    changes = {"prompts": ("a dog", "a car"), "method": ("--no-overlays", "--no-overlays --method gradcam"),
+               "no_overlays": (" --no-overlays", "")}
+    for key, (old, new) in changes.items():
+        changed = " ".join(args).replace(old, new, 1).split()
+        refused = run_cli(*changed, "--resume", cwd=work)
+        assert refused.returncode == 2, (key, refused.stderr)
+        assert len(refused.stderr.strip().splitlines()) == 1 and "other settings" in refused.stderr
+        assert key in refused.stderr, (key, refused.stderr)
+    assert manifest.read(work / "s.jsonl") == records  # nothing appended
+    same = run_cli(*args, "--resume", cwd=work)  # the same question: only the bad file is tried again
+    assert same.returncode == 1, same.stderr
+    again = manifest.read(work / "s.jsonl")[len(records):]
+    assert again and all(r["status"] == "failed" for r in again)
+
+
 def test_kill_9_then_resume_explains_every_image_exactly_once(work):
     """SIGKILL once records appear in the manifest, then --resume: one done record per image, none
     lost, none repeated; a torn last line is tolerated."""

@@ -47,6 +47,9 @@ def run(args):
     plan = OutputPlan(args.out, images, prompts, args.format, args.figure, args.layers, args.heads, args.force,
                       args.against, overlays=not args.no_overlays, maps=args.maps)
     check_run_options(args, plan, images)
+    settings = run_settings(args, prompts, options)
+    if args.resume:
+        manifest.check_settings(args.manifest, settings)
     done_before = manifest.done_images(args.manifest) if args.resume else set()
     todo = [i for i in ranks.shard(len(images)) if images[i] not in done_before]
     check_prompts(prompts + ([args.against] if args.against else []))
@@ -71,12 +74,24 @@ def run(args):
             from ..methods import default_method
             args.method = default_method(model)
             method, options = method_and_options(args)
-        code = _explain_all(args, name, model, images, prompts, method, options, plan, todo, ranks, len(done_before))
+        code = _explain_all(args, name, model, images, prompts, method, options, plan, todo, ranks, len(done_before),
+                            settings)
         group.barrier()  # every part complete before rank 0 merges them
         if ranks.distributed and ranks.rank == 0 and args.manifest:
             manifest.merge(args.manifest, args.resume)
         group.barrier()  # torchrun stops every process once one exits non-zero: not before the merge
     return code
+
+
+# the flags that decide a run's results and files: a resumed run must repeat them (manifest.check_settings)
+SETTING_FLAGS = ("model", "activation", "method", "against", "out", "format", "figure", "layers", "heads",
+                 "no_overlays", "maps", "cmap", "alpha", "dpi")
+
+
+def run_settings(args, prompts, options):
+    """{flag: value} of SETTING_FLAGS, plus the prompts and the method's options, as the manifest records them."""
+    settings = {flag: getattr(args, flag, None) for flag in SETTING_FLAGS}
+    return {**settings, "prompts": list(prompts), "options": options}
 
 
 def check_run_options(args, plan, images):
@@ -100,7 +115,7 @@ def check_run_options(args, plan, images):
                                "to start over")
 
 
-def _explain_all(args, name, model, images, prompts, method, options, plan, todo, ranks, skipped):
+def _explain_all(args, name, model, images, prompts, method, options, plan, todo, ranks, skipped, settings=None):
     """Explain images[todo] through clipviz.folder, print and record each; → the exit status."""
     from .. import manifest
     from ..folder import default_workers, explain_files
@@ -125,7 +140,7 @@ def _explain_all(args, name, model, images, prompts, method, options, plan, todo
                                  batch_size=args.batch_size, workers=workers, threads=threads)
             for count, done in enumerate(runs):
                 if record is not None:
-                    record.write(manifest.record(done, failure_text(done.error) if done.error else None))
+                    record.write(manifest.record(done, failure_text(done.error) if done.error else None, settings))
                 if done.error is not None:
                     keep_failure(failures, done.path, done.error, count, len(images))  # 1: a single-image run
                 else:
