@@ -235,6 +235,30 @@ def test_kill_9_then_resume_explains_every_image_exactly_once(work):
     assert f"{len(before)} images already done" in resumed.stderr
 
 
+def test_sigterm_to_the_whole_process_group_stops_cleanly(work):
+    """timeout, kill -- -PGID and Slurm signal the decoding workers too: still one line and exit
+    128 + 15, no temporary file left (the workers leave SIGTERM to the main process)."""
+    folder = work / "many-t"
+    folder.mkdir()
+    rng = np.random.default_rng(6)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(folder / f"t{i:02d}.png")
+    args = ["explain", "--images", "many-t", *PROMPTS, "--model", "tiny.pt", "--out", "out-t", "--manifest", "t.jsonl",
+            "--quiet", "--batch-size", "2", "--workers", "2"]
+    child = subprocess.Popen(clipviz_command(*args), cwd=work, env=ENV, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, start_new_session=True)
+    path, deadline = work / "t.jsonl", time.monotonic() + 300
+    while time.monotonic() < deadline and child.poll() is None:
+        if path.exists() and path.read_bytes().count(b"\n") >= 2:
+            break
+        time.sleep(0.005)
+    os.killpg(child.pid, signal.SIGTERM)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 128 + signal.SIGTERM, stderr
+    assert stderr.decode().strip().splitlines() == ["clipviz: stopped by SIGTERM"]
+    assert not [p for p in (work / "out-t").iterdir() if p.name.startswith(".") or ".tmp" in p.name]
+
+
 def test_torchrun_two_processes_on_the_cpu_equal_one_process(work):
     """torchrun --nproc-per-node 2 (gloo): the merged manifest equals one process's up to order,
     with the same output files, byte for byte."""
