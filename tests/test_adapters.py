@@ -309,3 +309,19 @@ def test_unsupported_open_clip_tower_is_refused_clearly():
                   CLIPTextCfg(width=64, heads=1, layers=1))
     with pytest.raises(ClipvizError, match="CLS token"):
         clipviz.explain(pooled, photo(), "a dog")
+
+
+def test_hub_retry_warnings_are_muted_while_loading_and_restored_after(caplog):
+    """Offline, huggingface_hub logs a warning per retry (a dozen lines before clipviz's one-line
+    error); they are muted during the load only."""
+    import logging
+
+    from clipviz.adapters.huggingface import _quiet_hub_retries
+
+    retry_logger = logging.getLogger("huggingface_hub.utils._http")
+    with caplog.at_level(logging.WARNING):
+        with _quiet_hub_retries():
+            retry_logger.warning("'[Errno -2] Name or service not known' thrown while requesting HEAD ... Retrying in 1s")
+        assert not caplog.records
+        retry_logger.warning("after the load")
+    assert [r.getMessage() for r in caplog.records] == ["after the load"]

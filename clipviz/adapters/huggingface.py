@@ -16,6 +16,7 @@ the highest id (EOT) when ``eos_token_id == 2`` (older configs), else the first 
     model, preprocess = clipviz.load("hf:openai/clip-vit-base-patch32")
 """
 
+import logging
 from contextlib import contextmanager
 
 import torch
@@ -52,6 +53,19 @@ class HuggingFaceLayout(AttentionLayout):
 register_layout(HuggingFaceLayout())
 
 
+@contextmanager
+def _quiet_hub_retries():
+    """Mute huggingface_hub's per-retry warnings ("... thrown while requesting HEAD ... Retrying in
+    1s [Retry 1/5]", a dozen lines offline): a failure still ends in clipviz's one-line error."""
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(level)
+
+
 def load_hf(repo_id, device):
     """Download (on first use) and build a Hugging Face CLIPModel: returns ``(model, preprocess)``."""
     from ..preprocess import Preprocess
@@ -61,7 +75,8 @@ def load_hf(repo_id, device):
     if not repo_id:
         raise ClipvizError("'hf:' needs a repository id, e.g. 'hf:openai/clip-vit-base-patch32'")
     try:
-        config = transformers.AutoConfig.from_pretrained(repo_id)
+        with _quiet_hub_retries():
+            config = transformers.AutoConfig.from_pretrained(repo_id)
         if config.model_type in ("siglip", "siglip2"):  # SigLIP and SigLIP 2: clipviz.adapters.siglip
             from .siglip import SiglipAdapter, load_siglip
             model = load_siglip(transformers, repo_id, config, device)
