@@ -87,8 +87,10 @@ class Before:
     def __init__(self, tree, model_name):
         import os
         env = {**os.environ, "PYTHONPATH": str(tree)}
+        # cwd=tree: `python -c` puts the working folder first on sys.path, and run from the repository's
+        # root that is today's clipviz, not the code before
         self.process = subprocess.Popen([sys.executable, "-c", _BEFORE_CHILD, model_name, str(HERE), str(tree)],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=tree)
         self._expect("ready")
 
     def _expect(self, word):
