@@ -202,23 +202,34 @@ def test_resume_refuses_a_manifest_written_with_other_settings(work):
     assert again and all(r["status"] == "failed" for r in again)
 
 
+
+def noise_photos(folder, prefix, seed, count=40):
+    """``count`` random 96×128 PNGs named ``{prefix}00.png`` ... in a new ``folder``."""
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(folder / f"{prefix}{i:02d}.png")
+
+
+def wait_for_records(child, path, count, timeout=300):
+    """Wait until the manifest ``path`` holds ``count`` lines or ``child`` has ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and child.poll() is None:
+        if path.exists() and path.read_bytes().count(b"\n") >= count:
+            return
+        time.sleep(0.005)
+
+
 def test_kill_9_then_resume_explains_every_image_exactly_once(work):
     """SIGKILL once records appear in the manifest, then --resume: one done record per image, none
     lost, none repeated; a torn last line is tolerated."""
-    folder = work / "many"
-    folder.mkdir()
-    rng = np.random.default_rng(5)
-    for i in range(40):
-        Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(folder / f"m{i:02d}.png")
+    noise_photos(work / "many", "m", seed=5)
     args = ["explain", "--images", "many", *PROMPTS, "--model", "tiny.pt", "--out", "out-k", "--manifest", "k.jsonl",
             "--quiet", "--batch-size", "2", "--workers", "1"]
     child = subprocess.Popen(clipviz_command(*args), cwd=work, env=ENV, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE)
-    path, deadline = work / "k.jsonl", time.monotonic() + 300
-    while time.monotonic() < deadline and child.poll() is None:
-        if path.exists() and path.read_bytes().count(b"\n") >= 4:
-            break
-        time.sleep(0.005)
+    path = work / "k.jsonl"
+    wait_for_records(child, path, 4)
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert child.returncode == -signal.SIGKILL, "the run ended before it could be killed: use more images"
@@ -238,20 +249,12 @@ def test_kill_9_then_resume_explains_every_image_exactly_once(work):
 def test_sigterm_to_the_whole_process_group_stops_cleanly(work):
     """timeout, kill -- -PGID and Slurm signal the decoding workers too: still one line and exit
     128 + 15, no temporary file left (the workers leave SIGTERM to the main process)."""
-    folder = work / "many-t"
-    folder.mkdir()
-    rng = np.random.default_rng(6)
-    for i in range(40):
-        Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(folder / f"t{i:02d}.png")
+    noise_photos(work / "many-t", "t", seed=6)
     args = ["explain", "--images", "many-t", *PROMPTS, "--model", "tiny.pt", "--out", "out-t", "--manifest", "t.jsonl",
             "--quiet", "--batch-size", "2", "--workers", "2"]
     child = subprocess.Popen(clipviz_command(*args), cwd=work, env=ENV, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, start_new_session=True)
-    path, deadline = work / "t.jsonl", time.monotonic() + 300
-    while time.monotonic() < deadline and child.poll() is None:
-        if path.exists() and path.read_bytes().count(b"\n") >= 2:
-            break
-        time.sleep(0.005)
+    wait_for_records(child, work / "t.jsonl", 2)
     os.killpg(child.pid, signal.SIGTERM)
     _, stderr = child.communicate(timeout=120)
     assert child.returncode == 128 + signal.SIGTERM, stderr
