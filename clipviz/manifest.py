@@ -64,7 +64,7 @@ def output_entry(path):
 def record(done, error_text=None, settings=None):
     """The manifest record of one image of a run (a clipviz.folder.Done); error_text: the
     one-line message of its failure; settings: what decides the run's results and files
-    (check_settings compares them when the run is resumed)."""
+    (done_images compares them when the run is resumed)."""
     entry = {"index": done.index, "image": done.path, "size": done.identity.get("size"),
              "mtime_ns": done.identity.get("mtime_ns"), "settings": settings}
     exp = done.explanation
@@ -96,26 +96,31 @@ def verified(record):
     return True
 
 
-def check_settings(path, settings):
-    """Refuse to resume manifest ``path`` (with its parts) if a record was written with other
-    settings than ``settings`` (a JSON-ready dict: model, method, prompts, outputs ...): its images
-    would be skipped with results of another question. Records without settings are not compared."""
-    settings = json.loads(json.dumps(settings))  # tuples become lists, as in the file
-    for record in read(path):
-        theirs = record.get("settings")
-        if theirs is None or theirs == settings:
-            continue
-        changed = [f"{key} {theirs.get(key)!r} → {settings.get(key)!r}" for key in sorted(set(theirs) | set(settings))
-                   if theirs.get(key) != settings.get(key)]
-        raise ClipvizError(f"--resume: the manifest {path} records a run with other settings ({'; '.join(changed)}): "
-                           "repeat that run's command to continue it, or start a new --manifest (or --force without "
-                           "--resume to redo everything)")
+def _check_settings(path, record, settings):
+    """Refuse to resume manifest ``path`` if ``record`` was written with other settings than
+    ``settings`` (JSON-normalised): its image would be skipped with the answer to another question.
+    Records without settings are not compared."""
+    theirs = record.get("settings")
+    if theirs is None or theirs == settings:
+        return
+    changed = [f"{key} {theirs.get(key)!r} → {settings.get(key)!r}" for key in sorted(set(theirs) | set(settings))
+               if theirs.get(key) != settings.get(key)]
+    raise ClipvizError(f"--resume: the manifest {path} records a run with other settings ({'; '.join(changed)}): "
+                       "repeat that run's command to continue it, or start a new --manifest (or --force without "
+                       "--resume to redo everything)")
 
 
-def done_images(path):
-    """Paths of the images that manifest ``path`` (with its parts) records as done and verified."""
+def done_images(path, settings=None):
+    """Paths of the images that manifest ``path`` (with its parts) records as done and verified.
+
+    settings: the resuming run's (a JSON-ready dict: model, method, prompts, outputs ...); a record
+    written with other settings raises a ClipvizError naming what changed. One read of the file."""
+    if settings is not None:
+        settings = json.loads(json.dumps(settings))  # tuples become lists, as in the file
     last = {}
     for record in read(path):
+        if settings is not None:
+            _check_settings(path, record, settings)
         last[record["image"]] = record
     return {image for image, record in last.items() if verified(record)}
 

@@ -48,9 +48,7 @@ def run(args):
                       args.against, overlays=not args.no_overlays, maps=args.maps)
     check_run_options(args, plan, images)
     settings = run_settings(args, prompts, options)
-    if args.resume:
-        manifest.check_settings(args.manifest, settings)
-    done_before = manifest.done_images(args.manifest) if args.resume else set()
+    done_before = manifest.done_images(args.manifest, settings) if args.resume else set()
     todo = [i for i in ranks.shard(len(images)) if images[i] not in done_before]
     check_prompts(prompts + ([args.against] if args.against else []))
     if plan.overlays or plan.figure or plan.layers or plan.heads:  # colours drawn: matplotlib needed
@@ -83,7 +81,7 @@ def run(args):
     return code
 
 
-# the flags that decide a run's results and files: a resumed run must repeat them (manifest.check_settings)
+# the flags that decide a run's results and files: a resumed run must repeat them (manifest.done_images)
 SETTING_FLAGS = ("model", "activation", "method", "against", "out", "format", "figure", "layers", "heads",
                  "no_overlays", "maps", "cmap", "alpha", "dpi")
 
