@@ -35,6 +35,7 @@ from .maps import peak_xy
 from .methods import Method, default_method, get_method
 from .pixels import notice_unseen_photos
 from .preprocess import load_image, preprocess_image
+from .signals import ignore_termination
 
 
 @dataclass
@@ -83,18 +84,6 @@ class ImageFiles(torch.utils.data.Dataset):
         return {**item, "photo": photo, "pixels": pixels, "box": box}
 
 
-def _leave_stop_signals_to_the_main_process(worker_id):
-    """Decoding workers ignore SIGTERM and SIGHUP (PyTorch's already ignore SIGINT): sent to the
-    whole process group (timeout, kill -- -PGID, Slurm), they would otherwise die first and the main
-    process would see "DataLoader worker killed" instead of the signal it handles cleanly (exit
-    128 + signum, temp files removed); the main process then shuts the workers down itself."""
-    import signal
-
-    for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
-
-
 def explain_files(model, paths, prompts, method=None, *, indices=None, against=None, options=None, write=None,
                   batch_size=8, workers=0, threads=1, pending=None):
     """Explain image files in batches; yields a ``Done`` per image, in the order of ``indices``.
@@ -118,7 +107,7 @@ def explain_files(model, paths, prompts, method=None, *, indices=None, against=N
     size = max(1, int(batch_size))
     loader = torch.utils.data.DataLoader(ImageFiles(paths, indices, adapter.input_resolution, adapter.crop), batch_size=None,
                                          num_workers=min(workers, len(indices)), pin_memory=False,
-                                         worker_init_fn=_leave_stop_signals_to_the_main_process)
+                                         worker_init_fn=ignore_termination)
     waiting = deque()
     limit = pending or 2 * size
     with _text_once(adapter, chosen.needs(adapter, options)), ThreadPoolExecutor(max(1, threads)) as pool:

@@ -50,3 +50,14 @@ def raising_on_termination():
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def ignore_termination(worker_id=None):
+    """Ignore SIGTERM and SIGHUP in a child process (a DataLoader ``worker_init_fn``; PyTorch's
+    workers already ignore SIGINT). Sent to the whole process group (timeout, kill -- -PGID, Slurm),
+    they would otherwise kill the workers first, and the main process would see "DataLoader worker
+    killed" instead of the signal it handles cleanly (Terminated); it then shuts the workers down."""
+    for name in _NAMES:
+        number = getattr(signal, name, None)
+        if number is not None:
+            signal.signal(number, signal.SIG_IGN)
