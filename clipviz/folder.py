@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 
 from .adapters import adapt
@@ -81,7 +82,15 @@ class ImageFiles(torch.utils.data.Dataset):
             pixels, box = preprocess_image(photo, self.size, crop=self.crop)
         except Exception as error:
             return {**item, "error": _portable(error)}
-        return {**item, "photo": photo, "pixels": pixels, "box": box}
+        # numpy, not tensors: a tensor crosses to the main process as a shared-memory file
+        # descriptor, handed over by a helper thread in the worker that prints a traceback when
+        # the main process stops mid-handover (SIGTERM to the process group). Pickled bytes cannot.
+        return {**item, "photo": photo, "pixels": pixels.numpy(), "box": box}
+
+
+def _unchanged(item):
+    """The DataLoader's convert step (batch_size=None): leave the item's numpy arrays as they are."""
+    return item
 
 
 def explain_files(model, paths, prompts, method=None, *, indices=None, against=None, options=None, write=None,
@@ -107,7 +116,7 @@ def explain_files(model, paths, prompts, method=None, *, indices=None, against=N
     size = max(1, int(batch_size))
     loader = torch.utils.data.DataLoader(ImageFiles(paths, indices, adapter.input_resolution, adapter.crop), batch_size=None,
                                          num_workers=min(workers, len(indices)), pin_memory=False,
-                                         worker_init_fn=ignore_termination)
+                                         collate_fn=_unchanged, worker_init_fn=ignore_termination)
     waiting = deque()
     limit = pending or 2 * size
     with _text_once(adapter, chosen.needs(adapter, options)), ThreadPoolExecutor(max(1, threads)) as pool:
@@ -166,8 +175,7 @@ def _one_by_one(adapter, items, query, method, options, write, pool, error):
 def _record_items(adapter, items, query, method, options):
     """The model's part for a batch of loaded items → a Recording whose tensors are on the host and
     whose records (on the device, large) are let go: only their EOT positions are kept."""
-    recording = record_pixels(adapter, [i["photo"].numpy() if torch.is_tensor(i["photo"]) else i["photo"] for i in items],
-                              torch.stack([i["pixels"] for i in items]), [i["box"] for i in items],
+    recording = record_pixels(adapter, [i["photo"] for i in items], torch.from_numpy(np.stack([i["pixels"] for i in items])), [i["box"] for i in items],
                               [i["path"] for i in items], query, method, options)
     on_host = {f.name: _host(getattr(recording.output, f.name)) for f in fields(recording.output)}
     return replace(recording, records=SimpleNamespace(eot=recording.records.eot), cosine=recording.cosine.cpu(),
