@@ -424,8 +424,7 @@ class AttentionRecorder:
         identity = torch.eye(len(slots), dtype=scores.dtype, device=scores.device)
         for start in range(0, len(slots), chunk):
             last = start + chunk >= len(slots)
-            grads = torch.autograd.grad(scores, targets, grad_outputs=identity[start:start + chunk],
-                                        retain_graph=retain_graph or not last, is_grads_batched=True, allow_unused=True)
+            grads = _batched_grad(scores, targets, identity[start:start + chunk], retain_graph or not last)
             self._keep_batched(chosen, token_records, grads, slots[start:start + chunk])
             del grads
 
@@ -441,7 +440,7 @@ class AttentionRecorder:
         if self._top is None:
             raise _nothing_recorded()
         identity = torch.eye(len(slots), dtype=scores.dtype, device=scores.device)
-        carried, = torch.autograd.grad(scores, self._top, grad_outputs=identity, is_grads_batched=True)
+        carried, = _batched_grad(scores, [self._top], identity, retain_graph=False)
         resident = _resident_bytes() if carried.device.type == "cpu" else None
         spare = torch.empty_like(carried)
         first = self.indices[0]
@@ -461,9 +460,8 @@ class AttentionRecorder:
             carry = index > first
             below = spare  # two buffers taken in turn: no new allocation per block to split freed memory
             for start in range(0, len(slots), chunk):
-                grads = torch.autograd.grad(output, inputs + [leaf] * carry, grad_outputs=carried[start:start + chunk],
-                                            retain_graph=start + chunk < len(slots), is_grads_batched=True,
-                                            allow_unused=True)
+                grads = _batched_grad(output, inputs + [leaf] * carry, carried[start:start + chunk],
+                                      start + chunk < len(slots))
                 self._keep_batched(probs, tokens, grads[:len(inputs)], slots[start:start + chunk])
                 if carry and grads[-1] is not None:
                     below[start:start + chunk] = grads[-1]
@@ -552,6 +550,22 @@ class CausalPrefix:
 
     def _trim_tokens(self, module, args):
         return (args[0][:, :self.length],) + tuple(args[1:])  # [P, Lt, D] → [P, length, D]
+
+
+def _batched_grad(output, inputs, grad_outputs, retain_graph):
+    """∂⟨output, g_i⟩/∂inputs for each row g_i of grad_outputs [K, *output.shape] → per input a
+    tensor [K, *input.shape] (None where unused): ``torch.autograd.grad(..., is_grads_batched=True)``.
+
+    One row (a single image or prompt, the CLI's usual case) is a plain backward of
+    ``(output · g_0).sum()``: the same numbers without vmap, and without the ~0.6 s import of
+    torch.fx.experimental.symbolic_shapes that autograd makes the first time it is given a
+    gradient tensor."""
+    if grad_outputs.shape[0] == 1:
+        grads = torch.autograd.grad((output * grad_outputs[0]).sum(), inputs, retain_graph=retain_graph,
+                                    allow_unused=True)
+        return tuple(None if g is None else g[None] for g in grads)
+    return torch.autograd.grad(output, inputs, grad_outputs=grad_outputs, retain_graph=retain_graph,
+                               is_grads_batched=True, allow_unused=True)
 
 
 def remove_hooks(handles):
