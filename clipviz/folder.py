@@ -37,6 +37,7 @@ from .methods import Method, default_method, get_method
 from .pixels import notice_unseen_photos
 from .preprocess import load_image, preprocess_image
 from .signals import ignore_termination
+from .threads import single_threaded_blas
 
 
 @dataclass
@@ -119,7 +120,10 @@ def explain_files(model, paths, prompts, method=None, *, indices=None, against=N
                                          collate_fn=_unchanged, worker_init_fn=ignore_termination)
     waiting = deque()
     limit = pending or 2 * size
-    with _text_once(adapter, chosen.needs(adapter, options)), ThreadPoolExecutor(max(1, threads)) as pool:
+    # numpy's BLAS on one thread for the run: set here, in the caller's thread, it holds for the
+    # writer threads too (clipviz.threads), whose maps would otherwise wake a BLAS thread per core
+    with _text_once(adapter, chosen.needs(adapter, options)), single_threaded_blas(), \
+            ThreadPoolExecutor(max(1, threads)) as pool:
         try:
             batch = []  # items in order, unreadable ones among them; explained once `size` are good
             for item in loader:

@@ -7,12 +7,13 @@
     peak_xy(photo_map)                   (x, y) photo pixel of the maximum
 
 Numpy only (no torch, no matplotlib): explanation, render and bench all read these, and none of
-them needs another's module for it.
+them needs another's module for it. The matrix products run on one BLAS thread (clipviz.threads).
 """
 
 import numpy as np
 
 from .errors import ClipvizError
+from .threads import single_threaded_blas
 
 PER_MAP = "per-map min–max"
 SHARED = "shared scale"
@@ -96,7 +97,8 @@ def map_to_photo(grid_map, box):
         raise ClipvizError(f"A patch map must be [g, g] or [P, g, g] and non-empty; got shape {grid.shape}.")
     row_weights, row_seen = _bilinear_weights(box.photo_height, box.top, box.height, grid.shape[1])
     col_weights, col_seen = _bilinear_weights(box.photo_width, box.left, box.width, grid.shape[2])
-    photo = row_weights @ grid @ col_weights.T  # [H, gh] @ [P, gh, gw] @ [gw, W] -> [P, H, W]
+    with single_threaded_blas():  # small products: BLAS's threads would only wait for PyTorch's
+        photo = row_weights @ grid @ col_weights.T  # [H, gh] @ [P, gh, gw] @ [gw, W] -> [P, H, W]
     photo[:, ~row_seen, :] = np.nan
     photo[:, :, ~col_seen] = np.nan
     return photo
