@@ -10,7 +10,7 @@ and ``mtime_ns`` identify the input as it was read; ``status`` is "done" or "fai
 ``error`` says why). A record is written only after the image's outputs are published, so a
 crash (even kill -9) loses at most the images in flight: their records are missing and a
 ``--resume`` run explains them. The last record for an image wins; a torn last line (the process
-killed mid-write) is skipped on reading.
+killed mid-write) is skipped on reading, any other line that is not a record with a warning.
 
 Under torchrun each rank appends to its own part, ``<stem>.rank<r><suffix>``, and rank 0 merges
 the parts into the manifest after every rank has finished (clipviz.distributed).
@@ -179,19 +179,40 @@ def merge(path, resume):
 
 
 def read_file(path):
-    """The records of one manifest file (no parts). Lines that are not JSON objects naming an image
-    (a torn last line) are skipped."""
+    """The records of one manifest file (no parts), in file order.
+
+    Skipped: a torn line (a record cut short by a kill mid-write: the last line without its
+    newline, or a record's prefix that a resume has since ended with one) without a word;
+    any other line that is not a JSON object naming an image (hand-edited, damaged) with one
+    warning naming the file and the line numbers: those images count as not done."""
+    import warnings
+
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise ClipvizError(f"cannot read the manifest {str(path)!r}: {getattr(error, 'strerror', None) or error}; "
                            "start over without --resume (with --force)") from None
-    records = []
-    for line in lines:
+    lines, ended = text.splitlines(), text.endswith("\n")
+    records, damaged = [], []
+    for number, line in enumerate(lines, 1):
         try:
             record = json.loads(line)
         except ValueError:
-            continue
+            record = None
         if isinstance(record, dict) and isinstance(record.get("image"), str):
             records.append(record)
+        elif line.strip() and not _torn(line, unended=number == len(lines) and not ended):
+            damaged.append(number)
+    if damaged:
+        numbers = ", ".join(map(str, damaged[:10])) + (f" and {len(damaged) - 10} more" if len(damaged) > 10 else "")
+        warnings.warn(f"the manifest {path}: line{'s' if len(damaged) > 1 else ''} {numbers} "
+                      f"{'are' if len(damaged) > 1 else 'is'} not a record (a JSON object naming an image) and "
+                      "skipped; an image recorded only there counts as not done and is explained again")
     return records
+
+
+def _torn(line, unended):
+    """True for what a kill mid-write leaves of a record: a last line without its newline, or a
+    prefix of a record (records start with '{"index": ') that a later resume has ended with one."""
+    start = '{"index": '
+    return unended or line.startswith(start) or start.startswith(line)

@@ -1,0 +1,111 @@
+"""Issue 13, round three: what a fresh-eyes tester still found (nine low-severity findings).
+
+Each test states the finding and checks the behaviour against the files on disk, the manifest and
+the exact message: a user's mistake is one line (exit 2 in the CLI), nothing is lost or
+half-written, and outputs follow one rule (clipviz.outputs).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import clipviz
+from clipviz import cli, manifest
+from clipviz.errors import ClipvizError
+
+from conftest import tiny_cli_folder
+from hostile import counted, tally
+
+CASES, _report = tally("fresh eyes")
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+ENV.pop("CLIPVIZ_DEBUG", None)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """tiny.pt (a random TINY_VIT CLIP) and photo.png (56×40); photos/ with a.png, b.png."""
+    root = tiny_cli_folder(tmp_path_factory.mktemp("fresh"), seed=5)
+    (root / "photos").mkdir()
+    for name in ("a.png", "b.png"):
+        (root / "photos" / name).write_bytes((root / "photo.png").read_bytes())
+    return root
+
+
+def run_cli(*args, cwd, **options):
+    """``python -m clipviz ARGS`` in ``cwd`` → CompletedProcess (text)."""
+    return subprocess.run([sys.executable, "-m", "clipviz", *map(str, args)], cwd=cwd, env=ENV, text=True,
+                          timeout=600, **{"capture_output": True, **options})
+
+
+def explain_in_process(work, *args, capsys):
+    """cli.main for explain with the tiny model → (status, stdout, stderr)."""
+    status = cli.main(["explain", *map(str, args), "--model", str(work / "tiny.pt"), "--device", "cpu"])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def one_error_line(err):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("clipviz: error: "), err
+    assert "bug" not in lines[0]
+    return lines[0]
+
+
+# ------------------------------------------------ 1. a manifest line that is not JSON is named
+
+def _record_line(image, index):
+    return json.dumps({"index": index, "image": image, "size": 1, "mtime_ns": 1, "status": "done",
+                       "outputs": [], "settings": None})
+
+
+@counted(CASES)
+def test_lines_that_are_not_records_are_warned_about_once_with_their_numbers(tmp_path):
+    path = tmp_path / "run.jsonl"
+    lines = [_record_line("a.png", 0), "not json at all", _record_line("b.png", 1), "[1, 2]",
+             '{"index": 2, "image": "c.p']  # the last: torn by a kill mid-write, skipped quietly
+    path.write_text("\n".join(lines))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records = manifest.read_file(path)
+    assert [r["image"] for r in records] == ["a.png", "b.png"]
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    message = str(caught[0].message)
+    assert str(path) in message and "lines 2, 4" in message and "5" not in message.split("lines")[1]
+    assert "not done" in message
+
+
+@counted(CASES)
+def test_a_torn_line_ended_by_an_earlier_resume_is_not_warned_about(tmp_path):
+    """A resume ends a torn last line with a newline before appending (manifest.Writer): that torn
+    record is then inside the file, and stays a known, quiet case."""
+    path = tmp_path / "run.jsonl"
+    path.write_text(_record_line("a.png", 0) + "\n" + '{"index": 1, "ima')
+    manifest.Writer(path, resume=True).close()
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(_record_line("b.png", 1) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [r["image"] for r in manifest.read_file(path)] == ["a.png", "b.png"]
+
+
+@counted(CASES)
+def test_resume_over_a_damaged_line_warns_and_redoes_that_image(work):
+    args = ["explain", "--images", "photos", "a dog", "--model", "tiny.pt", "--out", "out-1", "--manifest",
+            "m1.jsonl", "--quiet", "--workers", "0"]
+    assert run_cli(*args, cwd=work).returncode == 0
+    lines = (work / "m1.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    (work / "m1.jsonl").write_text("garbage\n" + lines[1] + "\n")
+    resumed = run_cli(*args, "--resume", cwd=work)
+    assert resumed.returncode == 0, resumed.stderr
+    warned = [line for line in resumed.stderr.splitlines() if "warning" in line]
+    assert len(warned) == 1 and "m1.jsonl" in warned[0] and "line 1" in warned[0], resumed.stderr
+    with pytest.warns(UserWarning, match="line 1 is not a record"):
+        again = manifest.read_file(work / "m1.jsonl")
+    assert [r["image"] for r in again] == ["photos/b.png", "photos/a.png"]  # a.png redone, b.png kept
