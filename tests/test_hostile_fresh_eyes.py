@@ -109,3 +109,24 @@ def test_resume_over_a_damaged_line_warns_and_redoes_that_image(work):
     with pytest.warns(UserWarning, match="line 1 is not a record"):
         again = manifest.read_file(work / "m1.jsonl")
     assert [r["image"] for r in again] == ["photos/b.png", "photos/a.png"]  # a.png redone, b.png kept
+
+
+# ------------------------------------------------ 2. cpu:7 is not a device here
+
+@counted(CASES)
+@pytest.mark.parametrize("name", ["cpu:7", "cpu:1"])
+def test_a_cpu_index_other_than_0_is_refused(name):
+    from clipviz.devices import resolve_device
+    with pytest.raises(ClipvizError, match=rf"'{name}'.*use one of: cpu"):
+        resolve_device(name)
+    assert resolve_device("cpu:0") == torch.device("cpu:0") and resolve_device("cpu") == torch.device("cpu")
+
+
+@counted(CASES)
+def test_cli_cpu_7_is_one_line_before_anything_is_written(work, capsys):
+    status, _, err = explain_in_process(work, work / "photo.png", "a dog", "--out", work / "out-2", capsys=capsys)
+    assert status == 0
+    status = cli.main(["explain", str(work / "photo.png"), "a dog", "--model", str(work / "tiny.pt"), "--device",
+                       "cpu:7", "--out", str(work / "out-2b")])
+    line = one_error_line(capsys.readouterr().err)
+    assert status == 2 and "cpu:7" in line and not (work / "out-2b").exists()
