@@ -57,6 +57,26 @@ def one_error_line(err):
     return lines[0]
 
 
+def _tiny_siglip():
+    """A small SiglipModel (random) with a one-id-per-word tokenizer padded to 64 (test_siglip's stand-in)."""
+    transformers = pytest.importorskip("transformers")
+    from clipviz.adapters import attach_tokenizer
+
+    def tokenize(prompts, length=64, pad=1):
+        rows = [[2 + sum(ord(c) * 31 ** i for i, c in enumerate(w)) % 31997 for w in p.split()] + [pad]
+                for p in prompts]
+        return torch.tensor([r + [pad] * (length - len(r)) for r in rows])
+
+    torch.manual_seed(0)
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    config = transformers.SiglipConfig(text_config=dict(tower, vocab_size=32000, max_position_embeddings=64,
+                                                        bos_token_id=None, eos_token_id=1, pad_token_id=1),
+                                       vision_config=dict(tower, image_size=32, patch_size=8))
+    model = transformers.SiglipModel(config).eval()
+    attach_tokenizer(model, tokenize)
+    return model
+
+
 # ------------------------------------------------ 1. a manifest line that is not JSON is named
 
 def _record_line(image, index):
@@ -130,3 +150,31 @@ def test_cli_cpu_7_is_one_line_before_anything_is_written(work, capsys):
                        "cpu:7", "--out", str(work / "out-2b")])
     line = one_error_line(capsys.readouterr().err)
     assert status == 2 and "cpu:7" in line and not (work / "out-2b").exists()
+
+
+# ------------------------------------------------ 3. prompts that CLIP's tokenizer makes equal
+
+@counted(CASES)
+def test_prompts_differing_in_case_or_spaces_are_one_query_for_clip(work, capsys):
+    out = work / "out-3"
+    status, stdout, err = explain_in_process(work, work / "photo.png", "a dog", "A  Dog", " a DOG", "a cat",
+                                             "--out", out, capsys=capsys)
+    assert status == 0, err
+    assert len(sorted(out.iterdir())) == 2  # "a dog" and "a cat"
+    warned = [line for line in err.splitlines() if "warning" in line]
+    assert len(warned) == 2 and all("'a dog'" in line for line in warned), err
+    assert stdout.count("a dog") == 1 and "A  Dog" not in stdout
+
+
+@counted(CASES)
+def test_a_case_sensitive_tokenizer_keeps_them_apart(work, capsys, monkeypatch):
+    """'hf:' and 'openclip:' models bring their own tokenizer (SigLIP's SentencePiece tells case
+    apart): "a dog" and "A dog" stay two queries there, two files, no warning."""
+    import clipviz.cli.explain as runner
+    monkeypatch.setattr(runner, "load_model", lambda *args, **kwargs: _tiny_siglip())
+    out = work / "out-3s"
+    status = cli.main(["explain", str(work / "photo.png"), "a dog", "A dog", "--model", "hf:example/siglip",
+                       "--device", "cpu", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 0, err
+    assert len(list(out.iterdir())) == 2 and "warning" not in err

@@ -18,14 +18,15 @@ from ..errors import ClipvizError
 from ..maps import peak_xy
 from ..outputs import refuse_existing
 from ..suffixes import is_video
-from .inputs import check_prompts, load_model, model_name, split_inputs
+from .inputs import check_prompts, clip_tokenizer, load_model, model_name, split_inputs
 from .plan import OutputPlan, once_each
 from .policy import failure_text, keep_failure, one_line, report_failures
 
 
 def run(args):
     """Explain every image, write its files, print its table; failures listed at the end."""
-    images, prompts = once_each(*split_inputs(args.inputs, args.image, args.images, args.prompt, args.image_list))
+    images, prompts = once_each(*split_inputs(args.inputs, args.image, args.images, args.prompt, args.image_list),
+                                clip_tokens=clip_tokenizer(args.model))
     videos = [path for path in images if is_video(path)]
     if videos:
         if len(images) > 1:

@@ -141,6 +141,15 @@ def model_name(name):
     return name
 
 
+def clip_tokenizer(name):
+    """True if the model ``--model name`` (None: the bundled one) tokenizes with CLIP's BPE: every
+    model clipviz builds itself (registered names, checkpoint files, random:ARCH). 'hf:' and
+    'openclip:' models bring their own library's tokenizer, known only once loaded (SigLIP's)."""
+    from ..hub import ADAPTER_PREFIXES
+
+    return not (name or "").startswith(ADAPTER_PREFIXES)
+
+
 def check_prompts(prompts):
     """Over-long prompts (more than CLIP's 77 tokens) fail before the model loads."""
     from ..tokenizer import tokenize

@@ -27,11 +27,18 @@ def image_labels(images):
     return distinct_names(labels)
 
 
-def once_each(images, prompts):
+def once_each(images, prompts, clip_tokens=False):
     """(images, prompts) with the same work given twice dropped, order kept, each drop warned
     about: an image named twice (any spelling of one file: ``a.png``, ``./a.png``, a link to it)
-    and a prompt typed twice would otherwise be explained twice into one output name."""
-    return _first_of_each(images, _file_key, "image"), _first_of_each(prompts, lambda p: p, "prompt")
+    and a prompt typed twice would otherwise be explained twice into one output name.
+
+    clip_tokens: the model tokenizes with CLIP's BPE, which lower-cases and squashes whitespace
+    first (clipviz.tokenizer.clean_text), so "a dog" and "A  Dog" are one query too. Other
+    tokenizers (SigLIP's) may tell case apart: there only equal strings are one prompt."""
+    from ..tokenizer import clean_text
+
+    same_query = clean_text if clip_tokens else (lambda p: p)
+    return _first_of_each(images, _file_key, "image"), _first_of_each(prompts, same_query, "prompt")
 
 
 def _first_of_each(items, key, what):
@@ -39,7 +46,9 @@ def _first_of_each(items, key, what):
     for item in items:
         k = key(item)
         if k in seen:
-            warnings.warn(f"{what} {item!r} is given twice (also as {seen[k]!r}); it is explained once")
+            how = "given twice" if item == seen[k] else "the same query as another to CLIP's tokenizer, which " \
+                "lower-cases and squashes spaces,"
+            warnings.warn(f"{what} {item!r} is {how} (also as {seen[k]!r}); it is explained once")
             continue
         seen[k] = item
         kept.append(item)
