@@ -38,17 +38,22 @@ def once_each(images, prompts, clip_tokens=False):
     from ..tokenizer import clean_text
 
     same_query = clean_text if clip_tokens else (lambda p: p)
-    return _first_of_each(images, _file_key, "image"), _first_of_each(prompts, same_query, "prompt")
+    return _first_of_each(images, _file_key, "image"), \
+        _first_of_each(prompts, same_query, "prompt", "one query to CLIP's tokenizer, which lower-cases and "
+                                                      "squashes spaces")
 
 
-def _first_of_each(items, key, what):
+def _first_of_each(items, key, what, alike=None):
+    """``items`` with repeats by ``key`` dropped, each warned about; alike: why two different
+    strings with one key are one query, in words (None: a different spelling of one file)."""
     kept, seen = [], {}
     for item in items:
         k = key(item)
         if k in seen:
-            how = "given twice" if item == seen[k] else "the same query as another to CLIP's tokenizer, which " \
-                "lower-cases and squashes spaces,"
-            warnings.warn(f"{what} {item!r} is {how} (also as {seen[k]!r}); it is explained once")
+            first = seen[k]
+            warnings.warn(f"{what} {item!r} is given twice (also as {first!r}); it is explained once"
+                          if item == first or alike is None else
+                          f"{what} {item!r} and {first!r} are {alike}; it is explained once")
             continue
         seen[k] = item
         kept.append(item)
