@@ -178,3 +178,16 @@ def test_a_case_sensitive_tokenizer_keeps_them_apart(work, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert status == 0, err
     assert len(list(out.iterdir())) == 2 and "warning" not in err
+
+
+# ------------------------------------------------ 4. a dangling link as --out
+
+@counted(CASES)
+@pytest.mark.parametrize("name", ["gone", "gone.png"])
+def test_a_dangling_link_as_out_is_called_a_link(work, capsys, name):
+    link = work / f"link-{name}"
+    link.symlink_to(work / "missing" / name)
+    status, _, err = explain_in_process(work, work / "photo.png", "a dog", "--out", link, capsys=capsys)
+    line = one_error_line(err)
+    assert status == 2 and "symbolic link" in line and "missing" in line and "a file" not in line, line
+    assert link.is_symlink() and not (work / "missing").exists()
