@@ -191,3 +191,17 @@ def test_a_dangling_link_as_out_is_called_a_link(work, capsys, name):
     line = one_error_line(err)
     assert status == 2 and "symbolic link" in line and "missing" in line and "a file" not in line, line
     assert link.is_symlink() and not (work / "missing").exists()
+
+
+# ------------------------------------------------ 5. a folder named like an image inside --images
+
+@counted(CASES)
+def test_a_folder_named_like_an_image_is_mentioned(work, capsys):
+    from clipviz.cli.inputs import list_images
+    folder = work / "with-dir"
+    folder.mkdir()
+    (folder / "x.png").mkdir()
+    (folder / "a.png").write_bytes((work / "photo.png").read_bytes())
+    assert list_images(folder) == [str(folder / "a.png")]
+    err = capsys.readouterr().err
+    assert "x.png (a directory)" in err and len(err.strip().splitlines()) == 1, err

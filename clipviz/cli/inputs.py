@@ -70,7 +70,8 @@ def list_images(folder):
     """Image files (by suffix) directly inside ``folder``, sorted by name; hidden files skipped.
 
     Only regular files (or links to them) are listed, judged by stat, which never blocks: a FIFO,
-    device, socket, folder or broken link with an image suffix is skipped and named on stderr.
+    device, socket, folder or broken link with an image suffix is skipped and named on stderr
+    (folders inside are not searched).
     """
     import stat
 
@@ -95,7 +96,7 @@ def list_images(folder):
             continue
         if stat.S_ISREG(mode):
             found.append(str(entry))
-        elif not stat.S_ISDIR(mode):  # folders named like images were always passed over quietly
+        else:  # a folder named x.png too: the user may have expected its photo to be read
             skipped.append(f"{entry.name} ({kind_of(mode)})")
     if skipped:
         print(f"clipviz: skipping {len(skipped)} entries of {folder} that are not regular files: "
