@@ -91,6 +91,16 @@ def check_target(path, suffixes, protect=()):
     return path
 
 
+def require_folder(path):
+    """Refuse (ClipvizError) a file ``path`` whose folder does not exist, as matplotlib's savefig
+    and PIL's save do: the API's own savers write only into folders that are there, so a typo in a
+    folder name is not silently made a folder. (The CLI's --out makes its folder: write_atomically.)"""
+    folder = Path(path).expanduser().parent
+    if not os.path.lexists(folder):
+        raise ClipvizError(f"cannot save {str(path)!r}: the folder {str(folder)!r} does not exist; create it "
+                           "first (os.makedirs) or choose another path")
+
+
 def prepare_folder(folder):
     """Create ``folder`` if needed and prove it accepts a new file (the one reliable test under
     root, ACLs and read-only mounts); ClipvizError otherwise."""

@@ -205,3 +205,24 @@ def test_a_folder_named_like_an_image_is_mentioned(work, capsys):
     assert list_images(folder) == [str(folder / "a.png")]
     err = capsys.readouterr().err
     assert "x.png (a directory)" in err and len(err.strip().splitlines()) == 1, err
+
+
+# ------------------------------------------------ 6. exp.save into a missing folder
+
+@counted(CASES)
+def test_save_into_a_missing_folder_is_refused_as_savefig_would(work, tmp_path):
+    model = clipviz.load(str(work / "tiny.pt"), device="cpu")[0]
+    exp = clipviz.explain(model, str(work / "photo.png"), "a dog")
+    with pytest.raises(ClipvizError, match=r"'[^']*d/s' does not exist.*create it") as caught:
+        exp.save(tmp_path / "d" / "s" / "x.png")
+    assert "\n" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "d" / "s").mkdir(parents=True)
+    assert exp.save(tmp_path / "d" / "s" / "x.png").stat().st_size > 0
+
+
+@counted(CASES)
+def test_cli_out_still_creates_its_folder(work, capsys):
+    status, _, err = explain_in_process(work, work / "photo.png", "a dog", "--out", work / "new" / "deep",
+                                        capsys=capsys)
+    assert status == 0, err and len(list((work / "new" / "deep").iterdir())) == 1
