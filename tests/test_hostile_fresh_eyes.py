@@ -226,3 +226,32 @@ def test_cli_out_still_creates_its_folder(work, capsys):
     status, _, err = explain_in_process(work, work / "photo.png", "a dog", "--out", work / "new" / "deep",
                                         capsys=capsys)
     assert status == 0, err and len(list((work / "new" / "deep").iterdir())) == 1
+
+
+# ------------------------------------------------ 7. a closed stdout is noticed before the work
+
+@counted(CASES)
+def test_a_pipe_without_reader_stops_the_run_before_any_file(work):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # `| head -0` that has already exited
+    try:
+        result = run_cli("explain", "photo.png", "a dog", "--model", "tiny.pt", "--out", "out-7", cwd=work,
+                         stdout=write_end, stderr=subprocess.PIPE, capture_output=False)
+    finally:
+        os.close(write_end)
+    line = one_error_line(result.stderr)
+    assert result.returncode == 2 and "standard output" in line
+    assert not (work / "out-7").exists()
+
+
+@counted(CASES)
+def test_quiet_needs_no_stdout(work):
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = run_cli("explain", "photo.png", "a dog", "--model", "tiny.pt", "--out", "out-7q", "--quiet",
+                         cwd=work, stdout=write_end, stderr=subprocess.PIPE, capture_output=False)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 0, result.stderr
+    assert len(list((work / "out-7q").iterdir())) == 1

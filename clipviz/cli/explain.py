@@ -20,7 +20,7 @@ from ..outputs import refuse_existing
 from ..suffixes import is_video
 from .inputs import check_prompts, clip_tokenizer, load_model, model_name, split_inputs
 from .plan import OutputPlan, once_each
-from .policy import failure_text, keep_failure, one_line, report_failures
+from .policy import check_stdout_reader, failure_text, keep_failure, one_line, report_failures
 
 
 def run(args):
@@ -55,6 +55,8 @@ def run(args):
     if plan.overlays or plan.figure or plan.layers or plan.heads:  # colours drawn: matplotlib needed
         from ..render import colormap_table
         colormap_table(args.cmap)  # an unknown --cmap fails here, before the model loads
+    if args.json or not args.quiet:  # results to print: not when nobody can read them (`| head -0`)
+        check_stdout_reader()
     device = distributed.device_for(ranks, args.device)
     with distributed.ProcessGroup(ranks, device) as group:
         problem = None
