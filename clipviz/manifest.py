@@ -110,11 +110,13 @@ def _check_settings(path, record, settings):
                        "--resume to redo everything)")
 
 
-def done_images(path, settings=None):
+def done_images(path, settings=None, outputs=None):
     """Paths of the images that manifest ``path`` (with its parts) records as done and verified.
 
     settings: the resuming run's (a JSON-ready dict: model, method, prompts, outputs ...); a record
-    written with other settings raises a ClipvizError naming what changed. One read of the file."""
+    written with other settings raises a ClipvizError naming what changed. outputs: a set that
+    receives every output path the records list (the run's own files, which a resume may replace
+    when they no longer match). One read of the file."""
     if settings is not None:
         settings = json.loads(json.dumps(settings))  # tuples become lists, as in the file
     last = {}
@@ -122,6 +124,8 @@ def done_images(path, settings=None):
         if settings is not None:
             _check_settings(path, record, settings)
         last[record["image"]] = record
+        if outputs is not None:
+            outputs.update(o["path"] for o in record.get("outputs") or [] if isinstance(o, dict) and "path" in o)
     return {image for image, record in last.items() if verified(record)}
 
 

@@ -255,3 +255,78 @@ def test_quiet_needs_no_stdout(work):
         os.close(write_end)
     assert result.returncode == 0, result.stderr
     assert len(list((work / "out-7q").iterdir())) == 1
+
+
+# ------------------------------------------------ 8. --resume redoes a damaged output of its own
+
+@counted(CASES)
+def test_resume_replaces_its_own_damaged_output_without_force(work):
+    args = ["explain", "--images", "photos", "a dog", "--model", "tiny.pt", "--out", "out-8", "--manifest",
+            "m8.jsonl", "--quiet", "--workers", "0"]
+    assert run_cli(*args, cwd=work).returncode == 0
+    records = manifest.read_file(work / "m8.jsonl")
+    damaged = work / records[0]["outputs"][0]["path"]
+    original = damaged.read_bytes()
+    damaged.write_bytes(original[:100])  # cut short: no longer the manifest's sha256
+    resumed = run_cli(*args, "--resume", cwd=work)
+    assert resumed.returncode == 0, resumed.stderr
+    assert damaged.read_bytes() == original  # redone: the same model and photo give the same bytes
+    new = manifest.read_file(work / "m8.jsonl")[len(records):]
+    assert [r["image"] for r in new] == [records[0]["image"]]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(work)
+        assert manifest.verified(new[0])
+
+
+@counted(CASES)
+def test_resume_still_refuses_a_link_or_a_file_the_manifest_does_not_record(work):
+    args = ["explain", "--images", "photos", "a dog", "--model", "tiny.pt", "--out", "out-8b", "--manifest",
+            "m8b.jsonl", "--quiet", "--workers", "0"]
+    assert run_cli(*args, cwd=work).returncode == 0
+    records = manifest.read_file(work / "m8b.jsonl")
+    recorded = work / records[0]["outputs"][0]["path"]
+    target = work / "precious.txt"
+    target.write_text("the user's")
+    recorded.unlink()
+    recorded.symlink_to(target)  # a link planted at a recorded name: never followed nor replaced
+    refused = run_cli(*args, "--resume", cwd=work)
+    line = one_error_line(refused.stderr)
+    assert refused.returncode == 2 and "--force" in line and recorded.is_symlink()
+    assert target.read_text() == "the user's"
+    # the same name in another image's slot: a file the manifest never recorded (outputs of a.png
+    # removed from its record) is refused too
+    recorded.unlink()
+    recorded.write_bytes(b"user data")
+    lines = (work / "m8b.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    first["outputs"] = []
+    first["size"] = -1  # and the image counts as changed, so it is redone
+    (work / "m8b.jsonl").write_text(json.dumps(first) + "\n" + "\n".join(lines[1:]) + "\n")
+    refused = run_cli(*args, "--resume", cwd=work)
+    assert refused.returncode == 2 and "--force" in one_error_line(refused.stderr)
+    assert recorded.read_bytes() == b"user data"
+
+
+# ------------------------------------------------ 9. SigLIP's 64 tokens, not CLIP's 77
+
+@counted(CASES)
+@pytest.mark.parametrize("words, refused", [(70, True), (80, True), (40, False)])
+def test_siglip_prompts_are_measured_with_its_own_tokenizer(work, capsys, monkeypatch, words, refused):
+    """70 and 80 words are 71 and 81 SigLIP tokens: refused in one line naming 64 (not CLIP's 77).
+    40 long words are 41 SigLIP tokens but far more than 77 of CLIP's: accepted."""
+    import clipviz.cli.explain as runner
+    monkeypatch.setattr(runner, "load_model", lambda *args, **kwargs: _tiny_siglip())
+    prompt = " ".join(["dog"] * words) if words != 40 else " ".join(["zqxjkvbwpfgh"] * words)
+    from clipviz.tokenizer import count_tokens
+    assert (count_tokens(prompt) > 77) == (words != 70)
+    out = work / f"out-9-{words}"
+    status = cli.main(["explain", str(work / "photo.png"), prompt, "--model", "hf:example/siglip", "--device", "cpu",
+                       "--out", str(out)])
+    err = capsys.readouterr().err
+    if refused:
+        line = one_error_line(err)
+        assert status == 2 and "64" in line and "77" not in line and f"{words + 1} tokens" in line, line
+        assert not out.exists()
+    else:
+        assert status == 0, err
+        assert len(list(out.iterdir())) == 1

@@ -188,7 +188,8 @@ def _add_run_flags(sub):
     sub.add_argument("--manifest", metavar="FILE.jsonl", help="record every image as it is done (JSON Lines: "
                      "input size and time, scores, peaks, output files with sha256, error)")
     sub.add_argument("--resume", action="store_true", help="skip the images --manifest records as done whose "
-                     "input is unchanged and whose outputs still verify; explain the rest")
+                     "input is unchanged and whose outputs still verify; explain the rest (replacing outputs the "
+                     "manifest records, without --force)")
     sub.add_argument("--maps", choices=("npz", "png"), help="also save the maps: npz = one compressed array file "
                          "per image (raw patch maps, crop box, scores; clipviz.mapfiles.load_maps), png = an "
                          "8-bit grey+alpha PNG per prompt at the photo's size")
