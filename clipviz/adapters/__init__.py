@@ -101,7 +101,7 @@ class ClipAdapter:
         text tower built for another tokenizer)."""
         attached = attached_tokenizer(self.model)
         if attached is not None:
-            return _checked_ids(attached(list(prompts)), self.context_length)
+            return _checked_ids(attached, list(prompts), self.context_length)
         if self.vocab_size != 49408:
             raise ClipvizError(f"{self.family_name}'s text tower uses another tokenizer (vocabulary of "
                                f"{self.vocab_size}); clipviz tokenizes with CLIP's BPE (49408 tokens)")
@@ -152,11 +152,17 @@ class ClipAdapter:
         return visual.ln_post(tokens) @ visual.proj
 
 
-def _checked_ids(ids, context_length):
-    """A tokenizer's ids as a [P, context_length] long tensor; a ClipvizError for over-long prompts."""
-    ids = torch.as_tensor(ids, dtype=torch.long)
+def _checked_ids(tokenize, prompts, context_length):
+    """``tokenize(prompts)`` (a library's tokenizer, padding to its max_length without truncating)
+    as a [P, context_length] long tensor; for over-long prompts one ClipvizError naming the longest
+    and its length in this tokenizer's tokens (each prompt measured alone)."""
+    ids = torch.as_tensor(tokenize(prompts), dtype=torch.long)
     if ids.shape[-1] > context_length:
-        raise ClipvizError(f"a prompt is longer than this model's {context_length} text tokens; shorten it")
+        lengths = [torch.as_tensor(tokenize([prompt])).shape[-1] for prompt in prompts]
+        longest = max(range(len(prompts)), key=lengths.__getitem__)
+        text = prompts[longest] if len(prompts[longest]) <= 60 else prompts[longest][:57] + "..."
+        raise ClipvizError(f"prompt {text!r} is {lengths[longest]} tokens long, more than the {context_length} that "
+                           "this model's text tower takes; shorten it")
     return ids
 
 

@@ -53,7 +53,9 @@ def run(args):
     done_before = manifest.done_images(args.manifest, settings, recorded) if args.resume else set()
     plan.recorded = {os.path.abspath(path) for path in recorded}
     todo = [i for i in ranks.shard(len(images)) if images[i] not in done_before]
-    check_prompts(prompts + ([args.against] if args.against else []))
+    queries = prompts + ([args.against] if args.against else [])
+    if clip_tokenizer(args.model):  # other tokenizers (hf:, openclip:) count once their model is loaded
+        check_prompts(queries)
     if plan.overlays or plan.figure or plan.layers or plan.heads:  # colours drawn: matplotlib needed
         from ..render import colormap_table
         colormap_table(args.cmap)  # an unknown --cmap fails here, before the model loads
@@ -73,6 +75,7 @@ def run(args):
         if not group.all_agree(problem is None):
             raise problem or ClipvizError("another torchrun process refused its output files (see its message)")
         model = load_model(name, device, args.activation)
+        check_prompts(queries, model)  # the loaded model's tokenizer and context length (SigLIP: 64)
         if method is None:
             from ..methods import default_method
             args.method = default_method(model)

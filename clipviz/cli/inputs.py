@@ -151,11 +151,16 @@ def clip_tokenizer(name):
     return not (name or "").startswith(ADAPTER_PREFIXES)
 
 
-def check_prompts(prompts):
-    """Over-long prompts (more than CLIP's 77 tokens) fail before the model loads."""
-    from ..tokenizer import tokenize
-
-    tokenize(prompts)
+def check_prompts(prompts, model=None):
+    """Over-long prompts fail in one ClipvizError naming the prompt and its length: before the
+    model loads with CLIP's tokenizer (77 tokens; for models clip_tokenizer says use it), and with
+    ``model`` loaded by its own tokenizer and context (SigLIP: 64 of its SentencePiece tokens)."""
+    if model is None:
+        from ..tokenizer import tokenize
+        tokenize(prompts)
+    else:
+        from ..adapters import adapt
+        adapt(model).tokenize(prompts)
 
 
 def load_model(name, device, activation=None):
