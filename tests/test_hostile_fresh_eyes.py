@@ -170,8 +170,7 @@ def test_prompts_differing_in_case_or_spaces_are_one_query_for_clip(work, capsys
 def test_a_case_sensitive_tokenizer_keeps_them_apart(work, capsys, monkeypatch):
     """'hf:' and 'openclip:' models bring their own tokenizer (SigLIP's SentencePiece tells case
     apart): "a dog" and "A dog" stay two queries there, two files, no warning."""
-    import clipviz.cli.explain as runner
-    monkeypatch.setattr(runner, "load_model", lambda *args, **kwargs: _tiny_siglip())
+    monkeypatch.setattr(clipviz.hub, "load", lambda *args, **kwargs: (_tiny_siglip(), None))
     out = work / "out-3s"
     status = cli.main(["explain", str(work / "photo.png"), "a dog", "A dog", "--model", "hf:example/siglip",
                        "--device", "cpu", "--out", str(out)])
@@ -314,8 +313,7 @@ def test_resume_still_refuses_a_link_or_a_file_the_manifest_does_not_record(work
 def test_siglip_prompts_are_measured_with_its_own_tokenizer(work, capsys, monkeypatch, words, refused):
     """70 and 80 words are 71 and 81 SigLIP tokens: refused in one line naming 64 (not CLIP's 77).
     40 long words are 41 SigLIP tokens but far more than 77 of CLIP's: accepted."""
-    import clipviz.cli.explain as runner
-    monkeypatch.setattr(runner, "load_model", lambda *args, **kwargs: _tiny_siglip())
+    monkeypatch.setattr(clipviz.hub, "load", lambda *args, **kwargs: (_tiny_siglip(), None))
     prompt = " ".join(["dog"] * words) if words != 40 else " ".join(["zqxjkvbwpfgh"] * words)
     from clipviz.tokenizer import count_tokens
     assert (count_tokens(prompt) > 77) == (words != 70)
@@ -330,3 +328,20 @@ def test_siglip_prompts_are_measured_with_its_own_tokenizer(work, capsys, monkey
     else:
         assert status == 0, err
         assert len(list(out.iterdir())) == 1
+
+
+
+@counted(CASES)
+def test_classify_measures_siglip_prompts_with_its_tokenizer_too(work, capsys, monkeypatch):
+    """Every command loads through cli.inputs.load_model: classify takes 40 long words (41 SigLIP
+    tokens, far more than 77 of CLIP's) and refuses 70 words (71) in one line naming 64."""
+    monkeypatch.setattr(clipviz.hub, "load", lambda *args, **kwargs: (_tiny_siglip(), None))
+    long_words, many_words = " ".join(["zqxjkvbwpfgh"] * 40), " ".join(["dog"] * 70)
+    for prompt, expected in ((long_words, 0), (many_words, 2)):
+        status = cli.main(["classify", str(work / "photo.png"), prompt, "a cat", "--model", "hf:example/siglip",
+                           "--device", "cpu"])
+        out, err = capsys.readouterr()
+        assert status == expected, err
+        if expected:
+            line = one_error_line(err)
+            assert "71 tokens" in line and "64" in line and not out

@@ -153,17 +153,18 @@ class ClipAdapter:
 
 
 def _checked_ids(tokenize, prompts, context_length):
-    """``tokenize(prompts)`` (a library's tokenizer, padding to its max_length without truncating)
-    as a [P, context_length] long tensor; for over-long prompts one ClipvizError naming the longest
-    and its length in this tokenizer's tokens (each prompt measured alone)."""
-    ids = torch.as_tensor(tokenize(prompts), dtype=torch.long)
-    if ids.shape[-1] > context_length:
-        lengths = [torch.as_tensor(tokenize([prompt])).shape[-1] for prompt in prompts]
-        longest = max(range(len(prompts)), key=lengths.__getitem__)
+    """``tokenize`` (a library's tokenizer, padding to its max_length without truncating) over
+    ``prompts`` → a [P, context_length] long tensor; for over-long prompts one ClipvizError naming
+    the longest and its length in this tokenizer's tokens. Each prompt is tokenized alone: a batch
+    with a long prompt among short ones is ragged, which a tokenizer cannot make one tensor."""
+    rows = [torch.as_tensor(tokenize([prompt]), dtype=torch.long).reshape(1, -1) for prompt in prompts]
+    lengths = [row.shape[-1] for row in rows]
+    longest = max(range(len(prompts)), key=lengths.__getitem__)
+    if lengths[longest] > context_length:
         text = prompts[longest] if len(prompts[longest]) <= 60 else prompts[longest][:57] + "..."
         raise ClipvizError(f"prompt {text!r} is {lengths[longest]} tokens long, more than the {context_length} that "
                            "this model's text tower takes; shorten it")
-    return ids
+    return torch.cat(rows)
 
 
 def _resolution(visual):

@@ -20,7 +20,7 @@ from ..outputs import refuse_existing
 from ..suffixes import is_video
 from .inputs import check_prompts, clip_tokenizer, load_model, model_name, split_inputs
 from .plan import OutputPlan, once_each
-from .policy import check_stdout_reader, failure_text, keep_failure, one_line, report_failures
+from .policy import failure_text, keep_failure, one_line, report_failures
 
 
 def run(args):
@@ -54,13 +54,10 @@ def run(args):
     plan.recorded = {os.path.abspath(path) for path in recorded}
     todo = [i for i in ranks.shard(len(images)) if images[i] not in done_before]
     queries = prompts + ([args.against] if args.against else [])
-    if clip_tokenizer(args.model):  # other tokenizers (hf:, openclip:) count once their model is loaded
-        check_prompts(queries)
+    check_prompts(queries, args.model)
     if plan.overlays or plan.figure or plan.layers or plan.heads:  # colours drawn: matplotlib needed
         from ..render import colormap_table
         colormap_table(args.cmap)  # an unknown --cmap fails here, before the model loads
-    if args.json or not args.quiet:  # results to print: not when nobody can read them (`| head -0`)
-        check_stdout_reader()
     device = distributed.device_for(ranks, args.device)
     with distributed.ProcessGroup(ranks, device) as group:
         problem = None
@@ -74,8 +71,7 @@ def run(args):
                                                                                   f"{error.strerror}")
         if not group.all_agree(problem is None):
             raise problem or ClipvizError("another torchrun process refused its output files (see its message)")
-        model = load_model(name, device, args.activation)
-        check_prompts(queries, model)  # the loaded model's tokenizer and context length (SigLIP: 64)
+        model = load_model(name, device, args.activation, queries, prints=args.json or not args.quiet)
         if method is None:
             from ..methods import default_method
             args.method = default_method(model)

@@ -151,21 +151,30 @@ def clip_tokenizer(name):
     return not (name or "").startswith(ADAPTER_PREFIXES)
 
 
-def check_prompts(prompts, model=None):
-    """Over-long prompts fail in one ClipvizError naming the prompt and its length: before the
-    model loads with CLIP's tokenizer (77 tokens; for models clip_tokenizer says use it), and with
-    ``model`` loaded by its own tokenizer and context (SigLIP: 64 of its SentencePiece tokens)."""
-    if model is None:
-        from ..tokenizer import tokenize
+def check_prompts(prompts, name=None):
+    """Over-long prompts fail before the model loads, in one ClipvizError naming the prompt and its
+    length, for models with CLIP's tokenizer (77 tokens; clip_tokenizer(name)). Other models'
+    prompts are measured once loaded, by their own tokenizer (load_model)."""
+    from ..tokenizer import tokenize
+
+    if clip_tokenizer(name):
         tokenize(prompts)
-    else:
-        from ..adapters import adapt
-        adapt(model).tokenize(prompts)
 
 
-def load_model(name, device, activation=None):
+def load_model(name, device, activation=None, prompts=(), prints=True):
     """The model for a name from ``model_name``: anything clipviz.hub.load takes, ``random:ARCH``
-    included (``activation``: the MLP activation, see clipviz.activation)."""
-    from ..hub import load
+    included (``activation``: the MLP activation, see clipviz.activation).
 
-    return load(name, device=device, activation=activation)[0]
+    prints: the command will print its results; a standard output without a reader (``| head -0``)
+    then fails here, before the long work (policy.check_stdout_reader). prompts: measured once
+    the model is loaded, with its own tokenizer and context length (SigLIP: 64 tokens)."""
+    from ..hub import load
+    from .policy import check_stdout_reader
+
+    if prints:
+        check_stdout_reader()
+    model = load(name, device=device, activation=activation)[0]
+    if prompts:
+        from ..adapters import adapt
+        adapt(model).tokenize(list(prompts))
+    return model
