@@ -345,3 +345,39 @@ def test_classify_measures_siglip_prompts_with_its_tokenizer_too(work, capsys, m
         if expected:
             line = one_error_line(err)
             assert "71 tokens" in line and "64" in line and not out
+
+
+@counted(CASES)
+def test_openclip_hub_tokenizer_no_longer_cuts_a_long_prompt_silently(tmp_path, monkeypatch):
+    """open_clip's HFTokenizer (SigLIP's in 'openclip:ViT-B-16-SigLIP') truncates to 64 without a
+    word; the adapter measures each prompt uncut and refuses one that does not fit. The tokenizer
+    here is a real HFTokenizer over a small word-level vocabulary saved to disk (offline)."""
+    pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    import torchvision_shim
+    before = set(sys.modules)
+    shimmed = torchvision_shim.install()
+    try:
+        open_clip = pytest.importorskip("open_clip")
+        from transformers import PreTrainedTokenizerFast
+        from clipviz.adapters.openclip import _lazy_tokenizer
+
+        vocab = {"[PAD]": 0, "[UNK]": 1, "</s>": 2, "a": 3, "dog": 4}
+        core = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+        core.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+        core.post_processor = tokenizers.processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 2)])
+        PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]",
+                                eos_token="</s>").save_pretrained(tmp_path / "tok")
+        made = open_clip.tokenizer.HFTokenizer(str(tmp_path / "tok"), context_length=64)
+        assert made([" ".join(["dog"] * 70)]).shape == (1, 64)  # open_clip alone: cut to 64, no error
+        monkeypatch.setattr(open_clip, "get_tokenizer", lambda arch: made)
+        tokenize = _lazy_tokenizer(open_clip, "ViT-B-16-SigLIP")
+        ids = tokenize(["a dog", " ".join(["dog"] * 63)])  # 64 with </s>: fits exactly
+        assert ids.shape == (2, 64) and ids[0, :3].tolist() == [3, 4, 2] and ids[1, 63] == 2
+        with pytest.raises(ClipvizError, match=r"is 71 tokens long, more than the 64"):
+            tokenize(["a dog", " ".join(["dog"] * 70)])
+    finally:
+        dropped = ("open_clip", "timm", "torchvision") if shimmed else ("open_clip", "timm")
+        for name in set(sys.modules) - before:
+            if name.split(".")[0] in dropped:
+                del sys.modules[name]

@@ -161,10 +161,16 @@ def _checked_ids(tokenize, prompts, context_length):
     lengths = [row.shape[-1] for row in rows]
     longest = max(range(len(prompts)), key=lengths.__getitem__)
     if lengths[longest] > context_length:
-        text = prompts[longest] if len(prompts[longest]) <= 60 else prompts[longest][:57] + "..."
-        raise ClipvizError(f"prompt {text!r} is {lengths[longest]} tokens long, more than the {context_length} that "
-                           "this model's text tower takes; shorten it")
+        raise too_long(prompts[longest], lengths[longest], context_length)
     return torch.cat(rows)
+
+
+def too_long(prompt, length, context_length):
+    """The ClipvizError for ``prompt``, ``length`` tokens of the model's own tokenizer, where its
+    text tower takes ``context_length``."""
+    text = prompt if len(prompt) <= 60 else prompt[:57] + "..."
+    return ClipvizError(f"prompt {text!r} is {length} tokens long, more than the {context_length} that this "
+                        "model's text tower takes; shorten it")
 
 
 def _resolution(visual):
