@@ -50,6 +50,15 @@ def explain_in_process(work, *args, capsys):
     return status, out, err
 
 
+def manifest_run(work, name):
+    """A finished run over photos/ (a.png, b.png) into out-<name>/ with --manifest <name>.jsonl
+    → (its arguments, to resume it; its records)."""
+    args = ["explain", "--images", "photos", "a dog", "--model", "tiny.pt", "--out", f"out-{name}", "--manifest",
+            f"{name}.jsonl", "--quiet", "--workers", "0"]
+    assert run_cli(*args, cwd=work).returncode == 0
+    return args, manifest.read_file(work / f"{name}.jsonl")
+
+
 def one_error_line(err):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("clipviz: error: "), err
@@ -116,9 +125,7 @@ def test_a_torn_line_ended_by_an_earlier_resume_is_not_warned_about(tmp_path):
 
 @counted(CASES)
 def test_resume_over_a_damaged_line_warns_and_redoes_that_image(work):
-    args = ["explain", "--images", "photos", "a dog", "--model", "tiny.pt", "--out", "out-1", "--manifest",
-            "m1.jsonl", "--quiet", "--workers", "0"]
-    assert run_cli(*args, cwd=work).returncode == 0
+    args, _ = manifest_run(work, "m1")
     lines = (work / "m1.jsonl").read_text().splitlines()
     assert len(lines) == 2
     (work / "m1.jsonl").write_text("garbage\n" + lines[1] + "\n")
@@ -260,10 +267,7 @@ def test_quiet_needs_no_stdout(work):
 
 @counted(CASES)
 def test_resume_replaces_its_own_damaged_output_without_force(work):
-    args = ["explain", "--images", "photos", "a dog", "--model", "tiny.pt", "--out", "out-8", "--manifest",
-            "m8.jsonl", "--quiet", "--workers", "0"]
-    assert run_cli(*args, cwd=work).returncode == 0
-    records = manifest.read_file(work / "m8.jsonl")
+    args, records = manifest_run(work, "m8")
     damaged = work / records[0]["outputs"][0]["path"]
     original = damaged.read_bytes()
     damaged.write_bytes(original[:100])  # cut short: no longer the manifest's sha256
@@ -279,10 +283,7 @@ def test_resume_replaces_its_own_damaged_output_without_force(work):
 
 @counted(CASES)
 def test_resume_still_refuses_a_link_or_a_file_the_manifest_does_not_record(work):
-    args = ["explain", "--images", "photos", "a dog", "--model", "tiny.pt", "--out", "out-8b", "--manifest",
-            "m8b.jsonl", "--quiet", "--workers", "0"]
-    assert run_cli(*args, cwd=work).returncode == 0
-    records = manifest.read_file(work / "m8b.jsonl")
+    args, records = manifest_run(work, "m8b")
     recorded = work / records[0]["outputs"][0]["path"]
     target = work / "precious.txt"
     target.write_text("the user's")
@@ -292,8 +293,8 @@ def test_resume_still_refuses_a_link_or_a_file_the_manifest_does_not_record(work
     line = one_error_line(refused.stderr)
     assert refused.returncode == 2 and "--force" in line and recorded.is_symlink()
     assert target.read_text() == "the user's"
-    # the same name in another image's slot: a file the manifest never recorded (outputs of a.png
-    # removed from its record) is refused too
+    # a file at a name the manifest does not record (a.png's record lists no outputs and counts as
+    # changed, so a.png is redone) is refused too
     recorded.unlink()
     recorded.write_bytes(b"user data")
     lines = (work / "m8b.jsonl").read_text().splitlines()
