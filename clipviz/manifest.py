@@ -124,8 +124,9 @@ def done_images(path, settings=None, outputs=None):
         if settings is not None:
             _check_settings(path, record, settings)
         last[record["image"]] = record
-        if outputs is not None:
-            outputs.update(o["path"] for o in record.get("outputs") or [] if isinstance(o, dict) and "path" in o)
+        listed = record.get("outputs")
+        if outputs is not None and isinstance(listed, list):
+            outputs.update(o["path"] for o in listed if isinstance(o, dict) and isinstance(o.get("path"), str))
     return {image for image, record in last.items() if verified(record)}
 
 

@@ -141,9 +141,7 @@ def check_folder(folder):
 
 def _not_a_folder(path):
     """What ``path`` (which exists, at least as a link, and is no folder) is, in words."""
-    if os.path.islink(path):
-        return _link_words(path)
-    return "a file"
+    return _link_words(path) if os.path.islink(path) else "a file"
 
 
 def _link_words(path):

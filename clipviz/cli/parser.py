@@ -49,7 +49,8 @@ cannot write outside the folder). With
 "<name>--<prompt>-<hash>--layers.<format>" / "--heads.<format>". Existing files are never
 replaced without --force (clipviz's own earlier outputs are), input images never. An image or a
 prompt given twice is explained once (prompts differing only in case or spacing too, for CLIP's
-tokenizer); a new --out folder name may not end like a file (.txt, .json ...). Everything is checked before the model loads; the folder is made with the first file.
+tokenizer); a new --out folder name may not end like a file (.txt, .json ...). Everything is
+checked before the model loads; the folder is made with the first file.
 Files appear atomically (temporary + rename; removed on Ctrl-C, SIGTERM and SIGHUP).
 --maps npz adds "<image>--maps.npz", --maps png "<image>--<prompt>-<hash>--map.png";
 --no-overlays leaves the overlays out.

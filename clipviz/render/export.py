@@ -66,7 +66,8 @@ def save_explanation(exp, path, dpi=FIGURE_DPI, overwrite=False, **kwargs):
     figure); otherwise ClipvizError, checked before the figure is drawn. A missing folder is
     refused, as by matplotlib's savefig (clipviz.outputs.require_folder)."""
     protect = [exp.source] if exp.source else ()
-    require_folder(path)
-    refuse_existing([check_target(path, FIGURE_SUFFIXES, protect)], overwrite, OVERWRITE_HINT)
+    target = check_target(path, FIGURE_SUFFIXES, protect)
+    require_folder(target)
+    refuse_existing([target], overwrite, OVERWRITE_HINT)
     fig = explanation_figure(exp, **kwargs)
     return save_figure(fig, path, dpi=dpi, protect=protect, force=overwrite)
