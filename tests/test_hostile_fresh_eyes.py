@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import clipviz
+import clipviz.hub  # monkeypatched below: clipviz imports its submodules lazily
 from clipviz import cli, manifest
 from clipviz.errors import ClipvizError
 
