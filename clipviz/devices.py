@@ -3,8 +3,9 @@
     device = resolve_device("cuda:1")   # torch.device, or ClipvizError saying what exists here
 
 A device this machine lacks is a user's mistake, not a bug: ``cuda`` without a GPU, ``cuda:7`` on
-a two-GPU machine, ``mps`` off a Mac, ``xpu`` in a build without it, ``meta`` (no weights at
-all). Each gets one ClipvizError naming the devices that do exist.
+a two-GPU machine, ``cpu:7`` (torch accepts any CPU index but has one CPU device), ``mps`` off a
+Mac, ``xpu`` in a build without it, ``meta`` (no weights at all). Each gets one ClipvizError
+naming the devices that do exist.
 """
 
 from .errors import ClipvizError
@@ -28,7 +29,8 @@ def resolve_device(device):
 
     None picks "cuda" when a GPU is visible, else "cpu". Raises ClipvizError for a name torch
     does not know, a device type this machine or this torch build lacks, a GPU index beyond the
-    GPUs present, and "meta" (a device without storage: nothing could be explained on it).
+    GPUs present, a CPU index other than 0, and "meta" (a device without storage: nothing could
+    be explained on it).
     """
     import torch
 
@@ -42,6 +44,9 @@ def resolve_device(device):
     except (RuntimeError, TypeError, ValueError):
         raise ClipvizError(f"{device!r} is not a torch device; use one of: {', '.join(available_devices())}") from None
     here = available_devices()
+    if chosen.type == "cpu" and chosen.index not in (None, 0):  # torch takes cpu:7, but there is one CPU device
+        raise ClipvizError(f"device {str(chosen)!r} does not exist: torch has one CPU device (cpu, or cpu:0); "
+                           f"use one of: {', '.join(here)}")
     if chosen.type == "cpu" or str(chosen) in here or (chosen.type in ("cuda", "mps") and chosen.index is None
                                                        and any(d.startswith(chosen.type) for d in here)):
         return chosen

@@ -87,7 +87,7 @@ class Explanation:
     def save(self, path, overwrite=False, **kwargs):
         """Save the figure to ``path`` (.png, .pdf or .svg); returns the path written. An existing
         file is replaced only with ``overwrite=True`` or when clipviz wrote it (unchanged since);
-        otherwise ClipvizError. kwargs: dpi and the figure's options (see clipviz.render)."""
+        otherwise ClipvizError, as for a folder that does not exist (create it first). kwargs: dpi and the figure's options (see clipviz.render)."""
         from .render import save_explanation
         return save_explanation(self, path, overwrite=overwrite, **kwargs)
 

@@ -10,7 +10,7 @@ and ``mtime_ns`` identify the input as it was read; ``status`` is "done" or "fai
 ``error`` says why). A record is written only after the image's outputs are published, so a
 crash (even kill -9) loses at most the images in flight: their records are missing and a
 ``--resume`` run explains them. The last record for an image wins; a torn last line (the process
-killed mid-write) is skipped on reading.
+killed mid-write) is skipped on reading, any other line that is not a record with a warning.
 
 Under torchrun each rank appends to its own part, ``<stem>.rank<r><suffix>``, and rank 0 merges
 the parts into the manifest after every rank has finished (clipviz.distributed).
@@ -110,11 +110,13 @@ def _check_settings(path, record, settings):
                        "--resume to redo everything)")
 
 
-def done_images(path, settings=None):
+def done_images(path, settings=None, outputs=None):
     """Paths of the images that manifest ``path`` (with its parts) records as done and verified.
 
     settings: the resuming run's (a JSON-ready dict: model, method, prompts, outputs ...); a record
-    written with other settings raises a ClipvizError naming what changed. One read of the file."""
+    written with other settings raises a ClipvizError naming what changed. outputs: a set that
+    receives every output path the records list (the run's own files, which a resume may replace
+    when they no longer match). One read of the file."""
     if settings is not None:
         settings = json.loads(json.dumps(settings))  # tuples become lists, as in the file
     last = {}
@@ -122,6 +124,9 @@ def done_images(path, settings=None):
         if settings is not None:
             _check_settings(path, record, settings)
         last[record["image"]] = record
+        listed = record.get("outputs")
+        if outputs is not None and isinstance(listed, list):
+            outputs.update(o["path"] for o in listed if isinstance(o, dict) and isinstance(o.get("path"), str))
     return {image for image, record in last.items() if verified(record)}
 
 
@@ -179,19 +184,40 @@ def merge(path, resume):
 
 
 def read_file(path):
-    """The records of one manifest file (no parts). Lines that are not JSON objects naming an image
-    (a torn last line) are skipped."""
+    """The records of one manifest file (no parts), in file order.
+
+    Skipped: a torn line (a record cut short by a kill mid-write: the last line without its
+    newline, or a record's prefix that a resume has since ended with one) without a word;
+    any other line that is not a JSON object naming an image (hand-edited, damaged) with one
+    warning naming the file and the line numbers: those images count as not done."""
+    import warnings
+
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise ClipvizError(f"cannot read the manifest {str(path)!r}: {getattr(error, 'strerror', None) or error}; "
                            "start over without --resume (with --force)") from None
-    records = []
-    for line in lines:
+    lines, ended = text.splitlines(), text.endswith("\n")
+    records, damaged = [], []
+    for number, line in enumerate(lines, 1):
         try:
             record = json.loads(line)
         except ValueError:
-            continue
+            record = None
         if isinstance(record, dict) and isinstance(record.get("image"), str):
             records.append(record)
+        elif line.strip() and not _torn(line, unended=number == len(lines) and not ended):
+            damaged.append(number)
+    if damaged:
+        numbers = ", ".join(map(str, damaged[:10])) + (f" and {len(damaged) - 10} more" if len(damaged) > 10 else "")
+        warnings.warn(f"the manifest {path}: line{'s' if len(damaged) > 1 else ''} {numbers} "
+                      f"{'are' if len(damaged) > 1 else 'is'} not a record (a JSON object naming an image) and "
+                      "skipped; an image recorded only there counts as not done and is explained again")
     return records
+
+
+def _torn(line, unended):
+    """True for what a kill mid-write leaves of a record: a last line without its newline, or a
+    prefix of a record (records start with '{"index": ') that a later resume has ended with one."""
+    start = '{"index": '
+    return unended or line.startswith(start) or start.startswith(line)

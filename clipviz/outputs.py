@@ -91,6 +91,16 @@ def check_target(path, suffixes, protect=()):
     return path
 
 
+def require_folder(path):
+    """Refuse (ClipvizError) a file ``path`` whose folder does not exist, as matplotlib's savefig
+    and PIL's save do: the API's own savers write only into folders that are there, so a typo in a
+    folder name is not silently made a folder. (The CLI's --out makes its folder: write_atomically.)"""
+    folder = Path(path).expanduser().parent
+    if not os.path.lexists(folder):
+        raise ClipvizError(f"cannot save {str(path)!r}: the folder {str(folder)!r} does not exist; create it "
+                           "first (os.makedirs) or choose another path")
+
+
 def prepare_folder(folder):
     """Create ``folder`` if needed and prove it accepts a new file (the one reliable test under
     root, ACLs and read-only mounts); ClipvizError otherwise."""
@@ -113,7 +123,7 @@ def check_folder(folder):
         _check_writable(folder)
         return folder
     if os.path.lexists(folder):
-        raise ClipvizError(f"cannot create the output folder {str(folder)!r}: it is a file (or a link to one), "
+        raise ClipvizError(f"cannot create the output folder {str(folder)!r}: it is {_not_a_folder(folder)}, "
                            "not a folder; give a folder name")
     kind = mimetypes.MimeTypes().guess_type(folder.name, strict=False)[0]  # built-in table: same on every machine
     if kind is not None:
@@ -123,10 +133,20 @@ def check_folder(folder):
     while not os.path.lexists(existing):
         existing = existing.parent
     if not existing.is_dir():
-        raise ClipvizError(f"cannot create the output folder {str(folder)!r}: {str(existing)!r} is a file, "
-                           "not a folder; choose another output path")
+        raise ClipvizError(f"cannot create the output folder {str(folder)!r}: {str(existing)!r} is "
+                           f"{_not_a_folder(existing)}, not a folder; choose another output path")
     _check_writable(existing)
     return folder
+
+
+def _not_a_folder(path):
+    """What ``path`` (which exists, at least as a link, and is no folder) is, in words."""
+    return _link_words(path) if os.path.islink(path) else "a file"
+
+
+def _link_words(path):
+    """"a symbolic link to 'target'", or "... to a missing target, 'target'" (a dangling link)."""
+    return f"a symbolic link to {'' if os.path.exists(path) else 'a missing target, '}{os.readlink(path)!r}"
 
 
 def _check_writable(folder):
@@ -181,7 +201,8 @@ def refuse_existing(paths, force, hint=FORCE_HINT):
             records[folder] = _record(folder)
         return not is_own_output(path, records[folder])
 
-    existing = [str(p) for p in paths if os.path.lexists(p) and in_the_way(p)] if not force else []
+    existing = [f"{p} ({_link_words(p)})" if os.path.islink(p) else str(p)
+                for p in paths if os.path.lexists(p) and in_the_way(p)] if not force else []
     if existing:
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
         raise ClipvizError(f"output file {', '.join(existing[:3])}{more} already exists; {hint}")

@@ -136,9 +136,9 @@ def test_folder_listing_skips_and_names_non_regular_entries(tmp_path, capsys):
         found = within(10, list_images, str(tmp_path))
         assert found == [str(tmp_path / "b.png"), str(tmp_path / "e.jpg")]
         note = capsys.readouterr().err
-        assert note.count("\n") == 1 and "skipping 2 entries" in note
+        assert note.count("\n") == 1 and "skipping 3 entries" in note
         assert "a.png (a FIFO (named pipe))" in note and "d.jpg (No such file or directory)" in note
-        assert "c.jpg" not in note  # folders named like images were always passed over quietly
+        assert "c.jpg (a directory)" in note  # a folder named like an image is named too (not searched)
 
 
 def test_folder_of_only_special_files_has_no_images(tmp_path, capsys):

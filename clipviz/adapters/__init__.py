@@ -101,7 +101,7 @@ class ClipAdapter:
         text tower built for another tokenizer)."""
         attached = attached_tokenizer(self.model)
         if attached is not None:
-            return _checked_ids(attached(list(prompts)), self.context_length)
+            return _checked_ids(attached, list(prompts), self.context_length)
         if self.vocab_size != 49408:
             raise ClipvizError(f"{self.family_name}'s text tower uses another tokenizer (vocabulary of "
                                f"{self.vocab_size}); clipviz tokenizes with CLIP's BPE (49408 tokens)")
@@ -152,12 +152,25 @@ class ClipAdapter:
         return visual.ln_post(tokens) @ visual.proj
 
 
-def _checked_ids(ids, context_length):
-    """A tokenizer's ids as a [P, context_length] long tensor; a ClipvizError for over-long prompts."""
-    ids = torch.as_tensor(ids, dtype=torch.long)
-    if ids.shape[-1] > context_length:
-        raise ClipvizError(f"a prompt is longer than this model's {context_length} text tokens; shorten it")
-    return ids
+def _checked_ids(tokenize, prompts, context_length):
+    """``tokenize`` (a library's tokenizer, padding to its max_length without truncating) over
+    ``prompts`` → a [P, context_length] long tensor; for over-long prompts one ClipvizError naming
+    the longest and its length in this tokenizer's tokens. Each prompt is tokenized alone: a batch
+    with a long prompt among short ones is ragged, which a tokenizer cannot make one tensor."""
+    rows = [torch.as_tensor(tokenize([prompt]), dtype=torch.long).reshape(1, -1) for prompt in prompts]
+    lengths = [row.shape[-1] for row in rows]
+    longest = max(range(len(prompts)), key=lengths.__getitem__)
+    if lengths[longest] > context_length:
+        raise too_long(prompts[longest], lengths[longest], context_length)
+    return torch.cat(rows)
+
+
+def too_long(prompt, length, context_length):
+    """The ClipvizError for ``prompt``, ``length`` tokens of the model's own tokenizer, where its
+    text tower takes ``context_length``."""
+    text = prompt if len(prompt) <= 60 else prompt[:57] + "..."
+    return ClipvizError(f"prompt {text!r} is {length} tokens long, more than the {context_length} that this "
+                        "model's text tower takes; shorten it")
 
 
 def _resolution(visual):

@@ -22,7 +22,7 @@ import torch
 from ..errors import ClipvizError
 from ..forms import unwrap
 from ..preprocess import MEAN, STD
-from . import ClipAdapter, attach_tokenizer, import_extra
+from . import ClipAdapter, attach_tokenizer, import_extra, too_long
 
 
 def parse_spec(spec):
@@ -60,7 +60,11 @@ def load_openclip(spec, device):
 
 
 def _lazy_tokenizer(open_clip, arch):
-    """open_clip.get_tokenizer(arch), built on first use (it may fetch its files from the Hub)."""
+    """open_clip.get_tokenizer(arch), built on first use (it may fetch its files from the Hub).
+
+    open_clip's HFTokenizer (SigLIP's and other Hub tokenizers) cuts a long prompt to its context
+    without a word: each prompt is measured with the library's own tokenizer, uncut, first, and
+    one that does not fit is refused (clipviz.adapters.too_long) rather than explained cut."""
     made = []
 
     def tokenize(prompts):
@@ -69,7 +73,15 @@ def _lazy_tokenizer(open_clip, arch):
                 made.append(open_clip.get_tokenizer(arch))
             except (OSError, ValueError, ImportError) as error:
                 raise ClipvizError(f"could not load open_clip's tokenizer for {arch}: {error}") from None
-        return made[0](prompts)
+        tokenizer = made[0]
+        ids = tokenizer(prompts)
+        inner = getattr(tokenizer, "tokenizer", None)  # the transformers tokenizer inside an HFTokenizer
+        if callable(inner) and getattr(tokenizer, "tokenizer_mode", None) != "clips":
+            clean = getattr(tokenizer, "clean_fn", None) or (lambda text: text)
+            for prompt, row in zip(prompts, inner([clean(p) for p in prompts], truncation=False)["input_ids"]):
+                if len(row) > ids.shape[-1]:
+                    raise too_long(prompt, len(row), ids.shape[-1])
+        return ids
     return tokenize
 
 

@@ -149,7 +149,7 @@ class SiglipAdapter(HuggingFaceAdapter):
             except (OSError, ValueError, ImportError) as error:
                 raise ClipvizError(f"could not load the tokenizer of {name!r}: {error}") from None
             attach_tokenizer(self.model, tokenize)
-        return _checked_ids(tokenize(list(prompts)), self.context_length)
+        return _checked_ids(tokenize, list(prompts), self.context_length)
 
     def eot_positions(self, ids):
         """SigLIP's text tower pools its last position."""

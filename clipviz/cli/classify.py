@@ -10,8 +10,8 @@ from .policy import each_image, one_line, report_failures
 def run(args):
     images, prompts = split_inputs(args.inputs, args.image, args.images, args.prompt)
     name = model_name(args.model)
-    check_prompts(prompts)
-    model = load_model(name, args.device, args.activation)
+    check_prompts(prompts, args.model)
+    model = load_model(name, args.device, args.activation, prompts)
     from ..zeroshot import classify
 
     results = []

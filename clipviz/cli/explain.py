@@ -18,14 +18,15 @@ from ..errors import ClipvizError
 from ..maps import peak_xy
 from ..outputs import refuse_existing
 from ..suffixes import is_video
-from .inputs import check_prompts, load_model, model_name, split_inputs
+from .inputs import check_prompts, clip_tokenizer, load_model, model_name, split_inputs
 from .plan import OutputPlan, once_each
 from .policy import failure_text, keep_failure, one_line, report_failures
 
 
 def run(args):
     """Explain every image, write its files, print its table; failures listed at the end."""
-    images, prompts = once_each(*split_inputs(args.inputs, args.image, args.images, args.prompt, args.image_list))
+    images, prompts = once_each(*split_inputs(args.inputs, args.image, args.images, args.prompt, args.image_list),
+                                clip_tokens=clip_tokenizer(args.model))
     videos = [path for path in images if is_video(path)]
     if videos:
         if len(images) > 1:
@@ -48,9 +49,12 @@ def run(args):
                       args.against, overlays=not args.no_overlays, maps=args.maps)
     check_run_options(args, plan, images)
     settings = run_settings(args, prompts, options)
-    done_before = manifest.done_images(args.manifest, settings) if args.resume else set()
+    recorded = set()  # the outputs the manifest records: redone ones are replaced without --force (plan.owns)
+    done_before = manifest.done_images(args.manifest, settings, recorded) if args.resume else set()
+    plan.recorded = {os.path.abspath(path) for path in recorded}
     todo = [i for i in ranks.shard(len(images)) if images[i] not in done_before]
-    check_prompts(prompts + ([args.against] if args.against else []))
+    queries = prompts + ([args.against] if args.against else [])
+    check_prompts(queries, args.model)
     if plan.overlays or plan.figure or plan.layers or plan.heads:  # colours drawn: matplotlib needed
         from ..render import colormap_table
         colormap_table(args.cmap)  # an unknown --cmap fails here, before the model loads
@@ -67,7 +71,7 @@ def run(args):
                                                                                   f"{error.strerror}")
         if not group.all_agree(problem is None):
             raise problem or ClipvizError("another torchrun process refused its output files (see its message)")
-        model = load_model(name, device, args.activation)
+        model = load_model(name, device, args.activation, queries, prints=args.json or not args.quiet)
         if method is None:
             from ..methods import default_method
             args.method = default_method(model)
@@ -190,20 +194,21 @@ def _write_outputs(exp, plan, index, args):
     written = []
     style = dict(cmap=args.cmap, alpha=args.alpha)
     for kind, prompt, path in plan.files(index):
-        refuse_existing([path], args.force)  # planned as new; refuse if something appeared there since
+        force = args.force or plan.owns(path)  # a resumed run replaces its own damaged output
+        refuse_existing([path], force)  # planned as new; refuse if something appeared there since
         if kind == "overlay":
-            render.save_overlay(path, exp.photo, exp.maps[prompt], **style, protect=plan.inputs, force=args.force)
+            render.save_overlay(path, exp.photo, exp.maps[prompt], **style, protect=plan.inputs, force=force)
         elif kind in ("maps", "map"):
             from ..mapfiles import save_map_png, save_maps_npz
             if kind == "maps":
-                save_maps_npz(path, exp, protect=plan.inputs, force=args.force)
+                save_maps_npz(path, exp, protect=plan.inputs, force=force)
             else:
-                save_map_png(path, exp.maps[prompt], protect=plan.inputs, force=args.force)
+                save_map_png(path, exp.maps[prompt], protect=plan.inputs, force=force)
         else:
             figure = (render.explanation_figure(exp, **style) if kind == "figure" else
                       render.layer_strip(exp, prompt, **style) if kind == "layers" else
                       render.head_grid(exp, prompt, **style))
-            render.save_figure(figure, path, dpi=args.dpi, protect=plan.inputs, force=args.force)
+            render.save_figure(figure, path, dpi=args.dpi, protect=plan.inputs, force=force)
         written.append(path)
     return written
 

@@ -70,7 +70,8 @@ def list_images(folder):
     """Image files (by suffix) directly inside ``folder``, sorted by name; hidden files skipped.
 
     Only regular files (or links to them) are listed, judged by stat, which never blocks: a FIFO,
-    device, socket, folder or broken link with an image suffix is skipped and named on stderr.
+    device, socket, folder or broken link with an image suffix is skipped and named on stderr
+    (folders inside are not searched).
     """
     import stat
 
@@ -95,7 +96,7 @@ def list_images(folder):
             continue
         if stat.S_ISREG(mode):
             found.append(str(entry))
-        elif not stat.S_ISDIR(mode):  # folders named like images were always passed over quietly
+        else:  # a folder named x.png too: the user may have expected its photo to be read
             skipped.append(f"{entry.name} ({kind_of(mode)})")
     if skipped:
         print(f"clipviz: skipping {len(skipped)} entries of {folder} that are not regular files: "
@@ -141,16 +142,39 @@ def model_name(name):
     return name
 
 
-def check_prompts(prompts):
-    """Over-long prompts (more than CLIP's 77 tokens) fail before the model loads."""
+def clip_tokenizer(name):
+    """True if the model ``--model name`` (None: the bundled one) tokenizes with CLIP's BPE: every
+    model clipviz builds itself (registered names, checkpoint files, random:ARCH). 'hf:' and
+    'openclip:' models bring their own library's tokenizer, known only once loaded (SigLIP's)."""
+    from ..hub import ADAPTER_PREFIXES
+
+    return not (name or "").startswith(ADAPTER_PREFIXES)
+
+
+def check_prompts(prompts, name=None):
+    """Over-long prompts fail before the model loads, in one ClipvizError naming the prompt and its
+    length, for models with CLIP's tokenizer (77 tokens; clip_tokenizer(name)). Other models'
+    prompts are measured once loaded, by their own tokenizer (load_model)."""
     from ..tokenizer import tokenize
 
-    tokenize(prompts)
+    if clip_tokenizer(name):
+        tokenize(prompts)
 
 
-def load_model(name, device, activation=None):
+def load_model(name, device, activation=None, prompts=(), prints=True):
     """The model for a name from ``model_name``: anything clipviz.hub.load takes, ``random:ARCH``
-    included (``activation``: the MLP activation, see clipviz.activation)."""
-    from ..hub import load
+    included (``activation``: the MLP activation, see clipviz.activation).
 
-    return load(name, device=device, activation=activation)[0]
+    prints: the command will print its results; a standard output without a reader (``| head -0``)
+    then fails here, before the long work (policy.check_stdout_reader). prompts: measured once
+    the model is loaded, with its own tokenizer and context length (SigLIP: 64 tokens)."""
+    from ..hub import load
+    from .policy import check_stdout_reader
+
+    if prints:
+        check_stdout_reader()
+    model = load(name, device=device, activation=activation)[0]
+    if prompts:
+        from ..adapters import adapt
+        adapt(model).tokenize(list(prompts))
+    return model

@@ -48,8 +48,9 @@ cannot write outside the folder). With
 --out FILE.png|pdf|svg writes that one figure (one image only). --layers and --heads add
 "<name>--<prompt>-<hash>--layers.<format>" / "--heads.<format>". Existing files are never
 replaced without --force (clipviz's own earlier outputs are), input images never. An image or a
-prompt given twice is explained once; a new --out folder name may not end like a file (.txt,
-.json ...). Everything is checked before the model loads; the folder is made with the first file.
+prompt given twice is explained once (prompts differing only in case or spacing too, for CLIP's
+tokenizer); a new --out folder name may not end like a file (.txt, .json ...). Everything is
+checked before the model loads; the folder is made with the first file.
 Files appear atomically (temporary + rename; removed on Ctrl-C, SIGTERM and SIGHUP).
 --maps npz adds "<image>--maps.npz", --maps png "<image>--<prompt>-<hash>--map.png";
 --no-overlays leaves the overlays out.
@@ -188,7 +189,8 @@ def _add_run_flags(sub):
     sub.add_argument("--manifest", metavar="FILE.jsonl", help="record every image as it is done (JSON Lines: "
                      "input size and time, scores, peaks, output files with sha256, error)")
     sub.add_argument("--resume", action="store_true", help="skip the images --manifest records as done whose "
-                     "input is unchanged and whose outputs still verify; explain the rest")
+                     "input is unchanged and whose outputs still verify; explain the rest (replacing outputs the "
+                     "manifest records, without --force)")
     sub.add_argument("--maps", choices=("npz", "png"), help="also save the maps: npz = one compressed array file "
                          "per image (raw patch maps, crop box, scores; clipviz.mapfiles.load_maps), png = an "
                          "8-bit grey+alpha PNG per prompt at the photo's size")

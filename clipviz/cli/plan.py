@@ -27,19 +27,33 @@ def image_labels(images):
     return distinct_names(labels)
 
 
-def once_each(images, prompts):
+def once_each(images, prompts, clip_tokens=False):
     """(images, prompts) with the same work given twice dropped, order kept, each drop warned
     about: an image named twice (any spelling of one file: ``a.png``, ``./a.png``, a link to it)
-    and a prompt typed twice would otherwise be explained twice into one output name."""
-    return _first_of_each(images, _file_key, "image"), _first_of_each(prompts, lambda p: p, "prompt")
+    and a prompt typed twice would otherwise be explained twice into one output name.
+
+    clip_tokens: the model tokenizes with CLIP's BPE, which lower-cases and squashes whitespace
+    first (clipviz.tokenizer.clean_text), so "a dog" and "A  Dog" are one query too. Other
+    tokenizers (SigLIP's) may tell case apart: there only equal strings are one prompt."""
+    from ..tokenizer import clean_text
+
+    same_query = clean_text if clip_tokens else (lambda p: p)
+    return _first_of_each(images, _file_key, "image"), \
+        _first_of_each(prompts, same_query, "prompt", "one query to CLIP's tokenizer, which lower-cases and "
+                                                      "squashes spaces")
 
 
-def _first_of_each(items, key, what):
+def _first_of_each(items, key, what, alike=None):
+    """``items`` with repeats by ``key`` dropped, each warned about; alike: why two different
+    strings with one key are one query, in words (None: a different spelling of one file)."""
     kept, seen = [], {}
     for item in items:
         k = key(item)
         if k in seen:
-            warnings.warn(f"{what} {item!r} is given twice (also as {seen[k]!r}); it is explained once")
+            first = seen[k]
+            warnings.warn(f"{what} {item!r} is given twice (also as {first!r}); it is explained once"
+                          if item == first or alike is None else
+                          f"{what} {item!r} and {first!r} are {alike}; it is explained once")
             continue
         seen[k] = item
         kept.append(item)
@@ -85,6 +99,7 @@ class OutputPlan:
             self.folder, self.format = Path(out), fmt or "png"
             self.figure = figure or self.format != "png"
             self.bases = image_labels(images)
+        self.recorded = set()  # absolute paths a resumed run's manifest lists as its own outputs (owns)
         self.prompt_slugs = distinct_names([slug(p if against is None else f"{p} vs {against}") for p in prompts])
         self.inputs = list(images)
 
@@ -105,14 +120,21 @@ class OutputPlan:
                 planned += [(kind, t, self.folder / f"{base}--{s}--{kind}.{fmt}") for t, s in enumerate(self.prompt_slugs)]
         return planned
 
+    def owns(self, path):
+        """True if ``path`` is one of the run's own recorded outputs (``recorded``, from the manifest
+        a --resume continues) and a regular file, not a link: it may be replaced without --force
+        (it is redone because it no longer matches its record). Asked again at write time."""
+        return os.path.abspath(path) in self.recorded and os.path.isfile(path) and not os.path.islink(path)
+
     def check(self, count, mine=None):
         """Refuse (ClipvizError) a folder that is a file or cannot be created or written, two
         planned files of the ``count`` images that coincide, a planned file that is an input
         image, or (among the images ``mine``, default all: a torchrun rank checks its own shard)
-        one that exists without --force. Creates nothing: the folder appears with the first file
-        written (outputs.write_atomically)."""
+        one that exists without --force (unless the run owns it). Creates nothing: the folder
+        appears with the first file written (outputs.write_atomically)."""
         check_folder(self.folder)
         planned = [path for index in range(count) for _, _, path in self.files(index)]
         check_unique(planned)
         refuse_inputs(planned, self.inputs)
-        refuse_existing(planned if mine is None else [p for i in mine for _, _, p in self.files(i)], self.force)
+        mine = planned if mine is None else [p for i in mine for _, _, p in self.files(i)]
+        refuse_existing([p for p in mine if not self.owns(p)], self.force)

@@ -4,6 +4,8 @@ when some images of a run fail (the others are still done; the failures are list
 import contextlib
 import io
 import os
+import select
+import stat
 import sys
 from pathlib import Path
 
@@ -60,11 +62,41 @@ class _GuardedStdout:
                 f"cannot write to standard output ({getattr(error, 'strerror', None) or error}); the run "
                 "stopped there") from error
 
+    def check_reader(self):
+        """Raise StdoutFailed now if nothing written later could arrive: stdout closed at start, or
+        a pipe or socket whose reader has already gone (``| head -0``). poll() without waiting says
+        so (POLLERR, or POLLHUP for a socket); a terminal, a file or a captured stream passes.
+        Called before long work, so no file is written for results that cannot be printed; a
+        reader that leaves later is found at the next write, as before."""
+        if self._stream is None:
+            self.write("")  # raises the closed-at-start message
+        try:
+            fd = self._stream.fileno()
+            mode = os.fstat(fd).st_mode
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            return  # not a file descriptor (a notebook, pytest's capture): nothing to ask
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)) or not hasattr(select, "poll"):
+            return
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0)):
+            raise StdoutFailed("standard output was closed by its reader before the run began (a reader such "
+                               "as 'head' stopped early), so no result could be printed; nothing was done (send "
+                               "the output to a file, or to /dev/null)")
+
     def isatty(self):
         return self._stream is not None and self._stream.isatty()
 
     def __getattr__(self, name):  # fileno, encoding, buffer ...
         return getattr(self._stream, name)
+
+
+def check_stdout_reader():
+    """Before long work that will print: StdoutFailed if standard output has no reader (see
+    _GuardedStdout.check_reader; nothing to check outside guarded_stdout)."""
+    check = getattr(sys.stdout, "check_reader", None)
+    if check is not None:
+        check()
 
 
 @contextlib.contextmanager

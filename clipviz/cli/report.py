@@ -22,8 +22,9 @@ def run_html_report(args, images, prompts, name):
         check_contrast(args.method, args.against)
     check_target(args.html, HTML_SUFFIXES, protect=images)  # a bad --html fails before the model loads
     refuse_existing([Path(args.html)], args.force)
-    check_prompts(prompts + ([args.against] if args.against else []))
-    model = load_model(name, args.device, args.activation)
+    queries = prompts + ([args.against] if args.against else [])
+    check_prompts(queries, args.model)
+    model = load_model(name, args.device, args.activation, queries, prints=args.json or not args.quiet)
     if args.method is None:
         from ..methods import default_method
         args.method = default_method(model)

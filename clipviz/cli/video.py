@@ -53,9 +53,10 @@ def run_video(args, path, prompts):
         raise ClipvizError(f"--out {args.out}: a video's outputs go into a folder; give a folder name")
     name = model_name(args.model)
     method, options = method_and_options(args) if args.method is not None else (None, None)
-    check_prompts(prompts + ([args.against] if args.against else []))
+    queries = prompts + ([args.against] if args.against else [])
+    check_prompts(queries, args.model)
     check_outputs(path, clean_prompts(prompts), args.out or DEFAULT_OUT, args.force)  # the names explain_video writes
-    model = load_model(name, args.device, args.activation)
+    model = load_model(name, args.device, args.activation, queries, prints=args.json or not args.quiet)
     if method is None:
         from ..methods import default_method
         args.method = default_method(model)

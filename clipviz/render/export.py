@@ -16,7 +16,7 @@ saves (``matplotlib.rc_context``); the user's rcParams are left as they were.
 """
 
 from ..errors import ClipvizError
-from ..outputs import OVERWRITE_HINT, check_target, refuse_existing, write_atomically
+from ..outputs import OVERWRITE_HINT, check_target, refuse_existing, require_folder, write_atomically
 from ..suffixes import FIGURE_SUFFIXES
 from .colours import PNG_COMPRESS_LEVEL
 from .figures import explanation_figure
@@ -63,8 +63,11 @@ def save_explanation(exp, path, dpi=FIGURE_DPI, overwrite=False, **kwargs):
 
     An existing file is replaced only with ``overwrite=True``, or when clipviz wrote it and it is
     unchanged since (clipviz.outputs.is_own_output: re-running a notebook cell replaces its own
-    figure); otherwise ClipvizError, checked before the figure is drawn."""
+    figure); otherwise ClipvizError, checked before the figure is drawn. A missing folder is
+    refused, as by matplotlib's savefig (clipviz.outputs.require_folder)."""
     protect = [exp.source] if exp.source else ()
-    refuse_existing([check_target(path, FIGURE_SUFFIXES, protect)], overwrite, OVERWRITE_HINT)
+    target = check_target(path, FIGURE_SUFFIXES, protect)
+    require_folder(target)
+    refuse_existing([target], overwrite, OVERWRITE_HINT)
     fig = explanation_figure(exp, **kwargs)
     return save_figure(fig, path, dpi=dpi, protect=protect, force=overwrite)
