@@ -29,6 +29,19 @@ def test_lookup_blend_is_bit_identical_to_the_per_pixel_blend():
             assert (render.overlay(photo, heat, cmap=cmap, alpha=alpha) == per_pixel_blend(photo, heat, cmap, alpha)).all()
 
 
+def test_lookup_blend_holds_for_float32_maps_infinities_and_several_blocks():
+    """Maps are float32; ±inf clip like any out-of-range value; a photo wider than one block's
+    million pixels is blended block by block."""
+    rng = np.random.default_rng(2)
+    photo = rng.integers(0, 256, (5, 1 << 19, 3), dtype=np.uint8)  # 2 rows a block: 3 blocks
+    heat = (rng.random(photo.shape[:2]) * 1.2 - 0.1).astype(np.float32)
+    heat[rng.random(heat.shape) < 0.1] = np.nan
+    heat[0, :6] = [np.inf, -np.inf, 255 / 256, np.nextafter(np.float32(255 / 256), 0), 1.0, 0.0]
+    expected = per_pixel_blend(photo, np.nan_to_num(heat.astype(np.float64), nan=np.nan, posinf=2.0, neginf=-1.0),
+                               "jet", 0.6)
+    assert (render.overlay(photo, heat, alpha=0.6) == expected).all()
+
+
 def test_png_is_written_fast_with_the_same_pixels(tmp_path):
     rng = np.random.default_rng(1)
     photo = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)

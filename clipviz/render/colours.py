@@ -70,21 +70,24 @@ def overlay(photo, heatmap, cmap="jet", alpha=0.5):
     out = floor((1 − alpha · k/255) · photo + alpha · k/255 · colour(heatmap) + 0.5),  k = colour level
     """
     photo = _rgb(photo)
-    heat = np.asarray(heatmap)  # float64 block by block below: a whole copy is 8 bytes a photo pixel
+    heat = np.asarray(heatmap)
     if heat.shape != photo.shape[:2]:
         raise ClipvizError(f"the heatmap is {heat.shape} but the photo is {photo.shape[:2]}: map patch grids "
                            "onto the photo first with clipviz.map_to_photo(grid, crop_box)")
     alpha = float(alpha) if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool) else math.nan
     if not 0.0 <= alpha <= 1.0:
         raise ClipvizError(f"alpha must be between 0 (photo only) and 1 (heatmap only), got {alpha}")
-    blended = blend_table(255.0 * colormap_table(cmap), alpha)  # [256 levels, 3, 256 photo values]
-    channels = np.arange(3)
-    out = photo.copy()
-    rows = max(1, (1 << 20) // max(1, photo.shape[1]))  # about a million pixels at a time, in float64
+    # every blend looked up: flat[(k · 3 + c) · 256 + p] for level k, channel c, photo value p
+    flat = blend_table(255.0 * colormap_table(cmap), alpha).reshape(-1)
+    channels = np.arange(3, dtype=np.intp) * 256
+    out = np.empty_like(photo)
+    rows = max(1, (1 << 20) // max(1, photo.shape[1]))  # about a million pixels at a time
     for top in range(0, photo.shape[0], rows):
-        block = heat[top:top + rows].astype(np.float64)
-        seen = ~np.isnan(block)
-        out[top:top + rows][seen] = blended[colour_levels(block[seen])[:, None], channels, photo[top:top + rows][seen]]
+        # colour_levels without a float64 copy or a mask: 256 · v is exact in float32 too (a power
+        # of two), and NaN becomes level 0, whose opacity is 0: the photo itself
+        scaled = np.nan_to_num(heat[top:top + rows], nan=0.0) * 256.0
+        levels = np.clip(scaled, 0.0, 255.0, out=scaled).astype(np.intp)  # = min(floor(256 · clip(v, 0, 1)), 255)
+        np.take(flat, (levels * 768)[..., None] + channels + photo[top:top + rows], out=out[top:top + rows])
     return out
 
 
