@@ -66,10 +66,12 @@ def default_workers(local_processes=1):
 class ImageFiles(torch.utils.data.Dataset):
     """Files → dicts {index, path, identity, photo uint8 [H, W, 3], pixels float32 [3, S, S], box}
     ready for the model, or {index, path, identity, error} when the file cannot be read.
-    crop: the model's rule (False: resized to S × S without a crop, as SigLIP)."""
+    crop: the model's rule (False: resized to S × S without a crop, as SigLIP). photos=False sends
+    the photo's size instead of its pixels (``photo_size`` (H, W, 3)): a run that draws nothing
+    on the photo moves 4 × S² bytes an image between processes instead of 3 × H × W."""
 
-    def __init__(self, paths, indices, size, crop=True):
-        self.paths, self.indices, self.size, self.crop = paths, indices, size, crop
+    def __init__(self, paths, indices, size, crop=True, photos=True):
+        self.paths, self.indices, self.size, self.crop, self.photos = paths, indices, size, crop, photos
 
     def __len__(self):
         return len(self.indices)
@@ -86,7 +88,14 @@ class ImageFiles(torch.utils.data.Dataset):
         # numpy, not tensors: a tensor crosses to the main process as a shared-memory file
         # descriptor, handed over by a helper thread in the worker that prints a traceback when
         # the main process stops mid-handover (SIGTERM to the process group). Pickled bytes cannot.
-        return {**item, "photo": photo, "pixels": pixels.numpy(), "box": box}
+        kept = {"photo": photo} if self.photos else {"photo_size": photo.shape}
+        return {**item, **kept, "pixels": pixels.numpy(), "box": box}
+
+
+def _photo(item):
+    """The item's photo, or for a size alone a black stand-in of that size that takes no memory
+    (a zero-strided view): the maps are mapped onto it, nothing is drawn on it."""
+    return item["photo"] if "photo" in item else np.broadcast_to(np.zeros((), np.uint8), item["photo_size"])
 
 
 def _unchanged(item):
@@ -95,7 +104,7 @@ def _unchanged(item):
 
 
 def explain_files(model, paths, prompts, method=None, *, indices=None, against=None, options=None, write=None,
-                  batch_size=8, workers=0, threads=1, pending=None):
+                  batch_size=8, workers=0, threads=1, pending=None, photos=True):
     """Explain image files in batches; yields a ``Done`` per image, in the order of ``indices``.
 
     paths: image file paths; indices: which of them to explain (default all; a rank's shard, or
@@ -103,6 +112,9 @@ def explain_files(model, paths, prompts, method=None, *, indices=None, against=N
     write(index, explanation) → [paths written], run in ``threads`` writer threads (None: write
     nothing); workers: decoding processes (0: decode in this process); pending: images waiting
     for the writers at most (default 2 batches). A write that raises fails that image alone.
+    photos=False: ``explanation.photo`` is a black stand-in of the photo's size (ImageFiles), for a
+    run whose ``write`` draws nothing on it (maps as files, a manifest): the decoding workers then
+    send no photo to this process.
     """
     adapter = adapt(model)
     if paths:
@@ -115,7 +127,7 @@ def explain_files(model, paths, prompts, method=None, *, indices=None, against=N
     query = prepare_query(adapter, prompts, against)
     indices = list(range(len(paths))) if indices is None else list(indices)
     size = max(1, int(batch_size))
-    loader = torch.utils.data.DataLoader(ImageFiles(paths, indices, adapter.input_resolution, adapter.crop), batch_size=None,
+    loader = torch.utils.data.DataLoader(ImageFiles(paths, indices, adapter.input_resolution, adapter.crop, photos), batch_size=None,
                                          num_workers=min(workers, len(indices)), pin_memory=False,
                                          collate_fn=_unchanged, worker_init_fn=ignore_termination)
     waiting = deque()
@@ -179,7 +191,7 @@ def _one_by_one(adapter, items, query, method, options, write, pool, error):
 def _record_items(adapter, items, query, method, options):
     """The model's part for a batch of loaded items → a Recording whose tensors are on the host and
     whose records (on the device, large) are let go: only their EOT positions are kept."""
-    recording = record_pixels(adapter, [i["photo"] for i in items], torch.from_numpy(np.stack([i["pixels"] for i in items])), [i["box"] for i in items],
+    recording = record_pixels(adapter, [_photo(i) for i in items], torch.from_numpy(np.stack([i["pixels"] for i in items])), [i["box"] for i in items],
                               [i["path"] for i in items], query, method, options)
     on_host = {f.name: _host(getattr(recording.output, f.name)) for f in fields(recording.output)}
     return replace(recording, records=SimpleNamespace(eot=recording.records.eot), cosine=recording.cosine.cpu(),

@@ -123,6 +123,22 @@ def test_map_png_and_no_overlays(work, model):
         np.testing.assert_array_equal(pixels, map_png_pixels(exp.maps[t]))
 
 
+def test_without_photos_the_workers_send_sizes_and_the_maps_are_the_same(work, model):
+    """photos=False (a run that draws nothing on the photo): each decoded item carries the photo's
+    size, not its pixels, and every map, score and peak equals a run with the photos (2 workers)."""
+    from clipviz.folder import ImageFiles
+    paths = [str(work / p) for p in good_photos(work)]
+    item = ImageFiles(paths, [0], 32, photos=False)[0]
+    assert "photo" not in item and item["photo_size"] == np.asarray(Image.open(paths[0]).convert("RGB")).shape
+    runs = [list(explain_files(model, paths, PROMPTS, batch_size=2, workers=2, photos=photos)) for photos in (True, False)]
+    for with_photo, without in zip(*runs):
+        assert without.error is None and without.path == with_photo.path
+        assert not without.explanation.photo.any() and without.explanation.photo.shape == with_photo.explanation.photo.shape
+        np.testing.assert_array_equal(without.explanation.maps, with_photo.explanation.maps)
+        np.testing.assert_array_equal(without.explanation.scores, with_photo.explanation.scores)
+        assert without.peaks == with_photo.peaks
+
+
 @pytest.mark.parametrize("method, options, encodes", [
     ("relevance", {"text": False}, 1), ("gradcam", {}, 1), ("rollout", {}, 1),
     ("relevance", {}, 4)])  # text-token relevance: the text gradient differs per image, one text pass a batch

@@ -139,7 +139,8 @@ def _explain_all(args, name, model, images, prompts, method, options, plan, todo
         with progress.bar(len(todo), "image", enabled) as bar:
             runs = explain_files(model, images, prompts, method, indices=todo, against=args.against, options=options,
                                  write=lambda index, exp: _write_outputs(exp, plan, index, args),
-                                 batch_size=args.batch_size, workers=workers, threads=threads)
+                                 batch_size=args.batch_size, workers=workers, threads=threads,
+                                 photos=bool(plan.overlays or figures))  # else nothing is drawn on the photo
             for count, done in enumerate(runs):
                 if record is not None:
                     record.write(manifest.record(done, failure_text(done.error) if done.error else None, settings))
