@@ -36,7 +36,7 @@ from .maps import peak_xy
 from .methods import Method, default_method, get_method
 from .pixels import notice_unseen_photos
 from .preprocess import load_image, preprocess_image
-from .signals import ignore_termination
+from .signals import ignore_stop_signals
 from .threads import single_threaded_blas
 
 
@@ -129,7 +129,7 @@ def explain_files(model, paths, prompts, method=None, *, indices=None, against=N
     size = max(1, int(batch_size))
     loader = torch.utils.data.DataLoader(ImageFiles(paths, indices, adapter.input_resolution, adapter.crop, photos), batch_size=None,
                                          num_workers=min(workers, len(indices)), pin_memory=False,
-                                         collate_fn=_unchanged, worker_init_fn=ignore_termination)
+                                         collate_fn=_unchanged, worker_init_fn=ignore_stop_signals)
     waiting = deque()
     limit = pending or 2 * size
     # numpy's BLAS on one thread for the run: set here, in the caller's thread, it holds for the

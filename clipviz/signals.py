@@ -52,12 +52,17 @@ def raising_on_termination():
             signal.signal(number, handler)
 
 
-def ignore_termination(worker_id=None):
-    """Ignore SIGTERM and SIGHUP in a child process (a DataLoader ``worker_init_fn``; PyTorch's
-    workers already ignore SIGINT). Sent to the whole process group (timeout, kill -- -PGID, Slurm),
-    they would otherwise kill the workers first, and the main process would see "DataLoader worker
-    killed" instead of the signal it handles cleanly (Terminated); it then shuts the workers down."""
-    for name in _NAMES:
+def ignore_stop_signals(worker_id=None):
+    """Ignore SIGINT, SIGTERM and SIGHUP in a child process (a DataLoader ``worker_init_fn``).
+
+    Sent to the whole process group (Ctrl-C in a terminal, timeout, kill -- -PGID, Slurm), they
+    reach the workers too. A worker stopped by SIGTERM or SIGHUP makes the main process see
+    "DataLoader worker killed" instead of the signal it handles cleanly (Terminated); one stopped
+    by SIGINT (PyTorch's workers end their loop on KeyboardInterrupt) waits at exit for its
+    queue's pipe to drain, which the stopping main process never reads, and the main process
+    waits for it: the run hung. Ignoring them leaves the stop to the main process, which shuts the
+    workers down itself; a worker whose main process died ends by PyTorch's own watchdog."""
+    for name in ("SIGINT",) + _NAMES:
         number = getattr(signal, name, None)
         if number is not None:
             signal.signal(number, signal.SIG_IGN)

@@ -219,12 +219,12 @@ def test_resume_refuses_a_manifest_written_with_other_settings(work):
 
 
 
-def noise_photos(folder, prefix, seed, count=40):
-    """``count`` random 96×128 PNGs named ``{prefix}00.png`` ... in a new ``folder``."""
+def noise_photos(folder, prefix, seed, count=40, size=(96, 128)):
+    """``count`` random PNGs of ``size`` (height, width) named ``{prefix}00.png`` ... in a new ``folder``."""
     folder.mkdir()
     rng = np.random.default_rng(seed)
     for i in range(count):
-        Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(folder / f"{prefix}{i:02d}.png")
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"{prefix}{i:02d}.png")
 
 
 def wait_for_records(child, path, count, timeout=300):
@@ -262,20 +262,41 @@ def test_kill_9_then_resume_explains_every_image_exactly_once(work):
     assert f"{len(before)} images already done" in resumed.stderr
 
 
-def test_sigterm_to_the_whole_process_group_stops_cleanly(work):
-    """timeout, kill -- -PGID and Slurm signal the decoding workers too: still one line and exit
-    128 + 15, no temporary file left (the workers leave SIGTERM to the main process)."""
-    noise_photos(work / "many-t", "t", seed=6)
-    args = ["explain", "--images", "many-t", *PROMPTS, "--model", "tiny.pt", "--out", "out-t", "--manifest", "t.jsonl",
-            "--quiet", "--batch-size", "2", "--workers", "2"]
+@pytest.mark.parametrize("number, line", [(signal.SIGTERM, "clipviz: stopped by SIGTERM"),
+                                          (signal.SIGHUP, "clipviz: stopped by SIGHUP"),
+                                          (signal.SIGINT, "clipviz: interrupted")])
+def test_a_signal_to_the_whole_process_group_stops_cleanly(work, number, line):
+    """Ctrl-C in a terminal, timeout, kill -- -PGID and Slurm signal the decoding workers too: still
+    one line, exit 128 + the signal's number, no temporary file and no process left (the workers
+    leave the stop signals to the main process, which shuts them down)."""
+    name = signal.Signals(number).name.lower()
+    # photos large enough that decoded ones fill the workers' pipes: a worker stopped by the
+    # signal itself would then wait for its pipe forever, and the main process for the worker
+    noise_photos(work / f"many-{name}", "t", seed=6, count=16, size=(600, 800))
+    args = ["explain", "--images", f"many-{name}", *PROMPTS, "--model", "tiny.pt", "--out", f"out-{name}",
+            "--manifest", f"{name}.jsonl", "--quiet", "--batch-size", "2", "--workers", "2"]
     child = subprocess.Popen(clipviz_command(*args), cwd=work, env=ENV, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, start_new_session=True)
-    wait_for_records(child, work / "t.jsonl", 2)
-    os.killpg(child.pid, signal.SIGTERM)
-    _, stderr = child.communicate(timeout=120)
-    assert child.returncode == 128 + signal.SIGTERM, stderr
-    assert stderr.decode().strip().splitlines() == ["clipviz: stopped by SIGTERM"]
-    assert not [p for p in (work / "out-t").iterdir() if p.name.startswith(".") or ".tmp" in p.name]
+    try:
+        wait_for_records(child, work / f"{name}.jsonl", 2)
+        os.killpg(child.pid, number)
+        _, stderr = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    assert child.returncode == 128 + number, stderr
+    assert stderr.decode().strip().splitlines() == [line]
+    assert not [p for p in (work / f"out-{name}").iterdir() if p.name.startswith(".") or ".tmp" in p.name]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the workers' exit is reaped by the main process before it ends
+        try:
+            os.killpg(child.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("processes of the run are still alive")
 
 
 def test_torchrun_two_processes_on_the_cpu_equal_one_process(work):
