@@ -103,11 +103,20 @@ def _check_settings(path, record, settings):
     theirs = record.get("settings")
     if theirs is None or theirs == settings:
         return
-    changed = [f"{key} {theirs.get(key)!r} → {settings.get(key)!r}" for key in sorted(set(theirs) | set(settings))
-               if theirs.get(key) != settings.get(key)]
+    changed = [f"{_flag(key)} {_shown(theirs.get(key))} → {_shown(settings.get(key))}"
+               for key in sorted(set(theirs) | set(settings)) if theirs.get(key) != settings.get(key)]
     raise ClipvizError(f"--resume: the manifest {path} records a run with other settings ({'; '.join(changed)}): "
                        "repeat that run's command to continue it, or start a new --manifest (or --force without "
                        "--resume to redo everything)")
+
+
+def _flag(key):
+    return "prompts" if key == "prompts" else "--" + key.replace("_", "-")
+
+
+def _shown(value):
+    """A setting as the message shows it: an option left out is "(not given)", not None."""
+    return "(not given)" if value is None or value is False else repr(value)
 
 
 def done_images(path, settings=None, outputs=None):

@@ -203,8 +203,9 @@ def test_resume_refuses_a_manifest_written_with_other_settings(work):
             "--quiet", "--workers", "0", "--maps", "npz", "--no-overlays"]
     run_cli(*args, cwd=work)
     records = manifest.read(work / "s.jsonl")
-    changes = {"prompts": ("a dog", "a car"), "method": ("--no-overlays", "--no-overlays --method gradcam"),
-               "no_overlays": (" --no-overlays", "")}
+    changes = {"prompts": ("a dog", "a car"), "--method": ("--no-overlays", "--no-overlays --method gradcam"),
+               "--no-overlays": (" --no-overlays", ""),
+               "--start-layer": ("--no-overlays", "--no-overlays --start-layer 0")}  # the method's options
     for key, (old, new) in changes.items():
         changed = " ".join(args).replace(old, new, 1).split()
         refused = run_cli(*changed, "--resume", cwd=work)
@@ -212,7 +213,8 @@ def test_resume_refuses_a_manifest_written_with_other_settings(work):
         assert len(refused.stderr.strip().splitlines()) == 1 and "other settings" in refused.stderr
         assert key in refused.stderr, (key, refused.stderr)
     assert manifest.read(work / "s.jsonl") == records  # nothing appended
-    same = run_cli(*args, "--resume", cwd=work)  # the same question: only the bad file is tried again
+    spelled = [a if a != "out-s" else "./out-s/" for a in args]  # the same folder, written otherwise
+    same = run_cli(*spelled, "--resume", cwd=work)  # the same question: only the bad file is tried again
     assert same.returncode == 1, same.stderr
     again = manifest.read(work / "s.jsonl")[len(records):]
     assert again and all(r["status"] == "failed" for r in again)

@@ -48,7 +48,7 @@ def run(args):
     plan = OutputPlan(args.out, images, prompts, args.format, args.figure, args.layers, args.heads, args.force,
                       args.against, overlays=not args.no_overlays, maps=args.maps)
     check_run_options(args, plan, images)
-    settings = run_settings(args, prompts, options)
+    settings = run_settings(args, prompts, name)
     recorded = set()  # the outputs the manifest records: redone ones are replaced without --force (plan.owns)
     done_before = manifest.done_images(args.manifest, settings, recorded) if args.resume else set()
     plan.recorded = {os.path.abspath(path) for path in recorded}
@@ -85,15 +85,17 @@ def run(args):
     return code
 
 
-# the flags that decide a run's results and files: a resumed run must repeat them (manifest.done_images)
-SETTING_FLAGS = ("model", "activation", "method", "against", "out", "format", "figure", "layers", "heads",
+# the flags that decide a run's results and files: a resumed run must repeat them (manifest.done_images);
+# the method's options come from --method, --start-layer and --layers, so those flags stand for them
+SETTING_FLAGS = ("activation", "method", "start_layer", "against", "format", "figure", "layers", "heads",
                  "no_overlays", "maps", "cmap", "alpha", "dpi")
 
 
-def run_settings(args, prompts, options):
-    """{flag: value} of SETTING_FLAGS, plus the prompts and the method's options, as the manifest records them."""
+def run_settings(args, prompts, model):
+    """{flag: value} of SETTING_FLAGS, the model's name (the default resolved), the output folder
+    (normalised: ``r`` and ``./r/`` are one) and the prompts, as the manifest records them."""
     settings = {flag: getattr(args, flag, None) for flag in SETTING_FLAGS}
-    return {**settings, "prompts": list(prompts), "options": options}
+    return {**settings, "model": model, "out": os.path.normpath(args.out), "prompts": list(prompts)}
 
 
 def check_run_options(args, plan, images):
