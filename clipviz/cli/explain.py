@@ -95,7 +95,8 @@ def run_settings(args, prompts, model):
     """{flag: value} of SETTING_FLAGS, the model's name (the default resolved), the output folder
     (normalised: ``r`` and ``./r/`` are one) and the prompts, as the manifest records them."""
     settings = {flag: getattr(args, flag, None) for flag in SETTING_FLAGS}
-    return {**settings, "model": model, "out": os.path.normpath(args.out), "prompts": list(prompts)}
+    out = None if args.out is None else os.path.normpath(args.out)
+    return {**settings, "model": model, "out": out, "prompts": list(prompts)}
 
 
 def check_run_options(args, plan, images):
