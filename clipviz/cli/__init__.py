@@ -46,6 +46,8 @@ def main(argv=None):
         with warnings.catch_warnings(), raising_on_termination(), guarded_stdout():  # all restored after
             if not debug:
                 warnings.showwarning = warning_line
+            if getattr(args, "quiet", False) and args.command != "download":  # "nothing but errors and the failure summary"
+                warnings.simplefilter("ignore")
             status = import_module(f".{args.command}", __name__).run(args)
             sys.stdout.flush()  # a closed or full stdout fails here, inside this try, not at exit
             return status

@@ -4,6 +4,7 @@ where possible."""
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from ..errors import ClipvizError
@@ -99,8 +100,8 @@ def list_images(folder):
         else:  # a folder named x.png too: the user may have expected its photo to be read
             skipped.append(f"{entry.name} ({kind_of(mode)})")
     if skipped:
-        print(f"clipviz: skipping {len(skipped)} entries of {folder} that are not regular files: "
-              f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
+        warnings.warn(f"skipping {len(skipped)} entries of {folder} that are not regular files: "  # --quiet hides it
+                      f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}", stacklevel=2)
     if not found:
         raise ClipvizError(f"--images {folder}: no image files in it (looked for {', '.join(IMAGE_SUFFIXES[:5])} ...)")
     return found
