@@ -126,7 +126,7 @@ def load_image(source):
     if hasattr(source, "read"):
         return _open(source, "the file object")
     raise ClipvizError(
-        f"Cannot load an image from a {type(source).__name__}. Pass a file path, a PIL image, "
+        f"Cannot load an image from {_article(type(source).__name__)} {type(source).__name__}. Pass a file path, a PIL image, "
         "a binary file object, or a numpy array [H, W], [H, W, 3] or [H, W, 4]."
     )
 
@@ -387,3 +387,7 @@ class Preprocess:
 
     def __repr__(self):
         return f"Preprocess(size={self.size})" if self.crop else f"Preprocess(size={self.size}, crop=False)"
+
+
+def _article(word):
+    return "an" if word[:1].lower() in "aeiou" else "a"

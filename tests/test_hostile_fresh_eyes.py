@@ -12,6 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -209,9 +210,10 @@ def test_a_folder_named_like_an_image_is_mentioned(work, capsys):
     folder.mkdir()
     (folder / "x.png").mkdir()
     (folder / "a.png").write_bytes((work / "photo.png").read_bytes())
-    assert list_images(folder) == [str(folder / "a.png")]
-    err = capsys.readouterr().err
-    assert "x.png (a directory)" in err and len(err.strip().splitlines()) == 1, err
+    with pytest.warns(UserWarning) as caught:  # the CLI prints it as one "clipviz: warning:" line
+        assert list_images(folder) == [str(folder / "a.png")]
+    (note,) = [str(w.message) for w in caught]
+    assert "x.png (a directory)" in note and "\n" not in note, note
 
 
 # ------------------------------------------------ 6. exp.save into a missing folder
@@ -383,3 +385,21 @@ def test_openclip_hub_tokenizer_no_longer_cuts_a_long_prompt_silently(tmp_path, 
         for name in set(sys.modules) - before:
             if name.split(".")[0] in dropped:
                 del sys.modules[name]
+
+
+# ------------------------------------------------ session 3 tester: API nits
+
+@counted(CASES)
+@pytest.mark.parametrize("layer", [1.5, True, "0"])
+def test_a_start_layer_that_is_not_a_whole_number_says_so(layer):
+    from clipviz.methods.base import resolve_layer
+    with pytest.raises(ClipvizError, match="must be a whole number"):
+        resolve_layer(layer, 12)
+    assert resolve_layer(np.int64(3), 12) == 3 and resolve_layer(-1, 12) == 11
+
+
+@counted(CASES)
+def test_the_image_type_message_reads_as_english():
+    from clipviz.preprocess import load_image
+    with pytest.raises(ClipvizError, match="from an int\\."):
+        load_image(5)

@@ -4,6 +4,7 @@ Shapes: B images, T targets (one per prompt, or a contrast), L blocks, H heads, 
 tokens (CLS first), g = patch grid side, D width. Text: Lt tokens per prompt (77).
 """
 
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -117,7 +118,10 @@ def per_target(map_bgg, targets):
 def resolve_layer(layer, num_layers, name="start_layer"):
     """A block index in [0, L); negative indices count from the end (-1 = last block)."""
     from ..errors import ClipvizError
-    if not isinstance(layer, int) or not -num_layers <= layer < num_layers:
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+        raise ClipvizError(f"{name} must be a whole number (a block index), got {layer!r}")
+    layer = int(layer)
+    if not -num_layers <= layer < num_layers:
         raise ClipvizError(f"{name}={layer!r} is out of range: the encoder has {num_layers} blocks "
                            f"(use 0 … {num_layers - 1}, or -1 for the last)")
     return layer % num_layers
