@@ -320,3 +320,19 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def remove_stale_temporaries(paths):
+    """Remove what write_atomically left of ``paths`` when a run was killed mid-write (kill -9
+    runs no clean-up): regular files named exactly like its temporary files, ``.<stem>.<8 random
+    characters><suffix>`` (tempfile's names) beside each path. → the names removed. For a run that
+    continues its own earlier one (--resume), whose temporaries nobody else can be writing."""
+    removed = []
+    for path in map(Path, paths):
+        pattern = re.compile(re.escape(f".{path.stem}.") + r"[a-z0-9_]{8}" + re.escape(path.suffix))
+        with contextlib.suppress(OSError):  # a folder that does not exist yet holds nothing stale
+            for entry in os.scandir(path.parent):
+                if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                    _remove(entry.path)
+                    removed.append(entry.path)
+    return removed

@@ -253,7 +253,17 @@ def test_kill_9_then_resume_explains_every_image_exactly_once(work):
     assert child.returncode == -signal.SIGKILL, "the run ended before it could be killed: use more images"
     before = [r for r in manifest.read(path) if r["status"] == "done"]
     assert 4 <= len(before) < 40
+    # what a kill -9 mid-write leaves: write_atomically's temporary beside a planned output (removed
+    # by the resume), and a user's file that only looks alike (kept)
+    done_name = Path(before[0]["outputs"][0]["path"])  # e.g. out-k/m00--a-dog-61128e.png
+    undone = next(f"m{i:02d}" for i in range(40) if f"many/m{i:02d}.png" not in {r["image"] for r in before})
+    planned = done_name.with_name(undone + done_name.name[len(Path(before[0]["image"]).stem):])
+    stale = work / planned.parent / f".{planned.stem}.k9x_2abc{planned.suffix}"
+    alike = work / planned.parent / f".{planned.stem}.not-ours{planned.suffix}"
+    stale.write_bytes(b"")
+    alike.write_bytes(b"mine")
     resumed = run_cli(*[a for a in args if a != "--quiet"], "--resume", cwd=work)
+    assert not stale.exists() and alike.read_bytes() == b"mine"
     assert resumed.returncode == 0, resumed.stderr
     records = manifest.read(path)
     done = [r["image"] for r in records if r["status"] == "done"]

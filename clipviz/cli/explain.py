@@ -51,7 +51,7 @@ def run(args):
     settings = run_settings(args, prompts, name)
     recorded = set()  # the outputs the manifest records: redone ones are replaced without --force (plan.owns)
     done_before = manifest.done_images(args.manifest, settings, recorded) if args.resume else set()
-    plan.recorded = {os.path.abspath(path) for path in recorded}
+    plan.recorded, plan.resumed = {os.path.abspath(path) for path in recorded}, args.resume
     todo = [i for i in ranks.shard(len(images)) if images[i] not in done_before]
     queries = prompts + ([args.against] if args.against else [])
     check_prompts(queries, args.model)

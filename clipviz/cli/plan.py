@@ -12,7 +12,8 @@ import warnings
 from pathlib import Path
 
 from ..errors import ClipvizError
-from ..outputs import check_folder, check_unique, distinct_names, refuse_existing, refuse_inputs, slug
+from ..outputs import (check_folder, check_unique, distinct_names, refuse_existing, refuse_inputs,
+                       remove_stale_temporaries, slug)
 from ..suffixes import looks_like_image
 from .parser import DEFAULT_OUT, FIGURE_FORMATS
 
@@ -100,6 +101,7 @@ class OutputPlan:
             self.figure = figure or self.format != "png"
             self.bases = image_labels(images)
         self.recorded = set()  # absolute paths a resumed run's manifest lists as its own outputs (owns)
+        self.resumed = False  # --resume: the run continues one whose temporaries it may remove
         self.prompt_slugs = distinct_names([slug(p if against is None else f"{p} vs {against}") for p in prompts])
         self.inputs = list(images)
 
@@ -138,3 +140,5 @@ class OutputPlan:
         refuse_inputs(planned, self.inputs)
         mine = planned if mine is None else [p for i in mine for _, _, p in self.files(i)]
         refuse_existing([p for p in mine if not self.owns(p)], self.force)
+        if self.resumed:  # a kill -9 of the run it continues may have left half-written files
+            remove_stale_temporaries(mine)
