@@ -20,10 +20,9 @@ from clipviz.errors import ClipvizError
 
 from conftest import tiny_cli_folder
 from hostile import counted, tally
+from test_hostile_fresh_eyes import ENV
 
 CASES, _report = tally("fresh eyes 4")
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-ENV.pop("CLIPVIZ_DEBUG", None)
 
 
 @pytest.fixture(scope="module")
