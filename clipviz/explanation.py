@@ -222,6 +222,9 @@ def prepare_query(adapter, prompts, against=None):
     against_list = _against_list(against, len(prompt_list))
     encoded = prompt_list + [a for a in (against_list or []) if a not in prompt_list]
     ids = adapter.tokenize(encoded).to(adapter.device)
+    for prompt, row, other in zip(prompt_list, ids, against_list or []):
+        if torch.equal(row, ids[encoded.index(other)]):  # one query to this tokenizer ("a dog", "A DOG")
+            raise against_itself(prompt, other)
     target_weights, target_prompt = _targets(prompt_list, against_list, encoded)
     return Query(prompt_list, against_list, encoded, ids, target_weights, target_prompt)
 
@@ -396,6 +399,13 @@ def check_contrast(method, against):
         specific = ", ".join(m for m in available_methods() if get_method(m).prompt_specific)
         raise ClipvizError(f"method {chosen.name!r} ignores the prompt, so against= would change nothing in its map: "
                            f"use a prompt-specific method ({specific}) or leave against out")
+
+
+def against_itself(prompt, against):
+    """The ClipvizError for a prompt contrasted with itself (equal token ids): S(prompt) − S(against)
+    is 0 and its map only rounding noise."""
+    return ClipvizError(f"{prompt!r} against {against!r} is the prompt against itself (one query to the model's "
+                        "tokenizer), so there is no difference to explain: contrast it with a different prompt")
 
 
 def _against_list(against, count):

@@ -16,12 +16,16 @@ Under torchrun each rank appends to its own part, ``<stem>.rank<r><suffix>``, an
 the parts into the manifest after every rank has finished (clipviz.distributed).
 """
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 
 from .errors import ClipvizError
+from .files import kind_of
 
 
 def part_path(path, rank):
@@ -143,29 +147,68 @@ class Writer:
     """Appends records to one manifest file, one line each, flushed at once.
 
     resume=True appends after what is there (ending a torn last line first); otherwise the file
-    is started afresh.
+    is started afresh. The file is locked (fcntl.lockf, exclusive) before anything in it changes,
+    so a second run on the same manifest is refused instead of replacing this run's records
+    (platforms without fcntl: no lock). A POSIX lock, not flock: forked decoding workers do not
+    inherit it, so a run killed with -9 frees it at once; it is released when this process closes
+    any descriptor of the file, so nothing here reopens it while writing. A link at ``path`` is replaced, not followed, unless
+    resuming (the CLI refuses links without --force). A failed write (a full disk) raises one
+    ClipvizError naming the manifest and what to do; close() after it does not raise again.
     """
 
     def __init__(self, path, resume):
-        self.path = Path(path)
+        self.path, self.failed = Path(path), False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if resume and self.path.exists() and not self.path.read_bytes().endswith(b"\n") and self.path.stat().st_size:
-                with open(self.path, "ab") as handle:
-                    handle.write(b"\n")
-            self.handle = open(self.path, "a" if resume else "w", encoding="utf-8")
+            if not resume and self.path.is_symlink():
+                self.path.unlink()  # --force replaces the link itself, never its target (clipviz.outputs)
+            # never truncated on opening: a run holding the lock may be writing it
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NONBLOCK", 0), 0o666)
         except OSError as error:
             raise ClipvizError(f"cannot write the manifest {str(self.path)!r}: {error.strerror or error}; "
                                "choose another --manifest") from None
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise ClipvizError(f"--manifest {self.path} is {kind_of(mode)}, not a regular file: give a file name")
+            _lock(fd, self.path)
+            if not resume:
+                os.ftruncate(fd, 0)
+            elif _torn_end(fd):
+                os.write(fd, b"\n")  # end a torn last line (a kill mid-write)
+            self.handle = os.fdopen(fd, "w", encoding="utf-8")
+        except OSError as error:
+            os.close(fd)
+            raise self._failure(error) from None
+        except BaseException:
+            os.close(fd)
+            raise
 
     def write(self, record):
-        self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.handle.flush()
+        try:
+            self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.handle.flush()
+        except OSError as error:
+            raise self._failure(error) from None
 
     def close(self):
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
+        try:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+        except OSError as error:
+            if not self.failed:  # the write that failed has said so already
+                raise self._failure(error) from None
+        finally:
+            with contextlib.suppress(OSError):  # the file is closed even when the flush fails
+                self.handle.close()
+
+    def _failure(self, error):
+        """The one message for a manifest that cannot be written: the user's disk, not a bug."""
+        self.failed = True
+        full = error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+        todo = "free space on its disk" if full else "fix that"
+        return ClipvizError(f"cannot write the manifest {str(self.path)!r}: {error.strerror or error}; {todo}, then "
+                            "run the same command with --resume (the images recorded so far are kept)")
 
     def __enter__(self):
         return self
@@ -173,6 +216,31 @@ class Writer:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def _lock(fd, path):
+    """An exclusive lock on the open manifest ``fd``, held until it is closed; ClipvizError if
+    another process holds it. File systems without locks (ENOLCK, EOPNOTSUPP) go unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in (errno.EAGAIN, errno.EACCES):  # lockf's "held by another process"
+            raise ClipvizError(f"another clipviz run is writing the manifest {path}: wait for it to finish, or "
+                               "give this run another --manifest") from None
+        if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+
+
+def _torn_end(fd):
+    """True if the open file ``fd`` (readable) has bytes and does not end with a newline."""
+    if os.lseek(fd, 0, os.SEEK_END) == 0:
+        return False
+    os.lseek(fd, -1, os.SEEK_END)
+    return os.read(fd, 1) != b"\n"
 
 
 def merge(path, resume):

@@ -16,6 +16,7 @@ never what it points to.
 """
 
 import contextlib
+import errno
 import hashlib
 import mimetypes
 import os
@@ -35,6 +36,11 @@ SLUG_LENGTH = 60  # characters of readable text in a file name made from a promp
 # lines "<sha256>  <name>", appended, the last line for a name wins. A file is clipviz's own while
 # its bytes still match its record.
 OUTPUT_RECORDS = "outputs"
+
+
+class NoSpace(ClipvizError):
+    """An output could not be written for want of space (ENOSPC, EDQUOT): every later file on that
+    disk would fail too, so a run stops at the first (clipviz.cli.explain)."""
 
 
 def slug(text, length=SLUG_LENGTH):
@@ -141,10 +147,10 @@ def check_folder(folder):
 
 def _not_a_folder(path):
     """What ``path`` (which exists, at least as a link, and is no folder) is, in words."""
-    return _link_words(path) if os.path.islink(path) else "a file"
+    return link_words(path) if os.path.islink(path) else "a file"
 
 
-def _link_words(path):
+def link_words(path):
     """"a symbolic link to 'target'", or "... to a missing target, 'target'" (a dangling link)."""
     return f"a symbolic link to {'' if os.path.exists(path) else 'a missing target, '}{os.readlink(path)!r}"
 
@@ -201,7 +207,7 @@ def refuse_existing(paths, force, hint=FORCE_HINT):
             records[folder] = _record(folder)
         return not is_own_output(path, records[folder])
 
-    existing = [f"{p} ({_link_words(p)})" if os.path.islink(p) else str(p)
+    existing = [f"{p} ({link_words(p)})" if os.path.islink(p) else str(p)
                 for p in paths if os.path.lexists(p) and in_the_way(p)] if not force else []
     if existing:
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
@@ -234,7 +240,7 @@ def write_atomically(path, write, force=True, hint=FORCE_HINT):
         handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix,
                                              delete=False)
     except OSError as error:
-        raise ClipvizError(f"cannot write to the folder {str(path.parent)!r}: {error.strerror or error}") from None
+        raise _write_error(f"cannot write to the folder {str(path.parent)!r}", error) from None
     try:
         with raising_on_termination(), handle:
             write(handle)
@@ -242,11 +248,17 @@ def write_atomically(path, write, force=True, hint=FORCE_HINT):
             publish(handle.name, path, force, hint)
     except OSError as error:
         _remove(handle.name)
-        raise ClipvizError(f"cannot write {str(path)!r}: {error.strerror or error}") from None
+        raise _write_error(f"cannot write {str(path)!r}", error) from None
     except BaseException:
         _remove(handle.name)
         raise
     return path
+
+
+def _write_error(what, error):
+    """ClipvizError "<what>: <strerror>" for an OSError; NoSpace when the disk is full."""
+    full = error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+    return (NoSpace if full else ClipvizError)(f"{what}: {error.strerror or error}")
 
 
 def publish(temporary, path, force=True, hint=FORCE_HINT):

@@ -11,12 +11,13 @@ the manifest parts at the end.
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from .. import progress
 from ..errors import ClipvizError
 from ..maps import peak_xy
-from ..outputs import refuse_existing
+from ..outputs import NoSpace, refuse_existing
 from ..suffixes import is_video
 from .inputs import check_prompts, clip_tokenizer, load_model, model_name, split_inputs
 from .plan import OutputPlan, once_each
@@ -48,6 +49,7 @@ def run(args):
     plan = OutputPlan(args.out, images, prompts, args.format, args.figure, args.layers, args.heads, args.force,
                       args.against, overlays=not args.no_overlays, maps=args.maps)
     check_run_options(args, plan, images)
+    check_against(prompts, args.against, clip_tokenizer(args.model))
     settings = run_settings(args, prompts, name)
     recorded = set()  # the outputs the manifest records: redone ones are replaced without --force (plan.owns)
     done_before = manifest.done_images(args.manifest, settings, recorded) if args.resume else set()
@@ -110,14 +112,46 @@ def check_run_options(args, plan, images):
         raise ClipvizError("--no-overlays leaves nothing to write: add --maps npz|png, --manifest FILE.jsonl or --json")
     if args.workers is not None and args.workers < 0:
         raise ClipvizError(f"--workers {args.workers}: give 0 (decode in this process) or more")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if args.workers is not None and args.workers > cpus:  # more processes than CPUs only wait for each other
+        warnings.warn(f"--workers {args.workers}: capped at {cpus}, the CPUs this process may use")
+        args.workers = cpus
     if args.manifest:
         if not args.manifest.endswith(".jsonl"):
             raise ClipvizError(f"--manifest {args.manifest}: a manifest is JSON Lines; give a name ending in .jsonl")
         refuse_inputs([args.manifest], images)
+        check_manifest_path(args.manifest, args.force)
         existing = [str(p) for p in [Path(args.manifest), *manifest.existing_parts(args.manifest)] if p.exists()]
         if existing and not (args.resume or args.force):
             raise ClipvizError(f"the manifest {existing[0]} exists: pass --resume to continue that run or --force "
                                "to start over")
+
+
+def check_against(prompts, against, clip_tokens):
+    """--against that is one of the prompts is refused before the model loads, for models with
+    CLIP's tokenizer (it lower-cases and squashes spaces: "A  DOG" is "a dog"); other tokenizers'
+    queries are compared by their token ids once loaded (explanation.prepare_query)."""
+    from ..explanation import against_itself
+    from ..tokenizer import clean_text
+
+    same = clean_text if clip_tokens else (lambda text: text)
+    for prompt in prompts if against else ():
+        if same(prompt) == same(against):
+            raise against_itself(prompt, against)
+
+
+def check_manifest_path(path, force):
+    """--manifest names a regular file, a new name, or (with --force) a link: a FIFO would block the
+    run, a folder cannot be written, and a link is not followed without --force (as outputs)."""
+    from ..files import kind_of
+    from ..outputs import link_words
+
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ClipvizError(f"--manifest {path} is {kind_of(os.stat(path).st_mode)}, not a regular file: give a "
+                           "file name ending in .jsonl")
+    if os.path.islink(path) and not force:
+        raise ClipvizError(f"--manifest {path} is {link_words(path)}; links are not followed: pass --force to "
+                           "replace the link, or give another --manifest")
 
 
 def _explain_all(args, name, model, images, prompts, method, options, plan, todo, ranks, skipped, settings=None):
@@ -145,6 +179,9 @@ def _explain_all(args, name, model, images, prompts, method, options, plan, todo
                                  batch_size=args.batch_size, workers=workers, threads=threads,
                                  photos=bool(plan.overlays or figures))  # else nothing is drawn on the photo
             for count, done in enumerate(runs):
+                if isinstance(done.error, NoSpace):  # every later image would fail the same way
+                    raise ClipvizError(f"{done.error}; the run stopped there: free space, then run the same command "
+                                       + ("with --resume" if args.manifest else "again (it replaces its own outputs)"))
                 if record is not None:
                     record.write(manifest.record(done, failure_text(done.error) if done.error else None, settings))
                 if done.error is not None:

@@ -11,6 +11,7 @@ from ..errors import ClipvizError
 from ..suffixes import IMAGE_SUFFIXES, is_video, looks_like_image
 from .parser import DEFAULT_MODEL
 
+PATH_MAX = 4096  # Linux's limit on a path, in bytes; longer lines of an image list are no paths
 
 
 def split_inputs(positionals, images=(), folders=(), prompts=(), lists=()):
@@ -109,8 +110,11 @@ def list_images(folder):
 
 def read_image_list(file):
     """Image paths from a text file, one per line ("-": standard input); blank lines and lines
-    starting with '#' are skipped; paths are taken as written (relative to the current folder)."""
+    starting with '#' are skipped; paths are taken as written (relative to the current folder).
+    A UTF-8 byte order mark (Notepad's) is not part of the first path; a line with a NUL byte or
+    longer than any path can be is refused, naming the file and the line."""
     from ..files import open_regular
+    from .policy import shorten
 
     try:
         if file == "-":
@@ -120,7 +124,14 @@ def read_image_list(file):
                 text = handle.read().decode("utf-8")
     except UnicodeDecodeError:
         raise ClipvizError(f"--image-list {file}: not UTF-8 text; write one image path per line") from None
-    paths = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    lines = [line.strip() for line in text.removeprefix("\ufeff").splitlines()]
+    for number, line in enumerate(lines, 1):
+        problem = "holds a NUL byte, which no file name can" if "\0" in line else \
+            f"is {len(line)} characters long, more than any path can be ({PATH_MAX} bytes)" if len(line) > PATH_MAX else None
+        if problem:
+            raise ClipvizError(f"--image-list {file} line {number} ({shorten(line)!r}) {problem}: write one image "
+                               "path per line")
+    paths = [line for line in lines if line and not line.startswith("#")]
     if not paths:
         raise ClipvizError(f"--image-list {file}: no image paths in it (one path per line)")
     return paths

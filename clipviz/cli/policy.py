@@ -19,6 +19,13 @@ def one_line(text):
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in " ".join(str(text).split()))
 
 
+def shorten(text, limit=80):
+    """``text`` cut to about ``limit`` characters for a message, keeping its start and its end
+    (a path's folder and its name): "photos/xxxx…xxxx.png"."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit // 2]}…{text[-(limit // 2):]}"
+
+
 def error_line(message):
     print(f"clipviz: error: {one_line(message)}", file=sys.stderr)
 
