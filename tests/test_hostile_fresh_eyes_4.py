@@ -241,7 +241,7 @@ def test_workers_beyond_the_cpus_are_capped_with_one_warning(work, monkeypatch, 
     monkeypatch.setattr(clipviz.folder, "explain_files", spy)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     status, _, err = explain(work, monkeypatch, capsys, "--images", "photos", "a dog", "--out", "workers-out",
-                             "--quiet", "--workers", "1000")
+                             "--workers", "1000")  # not --quiet, which hides warnings
     assert status == 0, err
     assert used == [2]
     warnings = [line for line in err.splitlines() if line.strip()]
