@@ -210,7 +210,7 @@ API_CASES = {
     "prompt of spaces": (lambda m, w: clipviz.explain(m, w / "photo.png", "   "), ["empty"]),
     "10,000-character prompt": (lambda m, w: clipviz.explain(m, w / "photo.png", LONG), ["tokens"]),
     "82-token prompt": (lambda m, w: clipviz.explain(m, w / "photo.png", WORDY), ["82 tokens"]),
-    "image 5": (lambda m, w: clipviz.explain(m, 5, "a dog"), ["Cannot load an image from a int"]),
+    "image 5": (lambda m, w: clipviz.explain(m, 5, "a dog"), ["Cannot load an image from an int"]),
     "image bytes": (lambda m, w: clipviz.explain(m, b"\x89PNG", "a dog"), ["bytes"]),
     "images of mixed types": (lambda m, w: clipviz.explain(m, [str(w / "photo.png"), 5], "a dog"), ["int"]),
     "tensor of the wrong side": (lambda m, w: clipviz.explain(m, torch.zeros(3, 8, 8), "a dog"), ["[3, S, S]"]),
