@@ -576,7 +576,7 @@ def test_max_pixels_is_overridable_and_silences_pils_warning(tmp_path, monkeypat
         (np.full((4, 4), 1.5), "outside"),
         (np.full((4, 4), np.nan), "NaN"),
         (np.full((4, 4), -0.1, np.float32), "outside"),
-        (12345, "Cannot load an image from a int"),
+        (12345, "Cannot load an image from an int"),
         (Image.new("F", (3, 3), 255.0), "outside"),
     ],
 )
