@@ -246,3 +246,19 @@ def test_workers_beyond_the_cpus_are_capped_with_one_warning(work, monkeypatch, 
     assert used == [2]
     warnings = [line for line in err.splitlines() if line.strip()]
     assert len(warnings) == 1 and warnings[0].startswith("clipviz: warning: --workers 1000") and "2" in warnings[0], err
+
+
+@counted(CASES)
+def test_resume_takes_the_default_method_of_a_registered_model_as_named(work, monkeypatch, capsys):
+    """Finding 9: '--method relevance' against a run without --method was refused ('method None →
+    relevance') although a ViT's default is relevance; another method is still refused."""
+    monkeypatch.chdir(work)
+    common = ["explain", "--images", "photos", "a dog", "--model", "synth-vit-t16", "--device", "cpu", "--out",
+              "default-method", "--manifest", "default-method.jsonl", "--no-overlays", "--maps", "npz", "--quiet"]
+    assert cli.main(common) == 0
+    records = manifest.read(work / "default-method.jsonl")
+    assert cli.main([*common, "--resume", "--method", "relevance"]) == 0  # every image already done
+    assert manifest.read(work / "default-method.jsonl") == records
+    capsys.readouterr()
+    assert cli.main([*common, "--resume", "--method", "rollout"]) == 2
+    assert "--method 'relevance' → 'rollout'" in capsys.readouterr().err

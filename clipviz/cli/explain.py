@@ -97,8 +97,23 @@ def run_settings(args, prompts, model):
     """{flag: value} of SETTING_FLAGS, the model's name (the default resolved), the output folder
     (normalised: ``r`` and ``./r/`` are one) and the prompts, as the manifest records them."""
     settings = {flag: getattr(args, flag, None) for flag in SETTING_FLAGS}
+    if settings["method"] is None:  # "--method relevance" and no --method are one question on a ViT
+        settings["method"] = registered_default_method(model)
     out = None if args.out is None else os.path.normpath(args.out)
     return {**settings, "model": model, "out": out, "prompts": list(prompts)}
+
+
+def registered_default_method(name):
+    """The default method of a registered model (``ViT-B/16``, ``RN50``, ``random:RN50``,
+    ``synth-vit-t16``) from its name: OpenAI names every ResNet ``RN…``. None for a checkpoint file
+    or an adapter spec, whose family is known only once it loads."""
+    from .. import hub
+    from ..methods import DEFAULT_METHODS
+
+    arch = name[len(hub.RANDOM):] if name.startswith(hub.RANDOM) else name
+    if arch not in hub.available_models():
+        return None
+    return DEFAULT_METHODS["resnet" if arch.startswith("RN") else "vit"]
 
 
 def check_run_options(args, plan, images):
