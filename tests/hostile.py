@@ -1,4 +1,5 @@
-"""Shared by the tests/test_hostile_*.py files: a per-category count of hostile cases tried and passed.
+"""Shared by the tests/test_hostile_*.py files: a per-category count of hostile cases tried and
+passed, and the check that a refusal is one clean error line.
 
     CASES, _report = tally("images")    # at module level; pytest finds the _report fixture
     with CASES.case():                  # one hostile input: counted as tried, then as passed
@@ -53,3 +54,20 @@ def counted(counts):
                 return test(*args, **kwargs)
         return run
     return wrap
+
+
+# what must never reach a user's error line: a bug report, a traceback, Python's object reprs,
+# PIL's own pixel limit (clipviz quotes its own)
+LEAKS = ("bug", "Traceback", "<_io.", "178,956,970", "178956970")
+
+
+def one_error_line(err, *words, warnings=False):
+    """The single ``clipviz: error: ...`` line of stderr ``err``, holding every one of ``words`` and
+    none of LEAKS → that line. warnings=True: ``clipviz: warning:`` lines beside it are allowed."""
+    lines = [line for line in err.strip().splitlines() if not (warnings and line.startswith("clipviz: warning"))]
+    assert len(lines) == 1 and lines[0].startswith("clipviz: error: "), err
+    for leak in LEAKS:
+        assert leak not in lines[0], lines[0]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]

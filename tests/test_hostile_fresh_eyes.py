@@ -22,7 +22,7 @@ from clipviz import cli, manifest
 from clipviz.errors import ClipvizError
 
 from conftest import tiny_cli_folder
-from hostile import counted, tally
+from hostile import counted, one_error_line, tally
 
 CASES, _report = tally("fresh eyes")
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
@@ -59,13 +59,6 @@ def manifest_run(work, name):
             f"{name}.jsonl", "--quiet", "--workers", "0"]
     assert run_cli(*args, cwd=work).returncode == 0
     return args, manifest.read_file(work / f"{name}.jsonl")
-
-
-def one_error_line(err):
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("clipviz: error: "), err
-    assert "bug" not in lines[0]
-    return lines[0]
 
 
 def _tiny_siglip():

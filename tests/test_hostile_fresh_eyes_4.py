@@ -19,6 +19,7 @@ from clipviz import cli, manifest
 from clipviz.errors import ClipvizError
 
 from conftest import tiny_cli_folder
+import hostile
 from hostile import counted, tally
 from test_hostile_fresh_eyes import ENV
 
@@ -49,10 +50,7 @@ def run_cli(*args, cwd, timeout=120):
 
 
 def one_error_line(err, *words):
-    lines = [line for line in err.strip().splitlines() if not line.startswith("clipviz: warning")]
-    assert len(lines) == 1 and lines[0].startswith("clipviz: error: "), err
-    assert "bug" not in lines[0] and all(w in lines[0] for w in words), lines[0]
-    return lines[0]
+    return hostile.one_error_line(err, *words, warnings=True)  # warning lines may stand beside it
 
 
 def files_in(folder):

@@ -23,7 +23,7 @@ from clipviz import cli
 from clipviz.errors import ClipvizError
 
 from conftest import tiny_cli_folder
-from hostile import counted, tally
+from hostile import counted, one_error_line, tally
 
 CASES, _report = tally("user mistakes")
 REPO = Path(__file__).resolve().parents[1]
@@ -49,16 +49,6 @@ def work(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(work):
     return clipviz.load(str(work / "tiny.pt"), device="cpu")[0]
-
-
-def one_error_line(err, *words):
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("clipviz: error: "), err
-    for leak in ("bug", "Traceback", "<_io.", "178,956,970", "178956970"):
-        assert leak not in lines[0], lines[0]
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
 
 
 # ----------------------------------------------------------------------------- the CLI, in process

@@ -25,7 +25,7 @@ from clipviz import cli, outputs
 from clipviz.errors import ClipvizError
 
 from conftest import tiny_cli_folder
-from hostile import counted, tally
+from hostile import counted, one_error_line, tally
 
 CASES, _report = tally("outputs")
 SIGNALS, _report_signals = tally("signals")
@@ -47,13 +47,6 @@ def explain_cli(work, *args, capsys=None):
 
 def names(folder):
     return sorted(p.name for p in Path(folder).iterdir()) if Path(folder).exists() else None
-
-
-def one_error_line(err):
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("clipviz: error: "), err
-    assert "bug" not in lines[0]
-    return lines[0]
 
 
 # ----------------------------------------------------------------------------- unique names
