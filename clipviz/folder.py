@@ -18,7 +18,6 @@ each file alone up to float32 rounding (batched matrix products), ≤ 1e-5.
 """
 
 import contextlib
-import os
 import pickle
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +36,7 @@ from .methods import Method, default_method, get_method
 from .pixels import notice_unseen_photos
 from .preprocess import load_image, preprocess_image
 from .signals import ignore_stop_signals
-from .threads import single_threaded_blas
+from .threads import single_threaded_blas, usable_cpus
 
 
 @dataclass
@@ -60,7 +59,7 @@ class Done:
 def default_workers(local_processes=1):
     """Decoding workers per process: the CPUs this process may run on, shared by the processes
     of this machine (torchrun's LOCAL_WORLD_SIZE)."""
-    return max(1, len(os.sched_getaffinity(0)) // max(1, local_processes))
+    return max(1, usable_cpus() // max(1, local_processes))
 
 
 class ImageFiles(torch.utils.data.Dataset):

@@ -1,4 +1,4 @@
-"""numpy's BLAS on one thread while clipviz maps explanations onto photos.
+"""numpy's BLAS on one thread while clipviz maps explanations onto photos; the CPUs a process may use.
 
     with single_threaded_blas():     # explain, a folder run for its whole length, map_to_photo
         row_weights @ grid @ col_weights.T
@@ -17,6 +17,7 @@ inside other threads this does nothing. Nested uses share one limit: the outermo
 """
 
 import contextlib
+import os
 import threading
 
 _state = {"depth": 0, "limiter": None, "controller": None}
@@ -46,3 +47,11 @@ def _blas():
         from threadpoolctl import ThreadpoolController
         _state["controller"] = ThreadpoolController().select(user_api="blas")
     return _state["controller"]
+
+
+def usable_cpus():
+    """The CPUs this process may run on (its affinity: taskset, Slurm, containers), or the machine's
+    count where the platform cannot say (macOS). Sizes decoding workers and writer threads."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

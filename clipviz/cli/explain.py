@@ -19,6 +19,7 @@ from ..errors import ClipvizError
 from ..maps import peak_xy
 from ..outputs import NoSpace, refuse_existing
 from ..suffixes import is_video
+from ..threads import usable_cpus
 from .inputs import check_prompts, clip_tokenizer, load_model, model_name, split_inputs
 from .plan import OutputPlan, once_each
 from .policy import failure_text, keep_failure, one_line, report_failures
@@ -127,7 +128,7 @@ def check_run_options(args, plan, images):
         raise ClipvizError("--no-overlays leaves nothing to write: add --maps npz|png, --manifest FILE.jsonl or --json")
     if args.workers is not None and args.workers < 0:
         raise ClipvizError(f"--workers {args.workers}: give 0 (decode in this process) or more")
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = usable_cpus()
     if args.workers is not None and args.workers > cpus:  # more processes than CPUs only wait for each other
         warnings.warn(f"--workers {args.workers}: capped at {cpus}, the CPUs this process may use")
         args.workers = cpus
@@ -182,7 +183,7 @@ def _explain_all(args, name, model, images, prompts, method, options, plan, todo
         default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", 1))) if len(todo) > 1 else 0
     figures = plan.figure or plan.layers or plan.heads  # matplotlib's text layout is not thread-safe
     # overlays and PNG encoding release the GIL: two threads overlap the model even on 2 CPUs
-    threads = 1 if figures else min(8, max(2, len(os.sched_getaffinity(0)) // 2))
+    threads = 1 if figures else min(8, max(2, usable_cpus() // 2))
     part = None if not args.manifest else manifest.part_path(args.manifest, ranks.rank) if ranks.distributed \
         else args.manifest
     record = manifest.Writer(part, resume=args.resume) if part else None
