@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .errors import ClipvizError
 from .files import kind_of
+from .outputs import disk_full
 
 
 def part_path(path, rank):
@@ -205,8 +206,7 @@ class Writer:
     def _failure(self, error):
         """The one message for a manifest that cannot be written: the user's disk, not a bug."""
         self.failed = True
-        full = error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
-        todo = "free space on its disk" if full else "fix that"
+        todo = "free space on its disk" if disk_full(error) else "fix that"
         return ClipvizError(f"cannot write the manifest {str(self.path)!r}: {error.strerror or error}; {todo}, then "
                             "run the same command with --resume (the images recorded so far are kept)")
 

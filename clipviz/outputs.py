@@ -257,8 +257,12 @@ def write_atomically(path, write, force=True, hint=FORCE_HINT):
 
 def _write_error(what, error):
     """ClipvizError "<what>: <strerror>" for an OSError; NoSpace when the disk is full."""
-    full = error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
-    return (NoSpace if full else ClipvizError)(f"{what}: {error.strerror or error}")
+    return (NoSpace if disk_full(error) else ClipvizError)(f"{what}: {error.strerror or error}")
+
+
+def disk_full(error):
+    """True for an OSError of a full disk or an exhausted quota (ENOSPC, EDQUOT)."""
+    return error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 def publish(temporary, path, force=True, hint=FORCE_HINT):
@@ -338,13 +342,21 @@ def remove_stale_temporaries(paths):
     """Remove what write_atomically left of ``paths`` when a run was killed mid-write (kill -9
     runs no clean-up): regular files named exactly like its temporary files, ``.<stem>.<8 random
     characters><suffix>`` (tempfile's names) beside each path. → the names removed. For a run that
-    continues its own earlier one (--resume), whose temporaries nobody else can be writing."""
-    removed = []
+    continues its own earlier one (--resume), whose temporaries nobody else can be writing. Each
+    folder is listed once, however many of ``paths`` it holds."""
+    planned = {}
     for path in map(Path, paths):
-        pattern = re.compile(re.escape(f".{path.stem}.") + r"[a-z0-9_]{8}" + re.escape(path.suffix))
+        planned.setdefault(path.parent, set()).add(path.name)
+    removed = []
+    for folder, names in planned.items():
         with contextlib.suppress(OSError):  # a folder that does not exist yet holds nothing stale
-            for entry in os.scandir(path.parent):
-                if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            for entry in os.scandir(folder):
+                match = _TEMPORARY.fullmatch(entry.name)
+                if match and match["stem"] + match["suffix"] in names and entry.is_file(follow_symlinks=False):
                     _remove(entry.path)
                     removed.append(entry.path)
     return removed
+
+
+# write_atomically's temporary names: tempfile's 8 characters between ".<stem>." and the suffix
+_TEMPORARY = re.compile(r"\.(?P<stem>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]*|)")
