@@ -205,7 +205,9 @@ class Query:
     """The prompts of one ``explain`` call, cleaned and tokenized once.
 
     ids [P, Lt] (the prompts, then any contrast prompt not among them); target_weights [T, P]:
-    target t's score is Σ_p W[t, p] · S[:, p]; target_prompt [T]: each target's own prompt.
+    target t's score is Σ_p W[t, p] · S[:, p]; target_prompt [T]: each target's own prompt;
+    text: the prompts encoded once for a run of many batches (clipviz.prompts.EncodedPrompts), or
+    None (each batch encodes them).
     """
 
     prompts: list
@@ -214,6 +216,7 @@ class Query:
     ids: torch.Tensor
     target_weights: torch.Tensor
     target_prompt: torch.Tensor
+    text: object = None
 
 
 def prepare_query(adapter, prompts, against=None):
@@ -277,7 +280,7 @@ def record_pixels(adapter, photos, pixels, boxes, sources, query, method, option
     check_map_memory(photos, len(query.prompts))
     pixels = pixels.to(adapter.device, adapter.dtype)
     records, cosine, logits, output = run_method(adapter, pixels, query.ids, query.target_weights,
-                                                 query.target_prompt, method, options)
+                                                 query.target_prompt, method, options, prompts=query.text)
     check_scores(adapter, cosine, query.encoded)
     return Recording(list(photos), list(boxes), list(sources), list(query.prompts), query.against, query.encoded,
                      records, cosine, logits, float(adapter.logit_scale().detach()), output, adapter)

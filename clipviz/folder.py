@@ -17,7 +17,6 @@ runs out of memory is halved, as in ``clipviz.explain``. The maps equal ``clipvi
 each file alone up to float32 rounding (batched matrix products), ≤ 1e-5.
 """
 
-import contextlib
 import pickle
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +33,7 @@ from .manifest import input_identity, output_entry
 from .maps import peak_xy
 from .methods import Method, default_method, get_method
 from .pixels import notice_unseen_photos
+from .prompts import encode_prompts
 from .preprocess import load_image, preprocess_image
 from .signals import ignore_stop_signals
 from .threads import single_threaded_blas, usable_cpus
@@ -124,6 +124,8 @@ def explain_files(model, paths, prompts, method=None, *, indices=None, against=N
     chosen.check_options(options)
     check_contrast(chosen, against)
     query = prepare_query(adapter, prompts, against)
+    # the prompts' side (their embedding; text-token relevance's EOT rows) once for the whole run
+    query = replace(query, text=encode_prompts(adapter, query.ids, chosen.needs(adapter, options)))
     indices = list(range(len(paths))) if indices is None else list(indices)
     size = max(1, int(batch_size))
     loader = torch.utils.data.DataLoader(ImageFiles(paths, indices, adapter.input_resolution, adapter.crop, photos), batch_size=None,
@@ -133,8 +135,7 @@ def explain_files(model, paths, prompts, method=None, *, indices=None, against=N
     limit = pending or 2 * size
     # numpy's BLAS on one thread for the run: set here, in the caller's thread, it holds for the
     # writer threads too (clipviz.threads), whose maps would otherwise wake a BLAS thread per core
-    with _text_once(adapter, chosen.needs(adapter, options)), single_threaded_blas(), \
-            ThreadPoolExecutor(max(1, threads)) as pool:
+    with single_threaded_blas(), ThreadPoolExecutor(max(1, threads)) as pool:
         try:
             batch = []  # items in order, unreadable ones among them; explained once `size` are good
             for item in loader:
@@ -235,29 +236,6 @@ def _finished(done):
     future = Future()
     future.set_result(done)
     return future
-
-
-@contextlib.contextmanager
-def _text_once(adapter, needs):
-    """The prompts' text embedding once per run: every batch encodes the same token ids, so the
-    first result is kept (without autograd) and given back while the ids are equal. Not for
-    methods that ask for text gradients (text-token relevance: they differ per image)."""
-    if needs.text is not None or adapter.text_encoder is None:
-        yield
-        return
-    encode, kept = adapter.encode_text, {}
-
-    def encode_once(ids):
-        if "ids" not in kept or kept["ids"].shape != ids.shape or not torch.equal(kept["ids"], ids):
-            with torch.no_grad():
-                kept["emb"], kept["ids"] = encode(ids), ids.clone()
-        return kept["emb"]
-
-    adapter.encode_text = encode_once  # this adapter is the run's own: nothing else sees the change
-    try:
-        yield
-    finally:
-        del adapter.encode_text
 
 
 def _portable(error):

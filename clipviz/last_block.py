@@ -1,4 +1,4 @@
-"""∂S/∂A of the image encoder's last block in closed form, for every prompt at once.
+"""∂S/∂A of a tower's last block in closed form, for every prompt (or image) at once.
 
 A CLS-pooled ViT reads its image embedding off the CLS token of the last block's output, so in the
 last block only the CLS *row* of the attention matters. For a pre-norm block
@@ -20,6 +20,13 @@ backward runs through the block's other N − 1 tokens, its MLP on them, or its 
 The result is the same number the general autograd path computes (up to float rounding), for any
 gradient reducer of ``clipviz.methods`` that reads ∂S/∂A of the last block only (relevance and
 Grad-ECLIP with ``start_layer=-1``).
+
+The text tower is the same with EOT for CLS: a causal CLIP text transformer reads its embedding
+off the EOT token, so in its last block only prompt p's EOT row of A_p matters, and text-token
+relevance's ∂S[b, p]/∂A_p[EOT, j] = ⟨∂S[b, p]/∂o_h, v_{h,j}⟩. Here the copies are the images: the
+text tail runs on prompt p's EOT output once per image b ([P, B, D]), since S[b, p] reads image b's
+embedding, and one backward gives every (image, prompt) pair. Everything before the tail
+(``pooled_row``) depends on the prompts alone, so a run of many batches computes it once.
 
 Supported blocks: OpenAI/clipviz and open_clip ``ResidualAttentionBlock`` (``nn.MultiheadAttention``,
 optional ``ls_1``/``ls_2``) and Hugging Face ``CLIPEncoderLayer``. ``block_parts`` returns None for
@@ -74,35 +81,100 @@ def _mha_values(attention, h):
     return nn.functional.linear(h, weight, bias)
 
 
-def cls_row_gradients(parts, image_head, tokens, probs, text_emb, logit_scale, target_weights):
-    """Every target's ∂S_t/∂A[CLS, :] of the last block, in one small backward.
+@dataclass
+class PooledRow:
+    """What the closed form reads of one call of a block, per sequence (S sequences, N tokens,
+    H heads of width d = D / H), all computed without autograd.
 
-    parts:          block_parts(last block)
+    rows:      [S] long, the token each sequence's embedding is read at
+    row_probs: [S, H, N], that row of the attention probabilities A
+    values:    [S, N, H, d], the attention values v = ln_1(x) W_vᵀ + b_v
+    row_in:    [S, 1, D], the residual stream x at the row
+    row_out:   [S, 1, D], o = Σ_j A[row, j] v_j, the attention output before out_proj
+    """
+
+    rows: torch.Tensor
+    row_probs: torch.Tensor
+    values: torch.Tensor
+    row_in: torch.Tensor
+    row_out: torch.Tensor
+
+
+def pooled_row(parts, tokens, probs, rows):
+    """A PooledRow of one block call: tokens x [S, N, D] (the block's input, batch-first, the
+    model's dtype), probs A [S, H, N, N], rows [S] long."""
+    count, n, width = tokens.shape
+    sequences = torch.arange(count, device=tokens.device)
+    with torch.no_grad():
+        values = parts.values(parts.ln_1(tokens)).view(count, n, parts.heads, width // parts.heads)
+        row_probs = probs[sequences, :, rows, :]
+        row_out = torch.einsum("shj,sjhc->shc", row_probs.to(values.dtype), values).reshape(count, 1, width)
+        return PooledRow(rows, row_probs, values, tokens[sequences, rows][:, None, :], row_out)
+
+
+def row_gradients(parts, head, row, copies, score):
+    """∂score/∂A[s, h, rows[s], :] of the block for every copy of every sequence, in one small backward.
+
+    parts:   block_parts(the block); row: its PooledRow
+    head:    what the tower does to its pooled token, [..., D] → [..., E] (ln_post + proj)
+    copies:  K, how many scores each sequence's embedding enters (targets, or images)
+    score:   embeddings [S, K, E] → a scalar, the sum over copies of the scores whose gradients
+             are asked for (copy k of sequence s carries score k's)
+    Returns [S, K, H, N]: row ``rows[s]`` of ∂score_k/∂A_s per copy and head (fp32); every other
+    row of ∂score_k/∂A_s is zero (see the module docstring).
+    """
+    count, _, width = row.row_out.shape
+    with torch.enable_grad():
+        o = row.row_out.expand(count, copies, width).clone().requires_grad_(True)  # [S, K, D]
+        middle = row.row_in + parts.ls_1(parts.out_proj(o))
+        leaving = middle + parts.ls_2(parts.mlp(parts.ln_2(middle)))
+        grad_o, = torch.autograd.grad(score(head(leaving)), o)
+    grad_o = grad_o.float().view(count, copies, parts.heads, width // parts.heads)
+    return torch.einsum("skhc,sjhc->skhj", grad_o, row.values.float())
+
+
+def cls_row_gradients(parts, image_head, tokens, probs, text_emb, logit_scale, target_weights):
+    """Every target's ∂S_t/∂A[CLS, :] of a CLS-pooled image tower's last block (``row_gradients``).
+
     image_head:     the tower's head on a token (adapter.image_head) [..., D] → [..., E]
     tokens:         x [B, N, D], the last block's input (batch-first, the model's dtype)
     probs:          A [B, H, N, N], its attention probabilities
     text_emb:       [P, E] (detached); logit_scale: a scalar tensor; target_weights [T, P]
     Returns [B, T, H, N]: row CLS of ∂S_t/∂A per image, target and head (fp32).
     """
-    batch, n, width = tokens.shape
-    targets, heads = target_weights.shape[0], parts.heads
-    with torch.no_grad():
-        values = parts.values(parts.ln_1(tokens)).view(batch, n, heads, width // heads)  # [B, N, H, d]
-        cls_out = torch.einsum("bhj,bjhc->bhc", probs[:, :, 0, :].to(values.dtype), values).reshape(batch, width)
-    with torch.enable_grad():
-        o = cls_out[:, None, :].expand(batch, targets, width).clone().requires_grad_(True)  # [B, T, D]
-        middle = tokens[:, :1, :] + parts.ls_1(parts.out_proj(o))
-        leaving = middle + parts.ls_2(parts.mlp(parts.ln_2(middle)))
-        embedding = image_head(leaving).reshape(batch * targets, -1)
-        _, logits = scores_from_embeddings(embedding, text_emb, logit_scale)  # [B·T, P]
-        scores = (logits.view(batch, targets, -1) * target_weights.to(logits)[None]).sum()  # row t of copy t
-        grad_o, = torch.autograd.grad(scores, o)
-    grad_o = grad_o.float().view(batch, targets, heads, width // heads)
-    return torch.einsum("bthc,bjhc->bthj", grad_o, values.float())
+    batch, targets = tokens.shape[0], target_weights.shape[0]
+
+    def score(embedding):  # [B, T, E] → Σ_b Σ_t S_t of copy t of image b
+        _, logits = scores_from_embeddings(embedding.reshape(batch * targets, -1), text_emb, logit_scale)  # [B·T, P]
+        return (logits.view(batch, targets, -1) * target_weights.to(logits)[None]).sum()
+
+    rows = torch.zeros(batch, dtype=torch.long, device=tokens.device)
+    return row_gradients(parts, image_head, pooled_row(parts, tokens, probs, rows), targets, score)
 
 
-def full_gradient(cls_rows, n):
-    """CLS rows [B, H, N] → the whole ∂S/∂A [B, H, N, N] (zero off the CLS row), for a reducer."""
-    grad = cls_rows.new_zeros(*cls_rows.shape[:2], n, n)
-    grad[:, :, 0, :] = cls_rows
+def eot_row_gradients(parts, text_head, row, image_emb, logit_scale):
+    """Every image's ∂S[b, p]/∂A_p[EOT_p, :] of a causal text tower's last block (``row_gradients``):
+    text-token relevance's gradient, which differs per image (S[b, p] reads image b's embedding).
+
+    text_head:      what the text tower does to its EOT token (ln_final, then the projection)
+    row:            pooled_row of the last text block's call on the P prompts, rows = their EOT
+                    (image-independent: a run computes it once, clipviz.prompts)
+    image_emb:      [B, E] (detached); logit_scale: a scalar tensor
+    Returns [P, B, H, L]: row EOT_p of ∂S[b, p]/∂A_p per prompt, image and head (fp32). A logit
+    bias (SigLIP) is a constant and changes no gradient.
+    """
+    images = torch.nn.functional.normalize(image_emb.float(), dim=-1)  # [B, E]
+
+    def score(embedding):  # [P, B, E] → Σ_p Σ_b S[b, p] of copy b of prompt p
+        cosine = (torch.nn.functional.normalize(embedding.float(), dim=-1) * images[None]).sum()
+        return logit_scale.float() * cosine
+
+    return row_gradients(parts, text_head, row, image_emb.shape[0], score)
+
+
+def full_gradient(row_grad, rows, n):
+    """Rows [S, H, N] of ∂S/∂A (row ``rows[s]`` of sequence s) → the whole ∂S/∂A [S, H, N, N],
+    zero elsewhere, for a reducer without an ``on_row``."""
+    grad = row_grad.new_zeros(*row_grad.shape[:2], n, n)
+    grad[torch.arange(len(rows), device=rows.device), :, rows, :] = row_grad
     return grad

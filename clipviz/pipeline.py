@@ -19,10 +19,11 @@ from .forms import check_trainable, explaining, usable
 from .adapters.probe import probe_readout_gradients
 from .adapters.vit import ViTRecorder
 from .hooks import AttentionRecorder, CausalPrefix, Unchained, find_blocks
-from .last_block import block_parts, cls_row_gradients, full_gradient
+from .last_block import block_parts, cls_row_gradients, eot_row_gradients, full_gradient
 from .methods.base import Records
+from .prompts import encode_prompts
 
-def run_method(adapter, pixels, ids, target_weights, target_prompt, method, options, fast=True):
+def run_method(adapter, pixels, ids, target_weights, target_prompt, method, options, fast=True, prompts=None):
     """Record, score, backpropagate and compute: the core of ``explain`` on tensors, for every family.
 
     pixels [B, 3, S, S]; ids [P, Lt]; target_weights [T, P] (target t's score is
@@ -35,19 +36,41 @@ def run_method(adapter, pixels, ids, target_weights, target_prompt, method, opti
     ``torch.inference_mode()``, checkpointing off); the model is as before afterwards.
 
     fast: take ∂S/∂A of the last block from its closed form (clipviz.last_block) when the method
-    reads that block alone, else every target's gradients in batched backward passes
-    (``AttentionRecorder.backward_batched``). False runs the general path: one backward per target
-    through the recorded blocks (the same maps, slower).
+    reads that block alone, of the image and of the text tower, else every target's gradients in
+    batched backward passes (``AttentionRecorder.backward_batched``). False runs the general path:
+    one backward per target (per image for text-token relevance) through the recorded blocks (the
+    same maps, slower).
+
+    prompts: ``ids`` encoded earlier by clipviz.prompts.encode_prompts for this method's needs (a
+    run of many batches encodes them once), or None to encode them here.
     """
     with explaining(adapter.model):
-        arguments = (adapter, usable(pixels), usable(ids), usable(target_weights), target_prompt, method, options, fast)
+        method.check_family(adapter)
+        if not fast:
+            prompts = None  # the general path encodes the prompts with the batch, as before the closed forms
+        elif prompts is None:
+            prompts = encode_prompts(adapter, usable(ids), method.needs(adapter, options))
+        elif not prompts.encodes(ids):
+            raise ValueError("run_method: `prompts` were encoded from other token ids than `ids`")
+        elif prompts.row is None and method.needs(adapter, options).text is not None:
+            prompts = None  # encoded without the text rows this method reads: encode with the batch
+        arguments = (adapter, usable(pixels), usable(ids), usable(target_weights), target_prompt, method, options, fast,
+                     prompts)
         try:
-            return _run_method(*arguments)
-        except Unchained:  # blocks that are not one residual stream: no block-by-block recompute
-            return _run_method(*arguments, recompute=False)
+            try:
+                return _run_method(*arguments)
+            except Unchained:  # blocks that are not one residual stream: no block-by-block recompute
+                return _run_method(*arguments, recompute=False)
+        except RuntimeError as error:
+            # weights made inside torch.inference_mode() cannot be saved for backward; asked here, on
+            # the way out, rather than by walking every parameter before each explanation
+            if "Inference tensors" in str(error):
+                check_trainable(adapter.model, method.name)
+            raise
 
 
-def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, options, fast=True, recompute=True):
+def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, options, fast=True, prompts=None,
+                recompute=True):
     method.check_family(adapter)
     needs = method.needs(adapter, options)
     batch, targets = pixels.shape[0], target_weights.shape[0]
@@ -57,8 +80,6 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, opt
     wants_gradient = needs.wants_gradient
     if adapter.text_encoder is None and (wants_gradient or needs.text is not None):
         raise text_tower_needed(method.name)
-    if wants_gradient:
-        check_trainable(adapter.model, method.name)
     last = _closed_form_block(adapter, needs) if fast and wants_gradient else None
     # every target's gradients in batched backward passes, recomputing one block at a time (a
     # training-mode model may draw dropout masks: a recomputed block would not be the same function)
@@ -68,22 +89,27 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, opt
         image_recorder = ViTRecorder(adapter.image_encoder, needs, block_input=True)
     else:
         image_recorder = adapter.image_recorder(needs, recompute=recompute) or _NoRecorder()
-    text_recorder = AttentionRecorder(adapter.text_encoder, layers=needs.text, gradients=needs.gradient) \
-        if needs.text is not None else _NoRecorder()
-    # text gradients differ per image (∂S[b, p]/∂A_text depends on image b's embedding): one text
+    # prompts encoded with each batch (the general path): their recorder, with autograd for text
+    # gradients, which differ per image (∂S[b, p]/∂A_text depends on image b's embedding): one text
     # forward for the batch, then one backward per image b of Σ_p S[b, p] (batched when fast)
-    per_image_text = needs.gradient is not None and needs.text is not None and needs.readout is None
+    encode_here = prompts is None and adapter.text_encoder is not None
+    text_recorder = AttentionRecorder(adapter.text_encoder, layers=needs.text, gradients=needs.gradient) \
+        if encode_here and needs.text is not None else _NoRecorder()
+    per_image_text = encode_here and needs.gradient is not None and needs.text is not None and needs.readout is None
     # the text feature is read at EOT under a causal mask: positions after the last EOT never matter
     short_text = CausalPrefix(adapter.text_encoder, int(adapter.eot_positions(ids).max()) + 1) \
-        if adapter.text_encoder is not None else _NoRecorder()
+        if encode_here else _NoRecorder()
     with torch.set_grad_enabled(wants_gradient), adapter.running(), image_recorder, text_recorder, short_text:
         with torch.set_grad_enabled(wants_gradient and last is None):
             image_emb = adapter.encode_image(pixels)
         if adapter.text_encoder is None:  # an image tower alone: nothing to score against
             cosine = logits = torch.full((batch, ids.shape[0]), float("nan"))
         else:
-            with torch.set_grad_enabled(per_image_text):  # the image gradients need the text as a constant only
-                text_emb = adapter.encode_text(ids)
+            if prompts is not None:
+                text_emb = prompts.embedding
+            else:
+                with torch.set_grad_enabled(per_image_text):  # the image gradients need the text as a constant only
+                    text_emb = adapter.encode_text(ids)
             cosine, logits = scores_from_embeddings(image_emb, text_emb, adapter.logit_scale(), adapter.logit_bias())
         image_recorder.check_recorded()
         text_recorder.check_recorded()
@@ -108,6 +134,8 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, opt
             else:
                 for t in range(targets):
                     image_recorder.backward(target_scores[t], slot=t)
+        if prompts is not None and prompts.row is not None:
+            _closed_form_text(records, prompts, needs.gradient, adapter, image_emb)
     image_recorder.collect(records)
     _collect_text(records, text_recorder)
     output = method.compute(records, options)
@@ -130,12 +158,34 @@ def _closed_form_gradients(recorder, parts, reduce, adapter, text_emb, target_we
     tokens, _ = recorder.batch_first_tokens(record)
     cls_rows = cls_row_gradients(parts, adapter.image_head, tokens.to(adapter.dtype), record.probs, text_emb.detach(),
                                  adapter.logit_scale().detach(), target_weights)  # [B, T, H, N]
-    n = record.probs.shape[-1]
-    from_row = getattr(reduce, "cls_row", None)  # a reducer's shortcut for a CLS-row-only gradient
+    rows = torch.zeros(cls_rows.shape[0], dtype=torch.long, device=cls_rows.device)
+    row_probs = record.probs[:, :, 0, :]
     for t in range(cls_rows.shape[1]):
-        record.grads[t] = from_row(record.probs, cls_rows[:, t]) if from_row is not None \
-            else reduce(record.probs, full_gradient(cls_rows[:, t], n))
+        record.grads[t] = _reduce_row(reduce, record.probs, row_probs, cls_rows[:, t], rows)
     record.tokens = record._live_tokens = None  # not asked for by the method
+
+
+def _closed_form_text(records, prompts, reduce, adapter, image_emb):
+    """Text-token relevance's gradients from the closed form of the last text block: records
+    text_probs and text_grads (image-major pairs, see Records) of prompts.layer."""
+    rows = eot_row_gradients(prompts.parts, adapter.text_head, prompts.row, image_emb.detach(),
+                             adapter.logit_scale().detach())  # [P, B, H, L]
+    count, batch = rows.shape[:2]
+    pairs = rows.transpose(0, 1).reshape(batch * count, *rows.shape[2:])  # [B·P, H, L], pair (b, p) at b·P + p
+    row = prompts.row
+    records.text_probs[prompts.layer] = prompts.probs
+    records.text_grads[prompts.layer] = _reduce_row(
+        reduce, prompts.probs.repeat(batch, 1, 1, 1), row.row_probs.repeat(batch, 1, 1), pairs, row.rows.repeat(batch))
+
+
+def _reduce_row(reduce, probs, row_probs, row_grad, rows):
+    """reduce(probs, ∂S/∂probs) for a gradient that is zero outside row ``rows[s]`` of sequence s:
+    probs [S, H, N, N], row_probs and row_grad [S, H, N] (that row of each), rows [S] long. A
+    reducer's ``on_row`` computes it from the rows alone."""
+    on_row = getattr(reduce, "on_row", None)
+    if on_row is not None:
+        return on_row(row_probs, row_grad, rows)
+    return reduce(probs, full_gradient(row_grad, rows, probs.shape[-1]))
 
 
 def _readout_backward(recorder, readout, adapter, text_emb, target_weights):
@@ -152,8 +202,16 @@ def _readout_backward(recorder, readout, adapter, text_emb, target_weights):
 def _collect_text(records, text_recorder):
     for index, layer in text_recorder.layers.items():
         records.text_probs[index] = layer.probs
-        # slot b: image b's gradients of all P prompts (prompt p's row is ∂S[b, p]/∂A_text)
-        records.text_grads[index] = {(b, t): layer.grads[b] for b in layer.grads for t in range(records.targets)}
+        # slot b: image b's gradients of all P prompts (prompt p's row is ∂S[b, p]/∂A_text), laid
+        # out as Records.text_grads: pair (b, p) at b·P + p
+        records.text_grads[index] = _joined([layer.grads[b] for b in range(records.batch)])
+
+
+def _joined(reduced):
+    """Reduced gradients of B slots, each [P, ...] (or a dict of such) → one [B·P, ...] (or dict)."""
+    if isinstance(reduced[0], dict):
+        return {key: _joined([r[key] for r in reduced]) for key in reduced[0]}
+    return torch.cat(reduced)
 
 class _NoRecorder:
     layers = {}

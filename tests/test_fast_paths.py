@@ -12,10 +12,11 @@ import pytest
 import torch
 
 import clipviz
+import clipviz.adapters
 import clipviz.explanation as explanation
 import clipviz.pipeline as pipeline
 from clipviz.hooks import find_blocks
-from clipviz.last_block import block_parts, cls_row_gradients
+from clipviz.last_block import block_parts, cls_row_gradients, eot_row_gradients, pooled_row
 from clipviz.methods.base import Records
 from test_adapters import libraries, models, photo  # noqa: F401 (fixtures)
 
@@ -124,6 +125,63 @@ def test_cls_row_gradient_matches_a_hand_autograd(models):  # noqa: F811
     got = cls_row_gradients(block_parts(block), lambda t: model.visual.ln_post(t) @ model.visual.proj,
                             x, probs.detach(), text, scale, weights)
     torch.testing.assert_close(got, expected[:, :, :, 0], rtol=1e-5, atol=1e-7)
+
+
+def test_eot_row_gradient_matches_a_hand_autograd(models):  # noqa: F811
+    """Text-token relevance's closed form: ∂S[b, p]/∂A_p of the last text block for every image b,
+    against autograd through that whole block written out by hand (causal attention recomputed
+    from q, k, v; the embedding read at each prompt's EOT, then ln_final and text_projection)."""
+    model = models["clipviz"]
+    block = find_blocks(model.transformer)[-1]
+    attn, heads, width = block.attn, block.attn.num_heads, block.attn.embed_dim
+    d = width // heads
+    torch.manual_seed(1)
+    prompts, length, images = 3, 6, 4
+    x = torch.randn(prompts, length, width)
+    eot = torch.tensor([5, 2, 4])
+    image_emb = torch.randn(images, model.text_projection.shape[1])
+    scale = torch.tensor(5.0)
+    causal = torch.full((length, length), float("-inf")).triu(1)
+
+    def projected(i, h):
+        return torch.nn.functional.linear(h, attn.in_proj_weight[i * width:(i + 1) * width],
+                                          attn.in_proj_bias[i * width:(i + 1) * width]).view(prompts, length, heads, d)
+
+    def scores_of(probs):  # S [B, P]
+        v = projected(2, block.ln_1(x))
+        o = torch.einsum("phij,pjhc->pihc", probs, v).reshape(prompts, length, width)
+        y = x + attn.out_proj(o)
+        y = y + block.mlp(block.ln_2(y))
+        text = model.ln_final(y[torch.arange(prompts), eot]) @ model.text_projection
+        cosine = torch.nn.functional.normalize(image_emb, dim=-1) @ torch.nn.functional.normalize(text, dim=-1).t()
+        return scale * cosine
+
+    q, k = [projected(i, block.ln_1(x)).transpose(1, 2) for i in (0, 1)]
+    probs = ((q @ k.transpose(-1, -2)) / d ** 0.5 + causal).softmax(-1).detach().requires_grad_(True)
+    expected = torch.stack([torch.autograd.grad(scores_of(probs)[b].sum(), probs)[0] for b in range(images)], dim=1)
+    for p in range(prompts):  # [P, B, H, L, L]: only prompt p's EOT row is non-zero
+        assert expected[p, :, :, torch.arange(length) != eot[p]].abs().max() == 0
+    adapter = clipviz.adapters.adapt(model)
+    row = pooled_row(block_parts(block), x, probs.detach(), eot)
+    got = eot_row_gradients(block_parts(block), adapter.text_head, row, image_emb, scale)  # [P, B, H, L]
+    torch.testing.assert_close(got, expected[torch.arange(prompts), :, :, eot], rtol=1e-5, atol=1e-7)
+
+
+def test_prompts_encoded_once_carry_the_rows_only_where_the_closed_form_applies(models):  # noqa: F811
+    """encode_prompts keeps the last text block's EOT rows for text-token relevance of that block,
+    nothing for text=False, and gives up (None: encode with each batch) for every text block."""
+    from clipviz.methods import get_method
+    from clipviz.prompts import encode_prompts
+    relevance = get_method("relevance")
+    for family, model in models.items():
+        adapter = clipviz.adapters.adapt(model)
+        ids = adapter.tokenize(FEW + ["a cat"])
+        last = encode_prompts(adapter, ids, relevance.needs(adapter, {}))
+        assert last.layer == adapter.text_layers - 1 and last.row.rows.tolist() == adapter.eot_positions(ids).tolist()
+        with torch.no_grad():
+            torch.testing.assert_close(last.embedding, adapter.encode_text(ids))
+        assert encode_prompts(adapter, ids, relevance.needs(adapter, {"text": False})).row is None
+        assert encode_prompts(adapter, ids, relevance.needs(adapter, {"text_start_layer": 0})) is None, family
 
 
 def test_rollout_row_product_equals_the_matrix_product(models):  # noqa: F811

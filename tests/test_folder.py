@@ -141,7 +141,10 @@ def test_without_photos_the_workers_send_sizes_and_the_maps_are_the_same(work, m
 
 @pytest.mark.parametrize("method, options, encodes", [
     ("relevance", {"text": False}, 1), ("gradcam", {}, 1), ("rollout", {}, 1),
-    ("relevance", {}, 4)])  # text-token relevance: the text gradient differs per image, one text pass a batch
+    # text-token relevance of the last text block: the prompts' EOT rows once, the per-image tail a batch
+    ("relevance", {}, 1),
+    # of every text block: the text gradient differs per image and has no closed form, one text pass a batch
+    ("relevance", {"text_start_layer": 0}, 4)])
 def test_text_is_encoded_once_per_run_and_results_equal_explain(work, model, monkeypatch, method, options, encodes):
     calls = []
     encode = model.encode_text

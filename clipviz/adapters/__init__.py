@@ -151,6 +151,14 @@ class ClipAdapter:
         visual = self.image_encoder
         return visual.ln_post(tokens) @ visual.proj
 
+    # True when the text embedding is text_head(the last block's output at one token, the EOT of
+    # eot_positions): text-token relevance then has a closed form (clipviz.last_block)
+    text_reads_one_token = True
+
+    def text_head(self, tokens):
+        """What the text tower does to its EOT token: ln_final, then text_projection. [..., D] → [..., E]."""
+        return self.model.ln_final(tokens) @ self.model.text_projection
+
 
 def _checked_ids(tokenize, prompts, context_length):
     """``tokenize`` (a library's tokenizer, padding to its max_length without truncating) over

@@ -33,9 +33,10 @@ class HuggingFaceLayout(AttentionLayout):
     input_name = "hidden_states"
 
     def attention_of(self, block):
+        if not type(block).__name__.endswith("EncoderLayer"):  # cheap, before any missing attribute
+            return None
         attn = getattr(block, "self_attn", None)
-        if type(block).__name__.endswith("EncoderLayer") and all(
-                isinstance(getattr(attn, name, None), torch.nn.Linear) for name in ("q_proj", "k_proj", "v_proj", "out_proj")):
+        if all(isinstance(getattr(attn, name, None), torch.nn.Linear) for name in ("q_proj", "k_proj", "v_proj", "out_proj")):
             return attn
         return None
 
@@ -136,6 +137,11 @@ class HuggingFaceAdapter(ClipAdapter):
     def image_head(self, tokens):
         """post_layernorm, then visual_projection: [..., D] → [..., E]."""
         return self.model.visual_projection(self.image_encoder.post_layernorm(tokens))
+
+    def text_head(self, tokens):
+        """final_layer_norm, then text_projection: [..., D] → [..., E] (CLIPTextModel pools the EOT
+        token of the normalised states)."""
+        return self.model.text_projection(self.text_encoder.final_layer_norm(tokens))
 
 
 def _features(output):

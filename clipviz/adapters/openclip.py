@@ -132,6 +132,10 @@ class OpenClipAdapter(ClipAdapter):
         self.eos_id = getattr(owner, "text_eos_id", None) or getattr(owner, "eos_id", None)
         if self.text_pool == "last":  # SigLIP: no EOT row to read text-token relevance from
             self.text_layers = 0
+        self._text_owner = owner if hasattr(owner, "ln_final") else model
+        # a CoCa-style text tower pools an appended CLS token after its norm: not head(one token)
+        self.text_reads_one_token = self.text_pool in ("argmax", "eos", "first") \
+            and getattr(self._text_owner, "cls_emb", None) is None
         self.pixel_mean, self.pixel_std = pixel_statistics(visual)
         self.crop = (getattr(visual, "preprocess_cfg", None) or {}).get("resize_mode") != "squash"
 
@@ -175,6 +179,16 @@ class OpenClipAdapter(ClipAdapter):
         visual = self.image_encoder
         out = visual.ln_post(tokens)
         return out if visual.proj is None else out @ visual.proj
+
+    def text_head(self, tokens):
+        """What the text tower does to its pooled token: ln_final, then text_projection (a matrix or
+        an nn.Linear, or none). [..., D] → [..., E]."""
+        owner = self._text_owner
+        out = owner.ln_final(tokens)
+        projection = owner.text_projection
+        if projection is None:
+            return out
+        return projection(out) if isinstance(projection, torch.nn.Module) else out @ projection
 
 
 def renormalise(pixels, mean, std):

@@ -116,6 +116,7 @@ class SiglipAdapter(HuggingFaceAdapter):
     pooling = "probe"   # an attention-pooling head (clipviz.adapters.probe)
     crop = False        # resized to S × S, not cropped
     pixel_mean, pixel_std = SIGLIP_MEAN, SIGLIP_STD
+    text_reads_one_token = False  # no text-token relevance (text_layers = 0)
 
     def __init__(self, model):
         super().__init__(model)

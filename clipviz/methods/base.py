@@ -52,8 +52,9 @@ class Records:
     pool_probs:   [B, H, 1, 1 + g·g] a ResNet's attention-pool probabilities (Needs.pool)
     queries, keys:{layer: [B, N, D]}           attention q and k, heads side by side (Needs.qk)
     text_probs:   {layer: [P, H, Lt, Lt]}      P = prompts actually encoded
-    text_grads:   {layer: {(image, target): reduce(probs, grad)}}  over the P prompts; row p holds
-                  ∂S[image, p]/∂probs of prompt p (a target reads its own prompt's row)
+    text_grads:   {layer: reduce(probs, grad)} over the B·P (image, prompt) pairs, image-major
+                  (pair (b, p) at b·P + p), grad = ∂S[b, p]/∂probs of prompt p (a target reads
+                  its own prompt's pair)
     pooling:      "cls", or "probe" for an attention-pooled tower: then block num_layers - 1 is
                   the pool and every record is laid out with the probe as token 0
                   (clipviz.adapters.probe)

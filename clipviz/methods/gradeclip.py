@@ -34,7 +34,15 @@ def cls_gradient(probs, grad):
     return grad[:, :, 0, :].sum(dim=1)
 
 
-cls_gradient.cls_row = lambda probs, cls_grad: cls_grad.sum(dim=1)  # the same, from the CLS row [B, H, N]
+
+
+def _cls_gradient_on_row(row_probs, row_grad, rows):
+    """cls_gradient for a gradient that is zero outside row ``rows[s]`` (clipviz.last_block):
+    row_grad [S, H, N] → [S, N]; zero for a sequence whose row is not CLS."""
+    return row_grad.sum(dim=1) * (rows == 0).view(-1, 1)
+
+
+cls_gradient.on_row = _cls_gradient_on_row
 
 
 def loosened_attention(queries, keys):

@@ -33,17 +33,18 @@ def positive_weighted(probs, grad):
     return {"mean": weighted.mean(dim=1), "cls_heads": weighted[:, :, 0, :].clone()}
 
 
-def _positive_weighted_cls_row(probs, cls_grad):
-    """positive_weighted(probs, grad) for a gradient that is zero outside the CLS row, from that
-    row alone: cls_grad [B, H, N] (clipviz.last_block) → the same dict, without touching the
-    [B, H, N, N] zeros."""
-    weighted = (cls_grad * probs[:, :, 0, :]).clamp(min=0)  # [B, H, N]
-    mean = weighted.new_zeros(*probs.shape[:1], *probs.shape[2:])
-    mean[:, 0, :] = weighted.mean(dim=1)
-    return {"mean": mean, "cls_heads": weighted}
+def _positive_weighted_on_row(row_probs, row_grad, rows):
+    """positive_weighted(probs, grad) for a gradient that is zero outside one row per sequence
+    (clipviz.last_block), from that row alone: row_probs, row_grad [S, H, N] (row ``rows[s]`` of
+    A and of ∂S/∂A), rows [S] long → the same dict, without touching the [S, H, N, N] zeros."""
+    weighted = (row_grad * row_probs).clamp(min=0)  # [S, H, N]
+    count, n = weighted.shape[0], weighted.shape[-1]
+    mean = weighted.new_zeros(count, n, n)
+    mean.scatter_(1, rows.view(count, 1, 1).expand(count, 1, n), weighted.mean(dim=1, keepdim=True))
+    return {"mean": mean, "cls_heads": weighted * (rows == 0).view(count, 1, 1)}
 
 
-positive_weighted.cls_row = _positive_weighted_cls_row
+positive_weighted.on_row = _positive_weighted_on_row
 
 
 def needs(model, start_layer=-1, text_start_layer=-1, text=True):
@@ -91,13 +92,14 @@ def text_relevance(records, text_start_layer=-1):
 
     Every (image, target) pair is propagated at once, as a batch of B·T matrices."""
     layers = blocks_from(text_start_layer, records.text_layers, "text_start_layer")
-    rows = records.target_prompt.tolist()  # each target's own prompt among those encoded
-    pairs = [(b, t) for b in range(records.batch) for t in range(records.targets)]
-    means = [torch.stack([records.text_grads[l][pair]["mean"][rows[pair[1]]] for pair in pairs]) for l in layers]
-    relevance, _ = propagate(means)  # [B·T, Lt, Lt]
-    eot = records.eot.to(relevance.device).repeat(records.batch)  # [B·T]
-    eot_rows = relevance[torch.arange(len(pairs), device=relevance.device), eot]  # [B·T, Lt]
-    positions = torch.arange(eot_rows.shape[-1], device=relevance.device)
+    first = records.text_grads[layers[0]]["mean"]  # [B·P, Lt, Lt], pair (b, p) at b·P + p
+    device, prompts = first.device, first.shape[0] // records.batch
+    pairs = (torch.arange(records.batch, device=device)[:, None] * prompts
+             + records.target_prompt.to(device)[None, :]).reshape(-1)  # [B·T]: each target's own prompt
+    relevance, _ = propagate([records.text_grads[l]["mean"][pairs] for l in layers])  # [B·T, Lt, Lt]
+    eot = records.eot.to(device).repeat(records.batch)  # [B·T]
+    eot_rows = relevance[torch.arange(len(pairs), device=device), eot]  # [B·T, Lt]
+    positions = torch.arange(eot_rows.shape[-1], device=device)
     words = (positions >= 1) & (positions < eot[:, None])  # SOT and EOT excluded
     out = torch.where(words, eot_rows, torch.zeros_like(eot_rows))
     return out.float().cpu().reshape(records.batch, records.targets, -1)
