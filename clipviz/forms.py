@@ -102,7 +102,9 @@ def usable(tensor):
 
 @contextmanager
 def _no_checkpointing(model):
-    switched = [(m, name) for m in model.modules() for name in _CHECKPOINT_FLAGS if getattr(m, name, None) is True]
+    # the flags are plain instance attributes: vars() reads them without nn.Module.__getattr__'s
+    # exception for every module that has none (this runs on every explanation)
+    switched = [(m, name) for m in model.modules() for name in _CHECKPOINT_FLAGS if vars(m).get(name) is True]
     try:
         for module, name in switched:
             setattr(module, name, False)

@@ -40,6 +40,7 @@ On exit (normal or exception) every hook is removed and the model is exactly as 
 """
 
 import os
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -134,9 +135,11 @@ def attention_of(block):
 
 def _attention_and_layout(block):
     """(attention module, its AttentionLayout or None for nn.MultiheadAttention) or (None, None)."""
-    attn = getattr(block, "attn", None)
-    if type(block).__name__ == "ResidualAttentionBlock" and isinstance(attn, nn.MultiheadAttention):
-        return attn, None
+    # the class name first: a missing attribute costs an exception, and an explanation walks every module
+    if type(block).__name__ == "ResidualAttentionBlock":
+        attn = getattr(block, "attn", None)
+        if isinstance(attn, nn.MultiheadAttention):
+            return attn, None
     for layout in _LAYOUTS:
         attn = layout.attention_of(block)
         if attn is not None:
@@ -576,11 +579,28 @@ def remove_hooks(handles):
 
 
 def _is_causal(mask):
-    """True for an additive [L, L] mask that is -inf exactly above the diagonal."""
+    """True for an additive [L, L] mask that is -inf exactly above the diagonal.
+
+    Remembered per mask tensor (and its version: an in-place change is seen), since the answer
+    costs a device synchronisation and every block of a text tower shares one mask."""
     if not torch.is_tensor(mask) or mask.dim() != 2 or mask.shape[0] != mask.shape[1]:
         return False
+    # an inference tensor has no version counter: asked every time
+    key = None if mask.is_inference() else (id(mask), mask.data_ptr(), mask._version, mask.dtype, mask.device)
+    known = _CAUSAL_MASKS.get(key)
+    if known is not None and known[0]() is mask:
+        return known[1]
     blocked = torch.isinf(mask) & (mask < 0)
-    return bool(torch.equal(blocked, torch.ones_like(blocked).triu(1)))
+    causal = bool(torch.equal(blocked, torch.ones_like(blocked).triu(1)))
+    if key is None:
+        return causal
+    if len(_CAUSAL_MASKS) > 64:  # masks of models let go: forget them
+        _CAUSAL_MASKS.clear()
+    _CAUSAL_MASKS[key] = (weakref.ref(mask), causal)
+    return causal
+
+
+_CAUSAL_MASKS = {}  # (id, data_ptr, version, dtype, device) -> (weak reference to the mask, causal?)
 
 
 def _trim_mask(module, args, kwargs):

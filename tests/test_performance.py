@@ -144,3 +144,17 @@ def test_text_runs_only_up_to_the_last_eot_and_gives_the_same_embeddings(vit_b32
     torch.testing.assert_close(short, full, rtol=1e-5, atol=1e-5 * full.abs().max().item())
     assert torch.equal(again, full)
     assert CausalPrefix(vit_b32.visual, 5).blocks == []  # no causal mask there: left alone
+
+
+def test_a_causal_mask_is_checked_once_and_again_after_an_in_place_change(monkeypatch):
+    """CausalPrefix asks every block whether its mask is causal; the answer (a device
+    synchronisation on a GPU) is remembered per mask tensor, and an in-place edit is noticed."""
+    import clipviz.hooks as hooks
+    checks = []
+    equal = torch.equal
+    monkeypatch.setattr(hooks.torch, "equal", lambda a, b: checks.append(1) or equal(a, b))
+    mask = torch.full((6, 6), float("-inf")).triu(1)
+    assert hooks._is_causal(mask) and hooks._is_causal(mask) and len(checks) == 1
+    mask[0, 3] = 0.0  # no longer causal: its version changed
+    assert not hooks._is_causal(mask) and len(checks) == 2
+    assert not hooks._is_causal(torch.zeros(6, 6)) and hooks._is_causal(torch.full((6, 6), float("-inf")).triu(1))
