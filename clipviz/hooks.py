@@ -162,6 +162,8 @@ class AttentionRecorder:
     cut_graph: with ``gradients``, run everything before the first recorded block without
                autograd (its graph is never used by ``backward``); False keeps it, e.g. to also
                differentiate the same forward pass with respect to the pixels.
+    attention: False records no attention probabilities: the attention modules are left alone (a
+               fused path keeps running) and only what ``tokens``/``outputs`` ask for is kept.
     recompute: with ``gradients`` and ``cut_graph``: the forward builds no graph up to the output
                of the encoder's last block (the head after it does: the scores start there), and
                ``backward_batched`` recomputes the blocks from the first recorded one on, one at a
@@ -171,7 +173,7 @@ class AttentionRecorder:
     """
 
     def __init__(self, encoder, layers=None, gradients=None, tokens=False, outputs=False, qk=False,
-                 cut_graph=True, recompute=False):
+                 cut_graph=True, recompute=False, attention=True):
         self.encoder = encoder
         self.cut_graph = cut_graph
         self.recompute = recompute and cut_graph and gradients is not None
@@ -191,6 +193,7 @@ class AttentionRecorder:
         self.tokens = tokens
         self.outputs = outputs
         self.qk = qk
+        self.attention = attention
         self.layers = {}
         self._handles = []
         self._slot = None
@@ -204,10 +207,11 @@ class AttentionRecorder:
                 block = self.blocks[i]
                 attention, layout = _attention_and_layout(block)
                 native = layout is None
-                asks = self._ask_for_weights if native else layout.ask_for_weights
-                self._handles.append(attention.register_forward_pre_hook(asks, with_kwargs=True))
-                self._handles.append(attention.register_forward_hook(self._attention_hook(i, native, layout),
-                                                                     with_kwargs=True))
+                if self.attention:
+                    asks = self._ask_for_weights if native else layout.ask_for_weights
+                    self._handles.append(attention.register_forward_pre_hook(asks, with_kwargs=True))
+                    self._handles.append(attention.register_forward_hook(self._attention_hook(i, native, layout),
+                                                                         with_kwargs=True))
                 if self.qk:
                     self._handles.append(attention.register_forward_pre_hook(self._qk_hook(i, layout), with_kwargs=True))
                 if self.tokens:
@@ -501,7 +505,7 @@ class AttentionRecorder:
 
     def check_recorded(self):
         """Raise a clear error if a forward pass recorded nothing (e.g. it bypassed the blocks)."""
-        missing = [i for i, r in self.layers.items() if r.probs is None]
+        missing = [i for i, r in self.layers.items() if (r.probs is None if self.attention else r._live_tokens is None)]
         if missing:
             raise ClipvizError(
                 f"no attention was recorded for block(s) {missing}: the forward pass did not go through "

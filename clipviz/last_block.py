@@ -53,6 +53,9 @@ class BlockParts:
     mlp: object
     ls_2: object
     heads: int
+    # (h = ln_1(x) [S, N, D], rows [S]) → row ``rows[s]`` of the attention probabilities [S, H, N]
+    # (fp32), for a block called without a mask; None where the recorder must read them instead
+    row_attention: object = None
 
 
 def block_parts(block):
@@ -62,16 +65,46 @@ def block_parts(block):
         if any(not isinstance(getattr(block, name, nn.Identity()), nn.Identity) for name in ("ln_attn", "ln_1_kv")):
             return None  # open_clip's variants with extra norms: not the formula above
         identity = nn.Identity()
+        plain = attention._qkv_same_embed_dim and attention.bias_k is None and not attention.add_zero_attn \
+            and getattr(block, "attn_mask", None) is None
         return BlockParts(ln_1=block.ln_1, values=lambda h: _mha_values(attention, h), out_proj=attention.out_proj,
                           ls_1=getattr(block, "ls_1", identity), ln_2=block.ln_2, mlp=block.mlp,
-                          ls_2=getattr(block, "ls_2", identity), heads=attention.num_heads)
+                          ls_2=getattr(block, "ls_2", identity), heads=attention.num_heads,
+                          row_attention=(lambda h, rows: _mha_row_attention(attention, h, rows)) if plain else None)
     attention = getattr(block, "self_attn", None)
     if type(block).__name__ == "CLIPEncoderLayer" and attention is not None:
         identity = nn.Identity()
         return BlockParts(ln_1=block.layer_norm1, values=attention.v_proj, out_proj=attention.out_proj,
                           ls_1=identity, ln_2=block.layer_norm2, mlp=block.mlp, ls_2=identity,
-                          heads=attention.num_heads)
+                          heads=attention.num_heads,
+                          row_attention=lambda h, rows: _row_softmax(attention.q_proj(_at_rows(h, rows)),
+                                                                     attention.k_proj(h), attention.num_heads,
+                                                                     attention.scale))
     return None
+
+
+def _mha_row_attention(attention, h, rows):
+    """softmax(q_row kᵀ / √d) per head of an nn.MultiheadAttention (packed q, k, v projection, no
+    mask) for one row per sequence: h [S, N, D] → [S, H, N] fp32."""
+    d = attention.embed_dim
+    weight, bias = attention.in_proj_weight, attention.in_proj_bias
+    q = nn.functional.linear(_at_rows(h, rows), weight[:d], None if bias is None else bias[:d])
+    k = nn.functional.linear(h, weight[d:2 * d], None if bias is None else bias[d:2 * d])
+    return _row_softmax(q, k, attention.num_heads, (d // attention.num_heads) ** -0.5)
+
+
+def _at_rows(h, rows):
+    """h [S, N, D] at token rows[s] of each sequence: [S, D]."""
+    return h[torch.arange(h.shape[0], device=h.device), rows]
+
+
+def _row_softmax(q, k, heads, scale):
+    """Attention probabilities of one query per sequence: q [S, D], k [S, N, D] (heads side by side)
+    → softmax over N of scale · q_h · k_h per head, [S, H, N] fp32."""
+    count, n, width = k.shape
+    scores = torch.einsum("shc,snhc->shn", q.float().view(count, heads, width // heads),
+                          k.float().view(count, n, heads, width // heads))
+    return (scores * scale).softmax(dim=-1)
 
 
 def _mha_values(attention, h):
@@ -102,12 +135,15 @@ class PooledRow:
 
 def pooled_row(parts, tokens, probs, rows):
     """A PooledRow of one block call: tokens x [S, N, D] (the block's input, batch-first, the
-    model's dtype), probs A [S, H, N, N], rows [S] long."""
+    model's dtype), probs A [S, H, N, N] as recorded, or None to compute their rows here
+    (``parts.row_attention``: the block ran its fused attention, which keeps no probabilities),
+    rows [S] long."""
     count, n, width = tokens.shape
     sequences = torch.arange(count, device=tokens.device)
     with torch.no_grad():
-        values = parts.values(parts.ln_1(tokens)).view(count, n, parts.heads, width // parts.heads)
-        row_probs = probs[sequences, :, rows, :]
+        h = parts.ln_1(tokens)
+        values = parts.values(h).view(count, n, parts.heads, width // parts.heads)
+        row_probs = probs[sequences, :, rows, :] if probs is not None else parts.row_attention(h, rows)
         row_out = torch.einsum("shj,sjhc->shc", row_probs.to(values.dtype), values).reshape(count, 1, width)
         return PooledRow(rows, row_probs, values, tokens[sequences, rows][:, None, :], row_out)
 
@@ -133,26 +169,24 @@ def row_gradients(parts, head, row, copies, score):
     return torch.einsum("skhc,sjhc->skhj", grad_o, row.values.float())
 
 
-def cls_row_gradients(parts, image_head, tokens, probs, text_emb, logit_scale, target_weights):
+def cls_row_gradients(parts, image_head, row, text_emb, logit_scale, target_weights):
     """Every target's ∂S_t/∂A[CLS, :] of a CLS-pooled image tower's last block (``row_gradients``).
 
     image_head:     the tower's head on a token (adapter.image_head) [..., D] → [..., E]
-    tokens:         x [B, N, D], the last block's input (batch-first, the model's dtype)
-    probs:          A [B, H, N, N], its attention probabilities
+    row:            pooled_row of the last block's call on the B images, rows = 0 (CLS)
     text_emb:       [P, E] (detached); logit_scale: a scalar tensor; target_weights [T, P]
     Returns [B, T, H, N]: row CLS of ∂S_t/∂A per image, target and head (fp32).
     """
-    batch, targets = tokens.shape[0], target_weights.shape[0]
+    batch, targets = row.rows.shape[0], target_weights.shape[0]
 
     def score(embedding):  # [B, T, E] → Σ_b Σ_t S_t of copy t of image b
         _, logits = scores_from_embeddings(embedding.reshape(batch * targets, -1), text_emb, logit_scale)  # [B·T, P]
         return (logits.view(batch, targets, -1) * target_weights.to(logits)[None]).sum()
 
-    rows = torch.zeros(batch, dtype=torch.long, device=tokens.device)
-    return row_gradients(parts, image_head, pooled_row(parts, tokens, probs, rows), targets, score)
+    return row_gradients(parts, image_head, row, targets, score)
 
 
-def eot_row_gradients(parts, text_head, row, image_emb, logit_scale):
+def eot_row_gradients(parts, text_head, row, image_emb, logit_scale, jacobian=None):
     """Every image's ∂S[b, p]/∂A_p[EOT_p, :] of a causal text tower's last block (``row_gradients``):
     text-token relevance's gradient, which differs per image (S[b, p] reads image b's embedding).
 
@@ -160,16 +194,44 @@ def eot_row_gradients(parts, text_head, row, image_emb, logit_scale):
     row:            pooled_row of the last text block's call on the P prompts, rows = their EOT
                     (image-independent: a run computes it once, clipviz.prompts)
     image_emb:      [B, E] (detached); logit_scale: a scalar tensor
+    jacobian:       eot_row_jacobian(parts, text_head, row), or None to run the tail here
     Returns [P, B, H, L]: row EOT_p of ∂S[b, p]/∂A_p per prompt, image and head (fp32). A logit
     bias (SigLIP) is a constant and changes no gradient.
     """
     images = torch.nn.functional.normalize(image_emb.float(), dim=-1)  # [B, E]
+    if jacobian is not None:  # S[b, p] = logit_scale · ⟨î_b, t̂_p⟩: linear in î_b
+        return logit_scale.float() * torch.einsum("phje,be->pbhj", jacobian, images)
 
     def score(embedding):  # [P, B, E] → Σ_p Σ_b S[b, p] of copy b of prompt p
         cosine = (torch.nn.functional.normalize(embedding.float(), dim=-1) * images[None]).sum()
         return logit_scale.float() * cosine
 
     return row_gradients(parts, text_head, row, image_emb.shape[0], score)
+
+
+def eot_row_jacobian(parts, text_head, row, chunk=128):
+    """∂t̂_p[e]/∂A_p[h, EOT_p, j] for the unit text embedding t̂_p of each prompt: [P, H, L, E] fp32.
+
+    S[b, p] = logit_scale · ⟨î_b, t̂_p⟩ is linear in the image's unit embedding î_b, so text-token
+    relevance's gradient for any image is this Jacobian applied to î_b (``eot_row_gradients``):
+    computed once per run (clipviz.prompts), from E backward passes through the text tail, batched
+    ``chunk`` at a time. The tail is that of ``row_gradients`` with the prompt's own EOT output.
+    """
+    count, _, width = row.row_out.shape
+    with torch.enable_grad():
+        o = row.row_out.clone().requires_grad_(True)  # [P, 1, D]
+        middle = row.row_in + parts.ls_1(parts.out_proj(o))
+        leaving = middle + parts.ls_2(parts.mlp(parts.ln_2(middle)))
+        unit = torch.nn.functional.normalize(text_head(leaving).float(), dim=-1)  # [P, 1, E]
+        size = unit.shape[-1]
+        basis = torch.eye(size, dtype=unit.dtype, device=unit.device)[:, None, None, :].expand(size, count, 1, size)
+        rows = []  # ∂t̂_p[e]/∂o_p for e in a chunk: [chunk, P, 1, D]
+        for start in range(0, size, chunk):
+            part, = torch.autograd.grad(unit, o, basis[start:start + chunk], retain_graph=start + chunk < size,
+                                        is_grads_batched=True)
+            rows.append(part.float())
+    grad_o = torch.cat(rows).view(size, count, parts.heads, width // parts.heads)  # [E, P, H, d]
+    return torch.einsum("ephc,pjhc->phje", grad_o, row.values.float())
 
 
 def full_gradient(row_grad, rows, n):

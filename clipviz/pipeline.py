@@ -18,8 +18,8 @@ from .adapters.tower import text_tower_needed
 from .forms import check_trainable, explaining, usable
 from .adapters.probe import probe_readout_gradients
 from .adapters.vit import ViTRecorder
-from .hooks import AttentionRecorder, CausalPrefix, Unchained, find_blocks
-from .last_block import block_parts, cls_row_gradients, eot_row_gradients, full_gradient
+from .hooks import AttentionRecorder, CausalPrefix, Unchained, attention_of, find_blocks
+from .last_block import block_parts, cls_row_gradients, eot_row_gradients, full_gradient, pooled_row
 from .methods.base import Records
 from .prompts import encode_prompts
 
@@ -85,8 +85,9 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, opt
     # training-mode model may draw dropout masks: a recomputed block would not be the same function)
     batched = fast and wants_gradient and last is None and needs.readout is None
     recompute = recompute and batched and not any(m.training for m in adapter.image_encoder.modules())
-    if last is not None:  # forward only: the last block's input is all the closed form needs
-        image_recorder = ViTRecorder(adapter.image_encoder, needs, block_input=True)
+    if last is not None:  # forward only: the last block's input is all the closed form needs (and its
+        # attention probabilities where they cannot be computed from it; else the block keeps its fused path)
+        image_recorder = ViTRecorder(adapter.image_encoder, needs, block_input=True, attention=last.row_attention is None)
     else:
         image_recorder = adapter.image_recorder(needs, recompute=recompute) or _NoRecorder()
     # prompts encoded with each batch (the general path): their recorder, with autograd for text
@@ -110,7 +111,8 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, opt
             else:
                 with torch.set_grad_enabled(per_image_text):  # the image gradients need the text as a constant only
                     text_emb = adapter.encode_text(ids)
-            cosine, logits = scores_from_embeddings(image_emb, text_emb, adapter.logit_scale(), adapter.logit_bias())
+            logit_scale = adapter.logit_scale()
+            cosine, logits = scores_from_embeddings(image_emb, text_emb, logit_scale, adapter.logit_bias())
         image_recorder.check_recorded()
         text_recorder.check_recorded()
         if per_image_text:  # first: the image side's batched walk frees the graph the scores share
@@ -125,7 +127,7 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, opt
         elif wants_gradient and needs.readout is not None:
             _readout_backward(image_recorder, needs.readout, adapter, text_emb, target_weights)
         elif last is not None:
-            _closed_form_gradients(image_recorder, last, needs.gradient, adapter, text_emb, target_weights)
+            _closed_form_gradients(image_recorder, last, needs.gradient, adapter, text_emb, logit_scale, target_weights)
         elif wants_gradient:
             # images are independent, so one backward of the batch sum serves every image
             target_scores = (logits @ target_weights.to(logits).t()).sum(dim=0)  # [T]
@@ -135,7 +137,7 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, opt
                 for t in range(targets):
                     image_recorder.backward(target_scores[t], slot=t)
         if prompts is not None and prompts.row is not None:
-            _closed_form_text(records, prompts, needs.gradient, adapter, image_emb)
+            _closed_form_text(records, prompts, needs.gradient, adapter, image_emb, logit_scale)
     image_recorder.collect(records)
     _collect_text(records, text_recorder)
     output = method.compute(records, options)
@@ -151,41 +153,52 @@ def _closed_form_block(adapter, needs):
     return block_parts(find_blocks(adapter.image_encoder)[-1])
 
 
-def _closed_form_gradients(recorder, parts, reduce, adapter, text_emb, target_weights):
+def _closed_form_gradients(recorder, parts, reduce, adapter, text_emb, logit_scale, target_weights):
     """Store reduce(A, ∂S_t/∂A) of the last block under slot t for every target, from the closed
-    form; text_emb [P, E]."""
+    form; text_emb [P, E]. The block's CLS attention row is computed from its input when it ran
+    its fused attention (``parts.row_attention``), else read from the recorded probabilities."""
     record = next(iter(recorder.layers.values()))
-    tokens, _ = recorder.batch_first_tokens(record)
-    cls_rows = cls_row_gradients(parts, adapter.image_head, tokens.to(adapter.dtype), record.probs, text_emb.detach(),
-                                 adapter.logit_scale().detach(), target_weights)  # [B, T, H, N]
-    rows = torch.zeros(cls_rows.shape[0], dtype=torch.long, device=cls_rows.device)
-    row_probs = record.probs[:, :, 0, :]
+    tokens = record._live_tokens.detach()  # as the block took it, in the model's dtype
+    if not getattr(attention_of(recorder.blocks[record.index]), "batch_first", True):
+        tokens = tokens.transpose(0, 1)
+    rows = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+    row = pooled_row(parts, tokens, record.probs, rows)
+    cls_rows = cls_row_gradients(parts, adapter.image_head, row, text_emb.detach(), logit_scale.detach(),
+                                 target_weights)  # [B, T, H, N]
     for t in range(cls_rows.shape[1]):
-        record.grads[t] = _reduce_row(reduce, record.probs, row_probs, cls_rows[:, t], rows)
+        record.grads[t] = _reduce_row(reduce, lambda: _full_probs(record, row), row.row_probs, cls_rows[:, t], rows)
     record.tokens = record._live_tokens = None  # not asked for by the method
 
 
-def _closed_form_text(records, prompts, reduce, adapter, image_emb):
+def _full_probs(record, row):
+    """The recorded probabilities [B, H, N, N]; for a reducer without ``on_row`` after a fused
+    block, which kept only the CLS row: that row, zero elsewhere (all the closed form reads)."""
+    return record.probs if record.probs is not None else full_gradient(row.row_probs, row.rows, row.row_probs.shape[-1])
+
+
+def _closed_form_text(records, prompts, reduce, adapter, image_emb, logit_scale):
     """Text-token relevance's gradients from the closed form of the last text block: records
     text_probs and text_grads (image-major pairs, see Records) of prompts.layer."""
     rows = eot_row_gradients(prompts.parts, adapter.text_head, prompts.row, image_emb.detach(),
-                             adapter.logit_scale().detach())  # [P, B, H, L]
+                             logit_scale.detach(), prompts.jacobian)  # [P, B, H, L]
     count, batch = rows.shape[:2]
     pairs = rows.transpose(0, 1).reshape(batch * count, *rows.shape[2:])  # [B·P, H, L], pair (b, p) at b·P + p
     row = prompts.row
     records.text_probs[prompts.layer] = prompts.probs
     records.text_grads[prompts.layer] = _reduce_row(
-        reduce, prompts.probs.repeat(batch, 1, 1, 1), row.row_probs.repeat(batch, 1, 1), pairs, row.rows.repeat(batch))
+        reduce, lambda: prompts.probs.repeat(batch, 1, 1, 1), row.row_probs.repeat(batch, 1, 1), pairs,
+        row.rows.repeat(batch))
 
 
 def _reduce_row(reduce, probs, row_probs, row_grad, rows):
     """reduce(probs, ∂S/∂probs) for a gradient that is zero outside row ``rows[s]`` of sequence s:
-    probs [S, H, N, N], row_probs and row_grad [S, H, N] (that row of each), rows [S] long. A
-    reducer's ``on_row`` computes it from the rows alone."""
+    probs() → [S, H, N, N], row_probs and row_grad [S, H, N] (that row of each), rows [S] long. A
+    reducer's ``on_row`` computes it from the rows alone (probs() is then never called)."""
     on_row = getattr(reduce, "on_row", None)
     if on_row is not None:
         return on_row(row_probs, row_grad, rows)
-    return reduce(probs, full_gradient(row_grad, rows, probs.shape[-1]))
+    full = probs()
+    return reduce(full, full_gradient(row_grad, rows, full.shape[-1]))
 
 
 def _readout_backward(recorder, readout, adapter, text_emb, target_weights):

@@ -16,7 +16,7 @@ import clipviz.adapters
 import clipviz.explanation as explanation
 import clipviz.pipeline as pipeline
 from clipviz.hooks import find_blocks
-from clipviz.last_block import block_parts, cls_row_gradients, eot_row_gradients, pooled_row
+from clipviz.last_block import block_parts, cls_row_gradients, eot_row_gradients, eot_row_jacobian, pooled_row
 from clipviz.methods.base import Records
 from test_adapters import libraries, models, photo  # noqa: F401 (fixtures)
 
@@ -122,9 +122,33 @@ def test_cls_row_gradient_matches_a_hand_autograd(models):  # noqa: F811
     probs = (q @ k.transpose(-1, -2) / 8.0).softmax(-1).detach().requires_grad_(True)
     expected = torch.stack([torch.autograd.grad(scores_of(probs)[:, t].sum(), probs)[0] for t in range(2)], dim=1)
     assert expected[:, :, :, 1:].abs().max() == 0  # only the CLS row is non-zero
-    got = cls_row_gradients(block_parts(block), lambda t: model.visual.ln_post(t) @ model.visual.proj,
-                            x, probs.detach(), text, scale, weights)
+    parts, head = block_parts(block), (lambda t: model.visual.ln_post(t) @ model.visual.proj)
+    cls = torch.zeros(2, dtype=torch.long)
+    got = cls_row_gradients(parts, head, pooled_row(parts, x, probs.detach(), cls), text, scale, weights)
     torch.testing.assert_close(got, expected[:, :, :, 0], rtol=1e-5, atol=1e-7)
+    # the block left on its fused path: the CLS row of A computed from x alone gives the same
+    torch.testing.assert_close(parts.row_attention(block.ln_1(x), cls), probs[:, :, 0].detach(), rtol=1e-5, atol=1e-7)
+    fused = cls_row_gradients(parts, head, pooled_row(parts, x, None, cls), text, scale, weights)
+    torch.testing.assert_close(fused, expected[:, :, :, 0], rtol=1e-4, atol=1e-6)  # A rounded another way
+
+
+@pytest.mark.parametrize("family", ["clipviz", "open_clip", "hf"])
+def test_row_attention_equals_the_recorded_probabilities(models, family):  # noqa: F811
+    """Each family's last image block: the attention row computed from the block input (what the
+    closed form uses while the block runs its fused attention) equals the probabilities the
+    recorder reads from the block for every row asked, and the explanation takes that path."""
+    from clipviz.adapters import adapt
+    from clipviz.hooks import AttentionRecorder
+    adapter = adapt(models[family])
+    parts = block_parts(find_blocks(adapter.image_encoder)[-1])
+    assert parts.row_attention is not None
+    with torch.no_grad(), AttentionRecorder(adapter.image_encoder, layers=[-1], tokens=True) as recorder:
+        adapter.encode_image(torch.randn(3, 3, adapter.input_resolution, adapter.input_resolution))
+    record = recorder.layers[adapter.num_layers - 1]
+    tokens, _ = recorder.batch_first_tokens(record)
+    rows = torch.tensor([0, 4, 7])
+    got = parts.row_attention(parts.ln_1(tokens), rows)
+    torch.testing.assert_close(got, record.probs[torch.arange(3), :, rows], rtol=1e-5, atol=1e-7)
 
 
 def test_eot_row_gradient_matches_a_hand_autograd(models):  # noqa: F811
@@ -165,6 +189,11 @@ def test_eot_row_gradient_matches_a_hand_autograd(models):  # noqa: F811
     row = pooled_row(block_parts(block), x, probs.detach(), eot)
     got = eot_row_gradients(block_parts(block), adapter.text_head, row, image_emb, scale)  # [P, B, H, L]
     torch.testing.assert_close(got, expected[torch.arange(prompts), :, :, eot], rtol=1e-5, atol=1e-7)
+    # through the prompts' Jacobian, computed once for any images (chunks of 5 of the E outputs)
+    jacobian = eot_row_jacobian(block_parts(block), adapter.text_head, row, chunk=5)
+    assert jacobian.shape == (prompts, heads, length, image_emb.shape[1])
+    got = eot_row_gradients(block_parts(block), adapter.text_head, row, image_emb, scale, jacobian)
+    torch.testing.assert_close(got, expected[torch.arange(prompts), :, :, eot], rtol=1e-5, atol=1e-7)
 
 
 def test_prompts_encoded_once_carry_the_rows_only_where_the_closed_form_applies(models):  # noqa: F811
@@ -178,6 +207,7 @@ def test_prompts_encoded_once_carry_the_rows_only_where_the_closed_form_applies(
         ids = adapter.tokenize(FEW + ["a cat"])
         last = encode_prompts(adapter, ids, relevance.needs(adapter, {}))
         assert last.layer == adapter.text_layers - 1 and last.row.rows.tolist() == adapter.eot_positions(ids).tolist()
+        assert last.jacobian.shape == (2, *last.probs.shape[1:3], last.embedding.shape[1])
         with torch.no_grad():
             torch.testing.assert_close(last.embedding, adapter.encode_text(ids))
         assert encode_prompts(adapter, ids, relevance.needs(adapter, {"text": False})).row is None
@@ -299,3 +329,16 @@ def test_text_is_encoded_once_per_batch_of_images(models, monkeypatch):  # noqa:
         alone = clipviz.explain(model, photo(b), MANY[:3], method="relevance")
         np.testing.assert_allclose(together[b].text_relevance, alone.text_relevance, rtol=1e-5, atol=1e-7)
     assert not np.allclose(together[0].text_relevance, together[1].text_relevance)
+
+
+def test_text_relevance_without_the_kept_jacobian_is_the_same(models, monkeypatch):  # noqa: F811
+    """Prompts whose text Jacobian would be too large keep none: each batch then runs the text
+    tail with autograd, and the text relevance is the same."""
+    import clipviz.prompts as prompts
+    model, images = models["clipviz"], [photo(0), photo(1)]
+    kept = clipviz.explain(model, images, MANY[:3], method="relevance")
+    monkeypatch.setattr(prompts, "JACOBIAN_BYTES", 0)
+    tail = clipviz.explain(model, images, MANY[:3], method="relevance")
+    for a, b in zip(kept, tail):
+        for x, y in zip(a.text_relevance, b.text_relevance):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6 * np.abs(y).max())

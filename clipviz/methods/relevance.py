@@ -61,7 +61,7 @@ def propagate(weighted_means):
     relevance = relevance.expand_as(weighted_means[0])
     contributions = []
     for a_bar in weighted_means:
-        step = a_bar @ relevance
+        step = a_bar @ relevance if contributions else a_bar  # Ā · I = Ā, without the product
         contributions.append(step)
         relevance = relevance + step
     return relevance, contributions
