@@ -21,7 +21,9 @@ import torch
 
 from .forms import explaining
 from .hooks import AttentionRecorder, CausalPrefix, find_blocks
-from .last_block import block_parts, pooled_row
+from .last_block import block_parts, eot_row_jacobian, pooled_row
+
+JACOBIAN_BYTES = 256 * 2**20  # the text Jacobian kept for a run at most (16 prompts of 20 tokens: 5 MiB)
 
 
 @dataclass
@@ -34,6 +36,8 @@ class EncodedPrompts:
     parts:     that block's clipviz.last_block.BlockParts
     row:       its PooledRow on the prompts, rows = each prompt's EOT position
     probs:     [P, H, L, L] its attention probabilities (fp32), L = 1 + the last EOT position
+    jacobian:  [P, H, L, E] ∂t̂_p/∂A_p[EOT_p, :] (clipviz.last_block.eot_row_jacobian), or None
+               when it would exceed JACOBIAN_BYTES (each batch then runs the text tail itself)
     """
 
     ids: torch.Tensor
@@ -42,6 +46,7 @@ class EncodedPrompts:
     parts: object = None
     row: object = None
     probs: torch.Tensor = None
+    jacobian: torch.Tensor = None
 
     def encodes(self, ids):
         """True when these are the prompts of ``ids`` [P, Lt]."""
@@ -73,7 +78,10 @@ def encode_prompts(adapter, ids, needs):
         tokens, _ = recorder.batch_first_tokens(record)
         parts = block_parts(recorder.blocks[layer])
         row = pooled_row(parts, tokens.to(adapter.dtype), record.probs, eot)
-    return EncodedPrompts(ids, embedding, layer, parts, row, record.probs)
+        heads, length, size = record.probs.shape[1], record.probs.shape[-1], embedding.shape[-1]
+        jacobian = eot_row_jacobian(parts, adapter.text_head, row) \
+            if len(ids) * heads * length * size * 4 <= JACOBIAN_BYTES else None
+    return EncodedPrompts(ids, embedding, layer, parts, row, record.probs, jacobian)
 
 
 def _closed_form_text_layer(adapter, needs):
