@@ -16,7 +16,7 @@ All prompts share one image forward pass; the image is never repeated per prompt
 """
 
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from .errors import ClipvizError
 from .maps import map_to_photo, normalise_maps, peak_xy
 from .methods import Method, get_method
 from .pipeline import run_method
+from .prompts import encode_prompts
 from .model import check_finite
 from .pixels import image_list, model_inputs, notice_unseen_photos
 from .tokenizer import clean_text, prompts_from_tokens
@@ -186,6 +187,8 @@ def explain(model, image, prompts, method=None, *, against=None, batch_size=8, *
     images, single = image_list(image)
     notice_unseen_photos(adapter.model, images)
     results, start, size = [], 0, check_batch_size(batch_size)
+    if len(images) > size:  # several batches: the prompts' side once for all of them
+        query = replace(query, text=encode_prompts(adapter, query.ids, chosen.needs(adapter, options), jacobian=True))
     while start < len(images):
         chunk = images[start:start + size]
         try:

@@ -125,7 +125,7 @@ def explain_files(model, paths, prompts, method=None, *, indices=None, against=N
     check_contrast(chosen, against)
     query = prepare_query(adapter, prompts, against)
     # the prompts' side (their embedding; text-token relevance's EOT rows) once for the whole run
-    query = replace(query, text=encode_prompts(adapter, query.ids, chosen.needs(adapter, options)))
+    query = replace(query, text=encode_prompts(adapter, query.ids, chosen.needs(adapter, options), jacobian=True))
     indices = list(range(len(paths))) if indices is None else list(indices)
     size = max(1, int(batch_size))
     loader = torch.utils.data.DataLoader(ImageFiles(paths, indices, adapter.input_resolution, adapter.crop, photos), batch_size=None,

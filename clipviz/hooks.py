@@ -63,6 +63,7 @@ class LayerRecord:
     _live_probs: torch.Tensor = None     # the in-graph tensor, for backward()
     _live_tokens: torch.Tensor = None
     _live_output: torch.Tensor = None    # block output as the model laid it out (outputs=True)
+    called: bool = False                 # attention=False: the attention module ran (its own path)
 
 
 class AttentionLayout:
@@ -162,8 +163,9 @@ class AttentionRecorder:
     cut_graph: with ``gradients``, run everything before the first recorded block without
                autograd (its graph is never used by ``backward``); False keeps it, e.g. to also
                differentiate the same forward pass with respect to the pixels.
-    attention: False records no attention probabilities: the attention modules are left alone (a
-               fused path keeps running) and only what ``tokens``/``outputs`` ask for is kept.
+    attention: False leaves an unmasked ``nn.MultiheadAttention`` call on its own (fused) path and
+               records no probabilities for it, only that it ran (``LayerRecord.called``); masked
+               calls and other libraries' attention are recorded as usual.
     recompute: with ``gradients`` and ``cut_graph``: the forward builds no graph up to the output
                of the encoder's last block (the head after it does: the scores start there), and
                ``backward_batched`` recomputes the blocks from the first recorded one on, one at a
@@ -207,11 +209,12 @@ class AttentionRecorder:
                 block = self.blocks[i]
                 attention, layout = _attention_and_layout(block)
                 native = layout is None
-                if self.attention:
-                    asks = self._ask_for_weights if native else layout.ask_for_weights
-                    self._handles.append(attention.register_forward_pre_hook(asks, with_kwargs=True))
-                    self._handles.append(attention.register_forward_hook(self._attention_hook(i, native, layout),
-                                                                         with_kwargs=True))
+                asks = self._ask_for_weights if native else layout.ask_for_weights
+                if native and not self.attention:  # left on its own path unless a mask makes the row differ
+                    asks = self._ask_if_masked
+                self._handles.append(attention.register_forward_pre_hook(asks, with_kwargs=True))
+                self._handles.append(attention.register_forward_hook(self._attention_hook(i, native, layout),
+                                                                     with_kwargs=True))
                 if self.qk:
                     self._handles.append(attention.register_forward_pre_hook(self._qk_hook(i, layout), with_kwargs=True))
                 if self.tokens:
@@ -255,6 +258,10 @@ class AttentionRecorder:
         recomputes = getattr(layout, "recomputes", False)
 
         def hook(module, args, kwargs, output):
+            if native and self._asked.get(id(module)) is _UNTOUCHED:  # attention=False: seen, left alone
+                del self._asked[id(module)]
+                self.layers[index].called = True
+                return None
             if recomputes:  # the same output, now from explicit probabilities in the graph
                 output = layout.recompute(module, args, kwargs)
             weights = output[1]
@@ -280,6 +287,15 @@ class AttentionRecorder:
                 return output[0], None
             return output[0], weights.mean(dim=1) if average else weights
         return hook
+
+    def _ask_if_masked(self, module, args, kwargs):
+        """Pre-hook of attention=False: an unmasked call keeps its own (fused) path and is only
+        noted; a masked one is asked for its probabilities, which are then recorded."""
+        _, options = attention_keywords(args, kwargs)
+        if options.get("attn_mask") is None and options.get("key_padding_mask") is None and not options.get("is_causal"):
+            self._asked[id(module)] = _UNTOUCHED
+            return None
+        return self._ask_for_weights(module, args, kwargs)
 
     def _ask_for_weights(self, module, args, kwargs):
         args, kwargs = attention_keywords(args, kwargs)
@@ -505,7 +521,7 @@ class AttentionRecorder:
 
     def check_recorded(self):
         """Raise a clear error if a forward pass recorded nothing (e.g. it bypassed the blocks)."""
-        missing = [i for i, r in self.layers.items() if (r.probs is None if self.attention else r._live_tokens is None)]
+        missing = [i for i, r in self.layers.items() if r.probs is None and not r.called]
         if missing:
             raise ClipvizError(
                 f"no attention was recorded for block(s) {missing}: the forward pass did not go through "
@@ -661,6 +677,9 @@ def _tensor_used_in_graph(weights):
     if base is not None and base.data_ptr() == weights.data_ptr() and base.numel() == weights.numel():
         return base
     return weights
+
+
+_UNTOUCHED = object()  # an attention call that attention=False left to its own path
 
 
 class Unchained(Exception):

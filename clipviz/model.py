@@ -21,13 +21,17 @@ from .errors import ClipvizError
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32 (input and weights), returned in the input's dtype.
+    """LayerNorm with fp32 statistics, returned in the input's dtype.
 
-    fp16/bf16 statistics lose precision, so both are cast up — the weights too: a half model on
-    the CPU would otherwise mix an fp32 input with fp16 weights, which torch refuses.
+    fp16/bf16 statistics lose precision. torch's layer_norm kernels (CPU and CUDA) accumulate
+    half inputs in fp32, so an input in the weights' dtype takes one kernel; an input in another
+    dtype (fp16 activations with fp32 weights, say) is computed in fp32, weights cast too (a half
+    model on the CPU would otherwise mix an fp32 input with fp16 weights, which torch refuses).
     """
 
     def forward(self, x):
+        if self.weight is None or x.dtype == self.weight.dtype:
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         weight = None if self.weight is None else self.weight.float()
         bias = None if self.bias is None else self.bias.float()
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type(x.dtype)

@@ -101,7 +101,8 @@ def gpu(args):
     ids = token_ids(1).to(device)
     adapter, relevance = adapt(model), get_method("relevance")
     # what a folder run does: the prompts' side encoded once, then batch after batch
-    once = {text: encode_prompts(adapter, ids, relevance.needs(adapter, {"text": text})) for text in (True, False)}
+    once = {text: encode_prompts(adapter, ids, relevance.needs(adapter, {"text": text}), jacobian=True)
+            for text in (True, False)}
 
     def explain(prompts=None, **options):
         _, cosine, _, output = run_method(adapter, pixels, ids, torch.eye(1, device=device),
