@@ -555,7 +555,7 @@ class CausalPrefix:
     """
 
     def __init__(self, encoder, length):
-        self.encoder, self.length, self._handles = encoder, length, []
+        self.encoder, self.length, self._handles, self._mask = encoder, length, [], None
         blocks = [m for m in encoder.modules() if type(m).__name__ == "ResidualAttentionBlock"]
         self.blocks = blocks if getattr(encoder, "batch_first", False) and blocks and all(
             isinstance(getattr(b, "attn", None), nn.MultiheadAttention) and _is_causal(getattr(b, "attn_mask", None))
@@ -564,7 +564,7 @@ class CausalPrefix:
     def __enter__(self):
         if self.blocks:
             self._handles.append(self.encoder.register_forward_pre_hook(self._trim_tokens))
-            self._handles += [b.attn.register_forward_pre_hook(_trim_mask, with_kwargs=True) for b in self.blocks]
+            self._handles += [b.attn.register_forward_pre_hook(self._trim_mask, with_kwargs=True) for b in self.blocks]
         return self
 
     def __exit__(self, *exc):
@@ -573,6 +573,18 @@ class CausalPrefix:
 
     def _trim_tokens(self, module, args):
         return (args[0][:, :self.length],) + tuple(args[1:])  # [P, Lt, D] → [P, length, D]
+
+    def _trim_mask(self, module, args, kwargs):
+        """The block's causal mask for ``length`` positions, as booleans (True: not attended): the
+        same attention, and one nn.MultiheadAttention runs on its fused path without autograd
+        (it refuses float masks there). One mask serves every block of the call."""
+        args, kwargs = attention_keywords(args, kwargs)
+        mask, length = kwargs.get("attn_mask"), args[0].shape[1]
+        if torch.is_tensor(mask) and mask.dim() == 2:
+            if self._mask is None or self._mask.shape[0] != length or self._mask.device != mask.device:
+                self._mask = torch.ones(length, length, dtype=torch.bool, device=mask.device).triu(1)
+            kwargs["attn_mask"] = self._mask
+        return args, kwargs
 
 
 def _batched_grad(output, inputs, grad_outputs, retain_graph):
@@ -599,7 +611,7 @@ def remove_hooks(handles):
 
 
 def _is_causal(mask):
-    """True for an additive [L, L] mask that is -inf exactly above the diagonal.
+    """True for an additive [L, L] mask that is -inf exactly above the diagonal and 0 elsewhere.
 
     Remembered per mask tensor (and its version: an in-place change is seen), since the answer
     costs a device synchronisation and every block of a text tower shares one mask."""
@@ -611,7 +623,7 @@ def _is_causal(mask):
     if known is not None and known[0]() is mask:
         return known[1]
     blocked = torch.isinf(mask) & (mask < 0)
-    causal = bool(torch.equal(blocked, torch.ones_like(blocked).triu(1)))
+    causal = bool(torch.equal(blocked, torch.ones_like(blocked).triu(1))) and not bool(mask.masked_fill(blocked, 0).any())
     if key is None:
         return causal
     if len(_CAUSAL_MASKS) > 64:  # masks of models let go: forget them
@@ -621,14 +633,6 @@ def _is_causal(mask):
 
 
 _CAUSAL_MASKS = {}  # (id, data_ptr, version, dtype, device) -> (weak reference to the mask, causal?)
-
-
-def _trim_mask(module, args, kwargs):
-    args, kwargs = attention_keywords(args, kwargs)
-    mask, length = kwargs.get("attn_mask"), args[0].shape[1]
-    if torch.is_tensor(mask) and mask.dim() == 2 and mask.shape[0] > length:
-        kwargs["attn_mask"] = mask[:length, :length]
-    return args, kwargs
 
 
 # nn.MultiheadAttention.forward's parameters after query, key, value, in order

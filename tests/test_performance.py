@@ -158,3 +158,6 @@ def test_a_causal_mask_is_checked_once_and_again_after_an_in_place_change(monkey
     mask[0, 3] = 0.0  # no longer causal: its version changed
     assert not hooks._is_causal(mask) and len(checks) == 2
     assert not hooks._is_causal(torch.zeros(6, 6)) and hooks._is_causal(torch.full((6, 6), float("-inf")).triu(1))
+    biased = torch.full((6, 6), float("-inf")).triu(1)
+    biased[4, 1] = 0.5  # an additive bias below the diagonal: not a plain causal mask (no boolean stands in for it)
+    assert not hooks._is_causal(biased)
