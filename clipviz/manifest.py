@@ -18,7 +18,6 @@ the parts into the manifest after every rank has finished (clipviz.distributed).
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import stat
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from .errors import ClipvizError
 from .files import kind_of
-from .outputs import disk_full
+from .outputs import disk_full, output_sha256
 
 
 def part_path(path, rank):
@@ -58,12 +57,9 @@ def input_identity(path):
 
 
 def output_entry(path):
-    """{"path", "bytes", "sha256"} of a published output file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"path": str(path), "bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
+    """{"path", "bytes", "sha256"} of a published output file (its digest from the publishing,
+    when this process wrote it and it is unchanged: outputs.output_sha256)."""
+    return {"path": str(path), "bytes": os.path.getsize(path), "sha256": output_sha256(path)}
 
 
 def record(done, error_text=None, settings=None):

@@ -22,7 +22,9 @@ import mimetypes
 import os
 import re
 import tempfile
+import threading
 import unicodedata
+from collections import OrderedDict
 from pathlib import Path
 
 from .errors import ClipvizError
@@ -279,6 +281,30 @@ def publish(temporary, path, force=True, hint=FORCE_HINT):
         _link_new(temporary, path, hint)
         _remove(temporary)  # linked: the file now has both names; keep the target's
     _remember(path, digest)
+    with contextlib.suppress(OSError), _PUBLISHED_LOCK:
+        _PUBLISHED[os.path.abspath(path)] = (_identity(os.stat(path)), digest)
+        while len(_PUBLISHED) > PUBLISHED_KEPT:
+            _PUBLISHED.popitem(last=False)
+
+
+# sha256 of the files this process published last: a manifest records each output's digest
+# (output_sha256) without reading the file back a second time
+PUBLISHED_KEPT = 4096
+_PUBLISHED = OrderedDict()  # absolute path → ((inode, size, mtime_ns), hex sha256)
+_PUBLISHED_LOCK = threading.Lock()  # writer threads publish concurrently
+
+
+def output_sha256(path):
+    """Hex sha256 of the file at ``path``: the digest ``publish`` computed when the file is still
+    the one it published (same inode, size and mtime_ns), else read from the file."""
+    identity = _identity(os.stat(path))
+    with _PUBLISHED_LOCK:
+        known = _PUBLISHED.get(os.path.abspath(path))
+    return known[1] if known is not None and known[0] == identity else _sha256(path)
+
+
+def _identity(info):
+    return info.st_ino, info.st_size, info.st_mtime_ns
 
 
 def _sha256(path):

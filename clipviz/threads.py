@@ -1,4 +1,5 @@
-"""numpy's BLAS on one thread while clipviz maps explanations onto photos; the CPUs a process may use.
+"""numpy's BLAS on one thread while clipviz maps explanations onto photos; PyTorch's OpenMP threads
+sleeping when they wait (passive_openmp_waits, the CLI); the CPUs a process may use.
 
     with single_threaded_blas():     # explain, a folder run for its whole length, map_to_photo
         row_weights @ grid @ col_weights.T
@@ -18,6 +19,7 @@ inside other threads this does nothing. Nested uses share one limit: the outermo
 
 import contextlib
 import os
+import sys
 import threading
 
 _state = {"depth": 0, "limiter": None, "controller": None}
@@ -55,3 +57,26 @@ def usable_cpus():
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+# the user's own choice of how OpenMP threads wait (GNU libgomp, Intel's libiomp): kept as given
+WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+
+
+def passive_openmp_waits(environ=None):
+    """Ask OpenMP, which runs PyTorch's CPU threads, to put a waiting thread to sleep at once instead
+    of spinning; → True when set here. Call before torch is imported: OpenMP reads it as it loads.
+
+    For a process whose model shares the cores with other busy threads (a CLI folder run: its own
+    decoding workers and writer threads, or anything else on the machine). PyTorch splits each
+    operation among its threads and every thread waits for the slowest; a spinning thread takes a
+    core that the one it waits for (descheduled behind a writer) needs. With 2 threads on 2 shared
+    cores the model took 4-5x its CPU time that way (py-spy, /proc/stat; docs/performance.md).
+    The same threads split the same work, so results do not change. Left alone when torch is
+    loaded already or the environment names a policy (WAIT_SETTINGS).
+    """
+    environ = os.environ if environ is None else environ
+    if "torch" in sys.modules or any(name in environ for name in WAIT_SETTINGS):
+        return False
+    environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True

@@ -53,12 +53,23 @@ def run(code, photos, out, model, prompts, threads):
                "--out", str(out), "--quiet", "--device", "cpu"]
     before = os.times()
     start = time.perf_counter()
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=code)
     seconds = time.perf_counter() - start
     after = os.times()
     if result.returncode != 0:
         raise SystemExit(f"{code}: {' '.join(command)} failed:\n{result.stderr[-2000:]}")
     return seconds, (after.children_user - before.children_user) + (after.children_system - before.children_system)
+
+
+def check_code(code, threads):
+    """Exit unless ``python -m clipviz`` run as ``run`` runs it imports the clipviz inside ``code``.
+    ``-m`` puts the working folder first on sys.path, before PYTHONPATH: run from the repository
+    root, "today's code" would silently be this one (so run() runs in ``code``)."""
+    env = dict(os.environ, PYTHONPATH=str(code), OMP_NUM_THREADS=str(threads))
+    found = subprocess.run([sys.executable, "-c", "import clipviz; print(clipviz.__file__)"], env=env, cwd=code,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    if not Path(found).resolve().is_relative_to(Path(code).resolve()):
+        raise SystemExit(f"{code}: python imports clipviz from {found}, not from that tree")
 
 
 def main(argv=None):
@@ -77,8 +88,10 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_photos(args.photos, tmp / "photos", args.count)
-        old = Path(args.baseline) if args.baseline else baseline_tree(args.ref, tmp / "old")
+        old = Path(args.baseline).resolve() if args.baseline else baseline_tree(args.ref, tmp / "old")
         codes = {"old": old, "new": ROOT}
+        for code in codes.values():
+            check_code(code, args.threads)
         for model in args.models:
             times, cpu = {"old": [], "new": []}, {"old": [], "new": []}
             for round_ in range(args.rounds):

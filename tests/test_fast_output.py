@@ -30,16 +30,33 @@ def test_lookup_blend_is_bit_identical_to_the_per_pixel_blend():
 
 
 def test_lookup_blend_holds_for_float32_maps_infinities_and_several_blocks():
-    """Maps are float32; ±inf clip like any out-of-range value; a photo wider than one block's
-    million pixels is blended block by block."""
+    """Maps are float32; ±inf clip like any out-of-range value; a photo wider than one block
+    (render.colours.BLEND_PIXELS) is blended a row at a time."""
     rng = np.random.default_rng(2)
-    photo = rng.integers(0, 256, (5, 1 << 19, 3), dtype=np.uint8)  # 2 rows a block: 3 blocks
+    photo = rng.integers(0, 256, (5, 1 << 19, 3), dtype=np.uint8)  # 5 blocks of one row
     heat = (rng.random(photo.shape[:2]) * 1.2 - 0.1).astype(np.float32)
     heat[rng.random(heat.shape) < 0.1] = np.nan
     heat[0, :6] = [np.inf, -np.inf, 255 / 256, np.nextafter(np.float32(255 / 256), 0), 1.0, 0.0]
     expected = per_pixel_blend(photo, np.nan_to_num(heat.astype(np.float64), nan=np.nan, posinf=2.0, neginf=-1.0),
                                "jet", 0.6)
     assert (render.overlay(photo, heat, alpha=0.6) == expected).all()
+
+
+def test_lookup_blend_holds_block_by_block_for_every_map_dtype_and_photo_mode():
+    """Rows split into several blocks with a partial last one; float16/32/64 maps (256 · v is
+    exact in each) and grey or RGBA photos give the per-pixel blend of their RGB."""
+    from clipviz.render.colours import BLEND_PIXELS
+    rng = np.random.default_rng(3)
+    height, width = 2 * BLEND_PIXELS // 301 + 7, 301  # two full blocks and 7 rows more
+    rgba = rng.integers(0, 256, (height, width, 4), dtype=np.uint8)
+    heat = rng.random((height, width)) * 1.2 - 0.1
+    heat[rng.random(heat.shape) < 0.05] = np.nan
+    heat[-1, :3] = [1 / 256, np.nextafter(1 / 256, 0), 0.5]  # level edges in the last, partial block
+    for dtype in (np.float16, np.float32, np.float64):
+        expected = per_pixel_blend(rgba[..., :3], heat.astype(dtype).astype(np.float64), "viridis", 0.8)
+        assert (render.overlay(rgba, heat.astype(dtype), cmap="viridis", alpha=0.8) == expected).all()
+    grey = rgba[..., 0]
+    assert (render.overlay(grey, heat, alpha=0.4) == per_pixel_blend(np.repeat(grey[..., None], 3, 2), heat, "jet", 0.4)).all()
 
 
 def test_png_is_written_fast_with_the_same_pixels(tmp_path):

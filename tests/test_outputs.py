@@ -78,3 +78,28 @@ def test_planned_paths_must_be_unique(tmp_path):
     outputs.check_unique([tmp_path / "a.png", tmp_path / "b.png"])
     with pytest.raises(ClipvizError, match="both be written to"):
         outputs.check_unique([tmp_path / "a.png", tmp_path / "sub" / ".." / "a.png"])
+
+
+def test_a_published_file_is_hashed_once_and_a_changed_one_again(tmp_path, monkeypatch):
+    """The manifest's sha256 of an output comes from publishing it, not from reading it back; a
+    file changed since (other bytes, size or mtime) is read again."""
+    import hashlib
+
+    from clipviz.manifest import output_entry
+
+    target = tmp_path / "o.png"
+    outputs.write_atomically(target, lambda handle: handle.write(b"first bytes"), force=False)
+    reads = []
+    real = outputs._sha256
+    monkeypatch.setattr(outputs, "_sha256", lambda path: reads.append(path) or real(path))
+    entry = output_entry(target)
+    assert entry == {"path": str(target), "bytes": 11, "sha256": hashlib.sha256(b"first bytes").hexdigest()}
+    assert reads == []
+    target.write_bytes(b"other bytes!")  # changed in place after publishing
+    assert output_entry(target)["sha256"] == hashlib.sha256(b"other bytes!").hexdigest() and len(reads) == 1
+    same_size = tmp_path / "p.png"
+    outputs.write_atomically(same_size, lambda handle: handle.write(b"aaaa"), force=False)
+    stamp = os.stat(same_size).st_mtime_ns
+    same_size.write_bytes(b"bbbb")
+    os.utime(same_size, ns=(stamp + 10**9, stamp + 10**9))  # same size, another mtime
+    assert output_entry(same_size)["sha256"] == hashlib.sha256(b"bbbb").hexdigest()
