@@ -188,7 +188,8 @@ def explain(model, image, prompts, method=None, *, against=None, batch_size=8, *
     notice_unseen_photos(adapter.model, images)
     results, start, size = [], 0, check_batch_size(batch_size)
     if len(images) > size:  # several batches: the prompts' side once for all of them
-        query = replace(query, text=encode_prompts(adapter, query.ids, chosen.needs(adapter, options), jacobian=True))
+        query = replace(query, text=encode_prompts(adapter, query.ids, chosen.needs(adapter, options),
+                                                   images=len(images)))
     while start < len(images):
         chunk = images[start:start + size]
         try:

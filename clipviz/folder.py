@@ -125,8 +125,8 @@ def explain_files(model, paths, prompts, method=None, *, indices=None, against=N
     check_contrast(chosen, against)
     query = prepare_query(adapter, prompts, against)
     # the prompts' side (their embedding; text-token relevance's EOT rows) once for the whole run
-    query = replace(query, text=encode_prompts(adapter, query.ids, chosen.needs(adapter, options), jacobian=True))
     indices = list(range(len(paths))) if indices is None else list(indices)
+    query = replace(query, text=encode_prompts(adapter, query.ids, chosen.needs(adapter, options), images=len(indices)))
     size = max(1, int(batch_size))
     processes = min(workers, len(indices))
     # a whole batch in flight (DataLoader's default is 2 items a worker): the workers decode the

@@ -53,13 +53,14 @@ class EncodedPrompts:
         return self.ids is ids or (self.ids.shape == ids.shape and bool(torch.equal(self.ids, ids.to(self.ids.device))))
 
 
-def encode_prompts(adapter, ids, needs, jacobian=False):
+def encode_prompts(adapter, ids, needs, images=None):
     """Encode ``ids`` [P, Lt] once for every batch of images a method explains with them.
 
     adapter: clipviz.adapters.adapt(model); needs: the method's Needs (clipviz.methods.base).
-    jacobian: for text-token relevance, also keep the prompts' Jacobian (EncodedPrompts.jacobian):
-    worth it for a run of several batches (E backward passes once, then one product a batch), not
-    for one batch (its tail costs one backward).
+    images: how many images will be explained with them (None: one batch). For text-token
+    relevance the prompts' Jacobian (EncodedPrompts.jacobian) is kept when images ≥ E, the
+    embedding size: it costs the text tail on E rows once, where each batch otherwise runs it on
+    one row per image.
     Returns an EncodedPrompts, or None when the method asks for text gradients the closed form
     does not give (see the module docstring), or the model has no text tower.
     """
@@ -83,7 +84,7 @@ def encode_prompts(adapter, ids, needs, jacobian=False):
         row = pooled_row(parts, tokens.to(adapter.dtype), record.probs, eot)
         heads, length, size = record.probs.shape[1], record.probs.shape[-1], embedding.shape[-1]
         jacobian = eot_row_jacobian(parts, adapter.text_head, row) \
-            if jacobian and len(ids) * heads * length * size * 4 <= JACOBIAN_BYTES else None
+            if (images or 0) >= size and len(ids) * heads * length * size * 4 <= JACOBIAN_BYTES else None
     return EncodedPrompts(ids, embedding, layer, parts, row, record.probs, jacobian)
 
 

@@ -16,6 +16,9 @@ starts from the same photo array (preprocessing is paid by all):
     rollout:         clipviz.explain(model, photo, prompt, method="rollout")
     general path:    relevance P=16 with the closed form switched off (what clipviz ran before
                      issue 19), for information
+    per photo:       relevance of a list of LIST photos in one explain() call, one per batch, its
+                     time ÷ LIST: the prompts are encoded once for the list (clipviz.prompts), as
+                     in a folder run, where a single call must encode them for its one photo
 
 Then start_layer=0 at 16 prompts against the code before issue 19 and its peak memory against
 the forward (every_block.py, which this run calls). Variants run interleaved (one of each per
@@ -40,6 +43,7 @@ import torch
 
 from common import PROMPTS, header, interleaved, load_average, photo, print_ratio, print_times, report, report_ratio, setup
 
+RUN_IMAGES = 2000  # GPU mode: the run a batch belongs to (perf/folder.py's 2,000 photos)
 LIMITS = {"relevance P=1": 1.10, "relevance P=16": 1.35, "rollout": 1.10, "GPU relevance": 1.25}
 
 
@@ -67,6 +71,16 @@ def attention_floor(model, image):
     finally:
         for handle in handles:
             handle.remove()
+
+
+LIST = 4  # photos in one explain() call for the per-photo figures
+
+
+def per_photo(model, image, prompts):
+    """explain() of LIST photos in one call, one per batch (so each image costs what the floor's
+    does), the prompts encoded once for all of them: the call's time ÷ LIST."""
+    import clipviz
+    clipviz.explain(model, [image] * LIST, prompts, method="relevance", batch_size=1)
 
 
 def general_path(model, image, prompts, **options):
@@ -100,8 +114,10 @@ def gpu(args):
                          device=device, dtype=dtype)
     ids = token_ids(1).to(device)
     adapter, relevance = adapt(model), get_method("relevance")
-    # what a folder run does: the prompts' side encoded once, then batch after batch
-    once = {text: encode_prompts(adapter, ids, relevance.needs(adapter, {"text": text}), jacobian=True)
+    # what a folder run does: the prompts' side encoded once, then batch after batch (a run of
+    # RUN_IMAGES images: enough to keep the text Jacobian, clipviz.prompts.encode_prompts)
+    once = {text: encode_prompts(adapter, ids, relevance.needs(adapter, {"text": text}),
+                                 images=RUN_IMAGES)
             for text in (True, False)}
 
     def explain(prompts=None, **options):
@@ -155,8 +171,12 @@ def main(argv=None):
         "relevance P=16": lambda: clipviz.explain(model, image, PROMPTS, method="relevance"),
         "rollout": lambda: clipviz.explain(model, image, PROMPTS[0], method="rollout"),
         "general path P=16 (before issue 19)": lambda: general_path(model, image, PROMPTS),
+        # a list: the prompts' side encoded once for its batches (one image each, as the floor)
+        f"relevance P=1, per photo of {LIST}": lambda: per_photo(model, image, PROMPTS[0]),
+        f"relevance P=16, per photo of {LIST}": lambda: per_photo(model, image, PROMPTS),
     }
     times = interleaved(variants, args.repeats)
+    times = {name: [t / LIST for t in runs] if "per photo" in name else runs for name, runs in times.items()}
     print_times(times)
     met = report_ratio(f"19 relevance P=1 / no-grad encode_image {args.model}", times, "relevance P=1",
                        "floor: no-grad encode_image", LIMITS["relevance P=1"])
@@ -164,6 +184,9 @@ def main(argv=None):
                         "floor: no-grad encode_image", LIMITS["relevance P=16"])
     met &= report_ratio(f"19 rollout / forward returning attention weights {args.model}", times, "rollout",
                         "attention floor", LIMITS["rollout"])
+    for prompts in (1, 16):
+        print_ratio(f"19 relevance P={prompts}, per photo of a list of {LIST} / no-grad encode_image {args.model}",
+                    times, f"relevance P={prompts}, per photo of {LIST}", "floor: no-grad encode_image")
     print_ratio(f"19 general path P=16 / no-grad encode_image {args.model}", times,
                 "general path P=16 (before issue 19)", "floor: no-grad encode_image")
     print_ratio(f"19 relevance P=16 / general path P=16 {args.model}", times, "relevance P=16",
