@@ -74,6 +74,28 @@ def test_inputs_are_recognised_however_they_are_spelt(tmp_path, monkeypatch):
     assert photo.read_bytes() == b"input"
 
 
+def test_protected_inputs_are_checked_in_one_lookup_per_output(tmp_path, monkeypatch):
+    """A run builds outputs.Protected once for its N inputs; each of its N·P writes then costs one
+    file key, not one comparison per input (that was quadratic: a 1,280-photo GPU run wrote 7
+    images/s). Every spelling of an input is still refused."""
+    photos = []
+    for i in range(300):
+        photos.append(tmp_path / f"p{i}.png")
+        photos[-1].write_bytes(b"input")
+    (tmp_path / "link.png").symlink_to(photos[123])
+    protected = outputs.Protected([str(p) for p in photos] + ["", None])
+    assert len(protected) == 300 and list(protected)[:1] == [str(photos[0])]
+    keys = []
+    real = outputs._file_key
+    monkeypatch.setattr(outputs, "_file_key", lambda path: keys.append(path) or real(path))
+    assert outputs.check_target(tmp_path / "out.png", FIGURE_SUFFIXES, protect=protected).name == "out.png"
+    assert len(keys) == 1
+    for spelling in (tmp_path / "link.png", tmp_path / "sub" / ".." / "p7.png", photos[299]):
+        with pytest.raises(ClipvizError, match="input image"):
+            outputs.check_target(spelling, FIGURE_SUFFIXES, protect=protected)
+    assert len(keys) == 4
+
+
 def test_planned_paths_must_be_unique(tmp_path):
     outputs.check_unique([tmp_path / "a.png", tmp_path / "b.png"])
     with pytest.raises(ClipvizError, match="both be written to"):

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import ClipvizError
-from ..outputs import (check_folder, check_unique, distinct_names, refuse_existing, refuse_inputs,
+from ..outputs import (Protected, check_folder, check_unique, distinct_names, refuse_existing, refuse_inputs,
                        remove_stale_temporaries, slug)
 from ..suffixes import looks_like_image
 from .parser import DEFAULT_OUT, FIGURE_FORMATS
@@ -103,7 +103,7 @@ class OutputPlan:
         self.recorded = set()  # absolute paths a resumed run's manifest lists as its own outputs (owns)
         self.resumed = False  # --resume: the run continues one whose temporaries it may remove
         self.prompt_slugs = distinct_names([slug(p if against is None else f"{p} vs {against}") for p in prompts])
-        self.inputs = list(images)
+        self.inputs = Protected(images)  # checked at every write: one lookup each
 
     def files(self, index):
         """[(kind, prompt index or None, Path)] for image ``index``."""
