@@ -150,7 +150,7 @@ def _closed_form_block(adapter, needs):
             or adapter.text_encoder is None \
             or tuple(needs.layers or ()) != (adapter.num_layers - 1,):
         return None
-    return block_parts(find_blocks(adapter.image_encoder)[-1])
+    return block_parts(find_blocks(adapter.image_encoder)[-1], adapter.image_head_modules())
 
 
 def _closed_form_gradients(recorder, parts, reduce, adapter, text_emb, logit_scale, target_weights):

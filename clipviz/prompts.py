@@ -66,7 +66,7 @@ def encode_prompts(adapter, ids, needs, images=None):
     """
     if adapter.text_encoder is None:
         return None
-    layer = _closed_form_text_layer(adapter, needs)
+    layer, parts = _closed_form_text_block(adapter, needs)
     if needs.text is not None and layer is None:
         return None
     recorder = AttentionRecorder(adapter.text_encoder, layers=[layer], tokens=True) if layer is not None else None
@@ -80,7 +80,6 @@ def encode_prompts(adapter, ids, needs, images=None):
         recorder.check_recorded()
         record = recorder.layers[layer]
         tokens, _ = recorder.batch_first_tokens(record)
-        parts = block_parts(recorder.blocks[layer])
         row = pooled_row(parts, tokens.to(adapter.dtype), record.probs, eot)
         heads, length, size = record.probs.shape[1], record.probs.shape[-1], embedding.shape[-1]
         jacobian = eot_row_jacobian(parts, adapter.text_head, row) \
@@ -88,11 +87,13 @@ def encode_prompts(adapter, ids, needs, images=None):
     return EncodedPrompts(ids, embedding, layer, parts, row, record.probs, jacobian)
 
 
-def _closed_form_text_layer(adapter, needs):
-    """The last text block's index when the method reads that block alone with gradients and the
-    closed form applies to it, else None."""
+def _closed_form_text_block(adapter, needs):
+    """(index, BlockParts) of the last text block when the method reads that block alone with
+    gradients and the closed form applies to it, else (None, None). Asked before any recorder
+    hooks the block (block_parts refuses hooked blocks)."""
     last = adapter.text_layers - 1
     if needs.text is None or tuple(needs.text) != (last,) or needs.gradient is None or needs.readout is not None \
             or not getattr(adapter, "text_reads_one_token", False):
-        return None
-    return last if block_parts(find_blocks(adapter.text_encoder)[last]) is not None else None
+        return None, None
+    parts = block_parts(find_blocks(adapter.text_encoder)[last], adapter.text_head_modules())
+    return (last, parts) if parts is not None else (None, None)

@@ -151,6 +151,14 @@ class ClipAdapter:
         visual = self.image_encoder
         return visual.ln_post(tokens) @ visual.proj
 
+    def image_head_modules(self):
+        """The modules image_head calls (a hook on one keeps the closed form off, clipviz.last_block)."""
+        return [self.image_encoder.ln_post]
+
+    def text_head_modules(self):
+        """The modules text_head calls."""
+        return [self.model.ln_final]
+
     # True when the text embedding is text_head(the last block's output at one token, the EOT of
     # eot_positions): text-token relevance then has a closed form (clipviz.last_block)
     text_reads_one_token = True

@@ -138,6 +138,12 @@ class HuggingFaceAdapter(ClipAdapter):
         """post_layernorm, then visual_projection: [..., D] → [..., E]."""
         return self.model.visual_projection(self.image_encoder.post_layernorm(tokens))
 
+    def image_head_modules(self):
+        return [self.image_encoder.post_layernorm, self.model.visual_projection]
+
+    def text_head_modules(self):
+        return [self.text_encoder.final_layer_norm, self.model.text_projection]
+
     def text_head(self, tokens):
         """final_layer_norm, then text_projection: [..., D] → [..., E] (CLIPTextModel pools the EOT
         token of the normalised states)."""

@@ -180,6 +180,10 @@ class OpenClipAdapter(ClipAdapter):
         out = visual.ln_post(tokens)
         return out if visual.proj is None else out @ visual.proj
 
+    def text_head_modules(self):
+        projection = self._text_owner.text_projection
+        return [self._text_owner.ln_final] + ([projection] if isinstance(projection, torch.nn.Module) else [])
+
     def text_head(self, tokens):
         """What the text tower does to its pooled token: ln_final, then text_projection (a matrix or
         an nn.Linear, or none). [..., D] → [..., E]."""
