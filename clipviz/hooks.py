@@ -528,17 +528,19 @@ class AttentionRecorder:
                 "nn.MultiheadAttention (a fused or custom attention path, or a torch.compile'd forward on "
                 "torch < 2.6: pass the uncompiled module, model._orig_mod), so no map can be computed")
 
+    def batch_first(self, index, tensor):
+        """A tensor laid out as block ``index`` takes its input, as [B, N, ...] (the block's
+        ``nn.MultiheadAttention.batch_first`` says which it is; layouts' blocks are batch-first)."""
+        return tensor if getattr(attention_of(self.blocks[index]), "batch_first", True) else tensor.transpose(0, 1)
+
     def batch_first_tokens(self, record):
-        """Block input of ``record`` and its gradients as [B, N, D], whatever the model's layout
-        (the block's ``nn.MultiheadAttention.batch_first`` says which it is)."""
-        if getattr(attention_of(self.blocks[record.index]), "batch_first", True):  # layouts' blocks are batch-first
-            return record.tokens, record.token_grads
-        return record.tokens.transpose(0, 1), {k: g.transpose(0, 1) for k, g in record.token_grads.items()}
+        """Block input of ``record`` and its gradients as [B, N, D], whatever the model's layout."""
+        return (self.batch_first(record.index, record.tokens),
+                {k: self.batch_first(record.index, g) for k, g in record.token_grads.items()})
 
     def block_output(self, index):
         """Block ``index``'s output, in the graph, as [B, N, D] (recorded with outputs=True)."""
-        output = self.layers[index]._live_output
-        return output if getattr(attention_of(self.blocks[index]), "batch_first", True) else output.transpose(0, 1)
+        return self.batch_first(index, self.layers[index]._live_output)
 
 
 class CausalPrefix:

@@ -186,11 +186,16 @@ def row_gradients(parts, head, row, copies, score):
     count, _, width = row.row_out.shape
     with torch.enable_grad():
         o = row.row_out.expand(count, copies, width).clone().requires_grad_(True)  # [S, K, D]
-        middle = row.row_in + parts.ls_1(parts.out_proj(o))
-        leaving = middle + parts.ls_2(parts.mlp(parts.ln_2(middle)))
-        grad_o, = torch.autograd.grad(score(head(leaving)), o)
+        grad_o, = torch.autograd.grad(score(head(_tail(parts, row, o))), o)
     grad_o = grad_o.float().view(count, copies, parts.heads, width // parts.heads)
     return torch.einsum("skhc,sjhc->skhj", grad_o, row.values.float())
+
+
+def _tail(parts, row, o):
+    """The block after its attention, on the pooled token: x_row + ls_1(out_proj(o)), then the MLP
+    with its residual (the module docstring's m and y). o [S, K, D] → y [S, K, D]."""
+    middle = row.row_in + parts.ls_1(parts.out_proj(o))
+    return middle + parts.ls_2(parts.mlp(parts.ln_2(middle)))
 
 
 def cls_row_gradients(parts, image_head, row, text_emb, logit_scale, target_weights):
@@ -244,9 +249,7 @@ def eot_row_jacobian(parts, text_head, row, chunk=128):
     count, _, width = row.row_out.shape
     with torch.enable_grad():
         o = row.row_out.clone().requires_grad_(True)  # [P, 1, D]
-        middle = row.row_in + parts.ls_1(parts.out_proj(o))
-        leaving = middle + parts.ls_2(parts.mlp(parts.ln_2(middle)))
-        unit = torch.nn.functional.normalize(text_head(leaving).float(), dim=-1)  # [P, 1, E]
+        unit = torch.nn.functional.normalize(text_head(_tail(parts, row, o)).float(), dim=-1)  # [P, 1, E]
         size = unit.shape[-1]
         basis = torch.eye(size, dtype=unit.dtype, device=unit.device)[:, None, None, :].expand(size, count, 1, size)
         rows = []  # ∂t̂_p[e]/∂o_p for e in a chunk: [chunk, P, 1, D]

@@ -18,7 +18,7 @@ from .adapters.tower import text_tower_needed
 from .forms import check_trainable, explaining, usable
 from .adapters.probe import probe_readout_gradients
 from .adapters.vit import ViTRecorder
-from .hooks import AttentionRecorder, CausalPrefix, Unchained, attention_of, find_blocks
+from .hooks import AttentionRecorder, CausalPrefix, Unchained, find_blocks
 from .last_block import block_parts, cls_row_gradients, eot_row_gradients, full_gradient, pooled_row
 from .methods.base import Records
 from .prompts import encode_prompts
@@ -46,16 +46,17 @@ def run_method(adapter, pixels, ids, target_weights, target_prompt, method, opti
     """
     with explaining(adapter.model):
         method.check_family(adapter)
+        needs = method.needs(adapter, options)
         if not fast:
             prompts = None  # the general path encodes the prompts with the batch, as before the closed forms
         elif prompts is None:
-            prompts = encode_prompts(adapter, usable(ids), method.needs(adapter, options))
+            prompts = encode_prompts(adapter, usable(ids), needs)
         elif not prompts.encodes(ids):
             raise ValueError("run_method: `prompts` were encoded from other token ids than `ids`")
-        elif prompts.row is None and method.needs(adapter, options).text is not None:
+        elif prompts.row is None and needs.text is not None:
             prompts = None  # encoded without the text rows this method reads: encode with the batch
-        arguments = (adapter, usable(pixels), usable(ids), usable(target_weights), target_prompt, method, options, fast,
-                     prompts)
+        arguments = (adapter, usable(pixels), usable(ids), usable(target_weights), target_prompt, method, needs,
+                     options, fast, prompts)
         try:
             try:
                 return _run_method(*arguments)
@@ -69,10 +70,8 @@ def run_method(adapter, pixels, ids, target_weights, target_prompt, method, opti
             raise
 
 
-def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, options, fast=True, prompts=None,
+def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, needs, options, fast=True, prompts=None,
                 recompute=True):
-    method.check_family(adapter)
-    needs = method.needs(adapter, options)
     batch, targets = pixels.shape[0], target_weights.shape[0]
     records = Records(num_layers=adapter.num_layers, patch_grid=adapter.patch_grid, batch=batch,
                       targets=targets, text_layers=adapter.text_layers, pooling=adapter.pooling,
@@ -158,9 +157,7 @@ def _closed_form_gradients(recorder, parts, reduce, adapter, text_emb, logit_sca
     form; text_emb [P, E]. The block's CLS attention row is computed from its input when it ran
     its fused attention (``parts.row_attention``), else read from the recorded probabilities."""
     record = next(iter(recorder.layers.values()))
-    tokens = record._live_tokens.detach()  # as the block took it, in the model's dtype
-    if not getattr(attention_of(recorder.blocks[record.index]), "batch_first", True):
-        tokens = tokens.transpose(0, 1)
+    tokens = recorder.batch_first(record.index, record._live_tokens.detach())  # in the model's dtype
     rows = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
     row = pooled_row(parts, tokens, record.probs, rows)
     cls_rows = cls_row_gradients(parts, adapter.image_head, row, text_emb.detach(), logit_scale.detach(),
