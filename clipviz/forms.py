@@ -37,6 +37,23 @@ from .errors import ClipvizError
 _CHECKPOINT_FLAGS = ("grad_checkpointing", "gradient_checkpointing")
 
 
+def submodules(root):
+    """Every module of ``root``, itself first: the list ``list(root.modules())`` gives (the same
+    order, each module once), about twice as fast. It runs on every explanation: nn.Module.modules()
+    resumes one generator per level of nesting for every module it yields."""
+    found, seen, stack = [], set(), [root]
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        found.append(module)
+        children = module._modules
+        if children:
+            stack += [child for child in reversed(children.values()) if child is not None]
+    return found
+
+
 def unwrap(module):
     """The module inside any DataParallel / DistributedDataParallel / OptimizedModule wrappers.
 
@@ -104,7 +121,7 @@ def usable(tensor):
 def _no_checkpointing(model):
     # the flags are plain instance attributes: vars() reads them without nn.Module.__getattr__'s
     # exception for every module that has none (this runs on every explanation)
-    switched = [(m, name) for m in model.modules() for name in _CHECKPOINT_FLAGS if vars(m).get(name) is True]
+    switched = [(m, name) for m in submodules(model) for name in _CHECKPOINT_FLAGS if vars(m).get(name) is True]
     try:
         for module, name in switched:
             setattr(module, name, False)

@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from .errors import ClipvizError
+from .forms import submodules
 
 
 @dataclass
@@ -119,7 +120,7 @@ def find_blocks(encoder):
     and ours) and whose ``attn`` is an ``nn.MultiheadAttention``, or a block of a registered
     AttentionLayout (see ``attention_of``).
     """
-    blocks = [m for m in encoder.modules() if attention_of(m) is not None]
+    blocks = [m for m in submodules(encoder) if attention_of(m) is not None]
     if not blocks:
         raise ClipvizError(
             f"found no ResidualAttentionBlock with nn.MultiheadAttention in {type(encoder).__name__}; "
@@ -166,6 +167,7 @@ class AttentionRecorder:
     attention: False leaves an unmasked ``nn.MultiheadAttention`` call on its own (fused) path and
                records no probabilities for it, only that it ran (``LayerRecord.called``); masked
                calls and other libraries' attention are recorded as usual.
+    blocks:    ``find_blocks(encoder)`` when the caller has it already (it walks every module).
     recompute: with ``gradients`` and ``cut_graph``: the forward builds no graph up to the output
                of the encoder's last block (the head after it does: the scores start there), and
                ``backward_batched`` recomputes the blocks from the first recorded one on, one at a
@@ -175,7 +177,7 @@ class AttentionRecorder:
     """
 
     def __init__(self, encoder, layers=None, gradients=None, tokens=False, outputs=False, qk=False,
-                 cut_graph=True, recompute=False, attention=True):
+                 cut_graph=True, recompute=False, attention=True, blocks=None):
         self.encoder = encoder
         self.cut_graph = cut_graph
         self.recompute = recompute and cut_graph and gradients is not None
@@ -184,7 +186,7 @@ class AttentionRecorder:
         self._previous = None     # the last block output seen in the forward (recompute)
         self._recomputing = False
         self._grad_mode = None  # grad mode to restore at the first recorded block (cut_graph)
-        self.blocks = find_blocks(encoder)
+        self.blocks = find_blocks(encoder) if blocks is None else blocks
         count = len(self.blocks)
         chosen = range(count) if layers is None else layers
         try:

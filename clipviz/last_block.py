@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .adapters import scores_from_embeddings
+from .forms import submodules
 
 
 @dataclass
@@ -66,7 +67,7 @@ def block_parts(block, head_modules=()):
     be the model: an attention class other than the stock one or a forward patched on the instance,
     or a hook on the block, any module inside it or a head module (a hook may change what the
     module returns, and the closed form would skip it or run it on other tensors)."""
-    if _hooked([*block.modules(), *head_modules]):
+    if _hooked([*submodules(block), *head_modules]):
         return None
     attention = getattr(block, "attn", None)
     if type(block).__name__ == "ResidualAttentionBlock" and type(attention) is nn.MultiheadAttention \

@@ -15,7 +15,7 @@ import torch
 
 from .adapters import scores_from_embeddings
 from .adapters.tower import text_tower_needed
-from .forms import check_trainable, explaining, usable
+from .forms import check_trainable, explaining, submodules, usable
 from .adapters.probe import probe_readout_gradients
 from .adapters.vit import ViTRecorder
 from .hooks import AttentionRecorder, CausalPrefix, Unchained, find_blocks
@@ -75,18 +75,19 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, nee
     batch, targets = pixels.shape[0], target_weights.shape[0]
     records = Records(num_layers=adapter.num_layers, patch_grid=adapter.patch_grid, batch=batch,
                       targets=targets, text_layers=adapter.text_layers, pooling=adapter.pooling,
-                      eot=adapter.eot_positions(ids)[target_prompt].cpu(), target_prompt=target_prompt)
+                      eot=adapter.eot_positions(ids)[target_prompt], target_prompt=target_prompt)
     wants_gradient = needs.wants_gradient
     if adapter.text_encoder is None and (wants_gradient or needs.text is not None):
         raise text_tower_needed(method.name)
-    last = _closed_form_block(adapter, needs) if fast and wants_gradient else None
+    last, blocks = _closed_form_block(adapter, needs) if fast and wants_gradient else (None, None)
     # every target's gradients in batched backward passes, recomputing one block at a time (a
     # training-mode model may draw dropout masks: a recomputed block would not be the same function)
     batched = fast and wants_gradient and last is None and needs.readout is None
-    recompute = recompute and batched and not any(m.training for m in adapter.image_encoder.modules())
+    recompute = recompute and batched and not any(m.training for m in submodules(adapter.image_encoder))
     if last is not None:  # forward only: the last block's input is all the closed form needs (and its
         # attention probabilities where they cannot be computed from it; else the block keeps its fused path)
-        image_recorder = ViTRecorder(adapter.image_encoder, needs, block_input=True, attention=last.row_attention is None)
+        image_recorder = ViTRecorder(adapter.image_encoder, needs, block_input=True, attention=last.row_attention is None,
+                                     blocks=blocks)
     else:
         image_recorder = adapter.image_recorder(needs, recompute=recompute) or _NoRecorder()
     # prompts encoded with each batch (the general path): their recorder, with autograd for text
@@ -143,13 +144,15 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, nee
     return records, cosine.detach(), logits.detach(), output
 
 def _closed_form_block(adapter, needs):
-    """The last block's parts when ∂S/∂A of the last ViT block alone is asked for and its closed
-    form applies (clipviz.last_block), else None."""
+    """(the last block's parts, the tower's blocks) when ∂S/∂A of the last ViT block alone is asked
+    for and its closed form applies (clipviz.last_block), else (None, None)."""
     if adapter.family != "vit" or adapter.pooling != "cls" or needs.readout is not None or needs.features \
             or adapter.text_encoder is None \
             or tuple(needs.layers or ()) != (adapter.num_layers - 1,):
-        return None
-    return block_parts(find_blocks(adapter.image_encoder)[-1], adapter.image_head_modules())
+        return None, None
+    blocks = find_blocks(adapter.image_encoder)
+    parts = block_parts(blocks[-1], adapter.image_head_modules())
+    return (None, None) if parts is None else (parts, blocks)
 
 
 def _closed_form_gradients(recorder, parts, reduce, adapter, text_emb, logit_scale, target_weights):

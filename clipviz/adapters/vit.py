@@ -9,14 +9,16 @@ class ViTRecorder(AttentionRecorder):
     reduced attention gradients, patch features (the tokens entering the first recorded block,
     CLS left out) with their gradients, queries and keys, block outputs for a readout."""
 
-    def __init__(self, encoder, needs, block_input=False, recompute=False, attention=True):
+    def __init__(self, encoder, needs, block_input=False, recompute=False, attention=True, blocks=None):
         """block_input: forward only, keeping the recorded block's input tokens and no gradients
         (clipviz.last_block computes ∂S/∂A of the last block from them, clipviz.pipeline).
         recompute: no graph in the forward; backward_batched recomputes block by block (AttentionRecorder).
-        attention: False leaves the blocks' attention alone (no probabilities recorded)."""
+        attention: False leaves the blocks' attention alone (no probabilities recorded).
+        blocks: find_blocks(encoder), when the caller has it already."""
         gradients = None if block_input else needs.gradient or (_no_attention_gradient if needs.features else None)
         super().__init__(encoder, layers=needs.layers, gradients=gradients, tokens=needs.features or block_input,
-                         outputs=needs.readout is not None, qk=needs.qk, recompute=recompute, attention=attention)
+                         outputs=needs.readout is not None, qk=needs.qk, recompute=recompute, attention=attention,
+                         blocks=blocks)
         self.needs = needs
 
     def collect(self, records):
