@@ -27,7 +27,7 @@ from clipviz.errors import ClipvizError
 from clipviz.methods import available_methods
 
 from conftest import SMALL_RESNET, TINY_VIT, make_model
-from test_adapters import libraries, photo, to_hf, to_openclip  # noqa: F401  (libraries: autouse fixture)
+from test_adapters import libraries, models, photo, to_hf, to_openclip  # noqa: F401  (libraries: autouse fixture)
 
 PROMPTS = ["a photo of a dog", "a red car"]
 METHODS = available_methods()
@@ -339,3 +339,19 @@ def test_hugging_face_vision_model_with_projection_alone():
 def test_something_that_is_not_a_model_is_still_refused_clearly():
     with pytest.raises(ClipvizError, match="cannot explain a str"):
         clipviz.explain("ViT-B/32", photo(), PROMPTS)
+
+
+def test_submodules_lists_what_modules_lists(models):
+    """clipviz.forms.submodules is list(module.modules()), faster: the same modules in the same
+    order, a module shared by two parents once, and no endless walk through a module made its own
+    descendant."""
+    from clipviz.forms import submodules
+    shared = nn.Linear(2, 2)
+    tree = nn.Sequential(nn.Sequential(shared, nn.ReLU()), nn.ModuleDict({"a": shared, "b": nn.Identity()}))
+    tree.add_module("gap", None)
+    looped = nn.Sequential(nn.Sequential(nn.Linear(2, 2)))
+    looped[0].back = looped
+    for module in (tree, looped, *models.values()):
+        assert submodules(module) == list(module.modules())
+    assert [type(m).__name__ for m in submodules(tree)] == ["Sequential", "Sequential", "Linear", "ReLU",
+                                                            "ModuleDict", "Identity"]
