@@ -65,11 +65,11 @@ def save_map_png(path, photo_map, *, protect=(), force=True):
     """Write one map on the photo as an 8-bit grey + alpha PNG (map_png_pixels) → Path."""
     from PIL import Image
 
-    from .render.colours import PNG_COMPRESS_LEVEL
+    from .render.colours import PNG_PHOTO_OPTIONS
 
     path = check_target(path, MAP_PNG_SUFFIXES, protect)
     image = Image.fromarray(map_png_pixels(np.asarray(photo_map)))  # [H, W, 2] uint8: mode LA
-    return write_atomically(path, lambda handle: image.save(handle, format="PNG", compress_level=PNG_COMPRESS_LEVEL),
+    return write_atomically(path, lambda handle: image.save(handle, format="PNG", **PNG_PHOTO_OPTIONS),
                             force=force)
 
 

@@ -71,6 +71,25 @@ def test_png_is_written_fast_with_the_same_pixels(tmp_path):
     assert flags >> 6 == 0  # FLEVEL 0: "compressor used fastest algorithm" (RFC 1950), not level 6's 2
 
 
+def test_overlay_png_of_a_photo_is_smaller_than_the_fast_level_alone(tmp_path):
+    """Overlays and maps use zlib's run-length strategy at level 1: same pixels, and on a real
+    photo a smaller file than level 1's default strategy (which PIL would use)."""
+    import io
+
+    from conftest import SHARED
+    with Image.open(SHARED / "images" / "sam_truck.jpg") as opened:
+        photo = np.asarray(opened.convert("RGB"))
+    rows, cols = np.mgrid[0:photo.shape[0], 0:photo.shape[1]]
+    heat = (0.5 + 0.5 * np.sin(cols / 37.0) * np.cos(rows / 53.0)).astype(np.float32)
+    path = render.save_overlay(tmp_path / "o.png", photo, heat)
+    blended = render.overlay(photo, heat)
+    with Image.open(path) as written:
+        assert (np.asarray(written) == blended).all()
+    default = io.BytesIO()
+    Image.fromarray(blended).save(default, format="PNG", compress_level=1)
+    assert path.stat().st_size < 0.97 * default.tell()
+
+
 def test_figure_png_uses_the_fast_level(tmp_path):
     import matplotlib
     matplotlib.use("Agg")

@@ -17,6 +17,7 @@ matplotlib is imported when a table is first needed, never at ``import clipviz.r
 
 import math
 import numbers
+import zlib
 from functools import lru_cache
 
 import numpy as np
@@ -58,6 +59,10 @@ def colorize(values, cmap="jet"):
 
 # zlib level 1 instead of PIL's 6: PNG encoding was half the CLI's CPU time; files about 10% larger
 PNG_COMPRESS_LEVEL = 1
+# overlays and maps (photo-like, filtered rows): level 1 with zlib's run-length strategy, which on
+# them is faster than level 1's default and makes smaller files (a 1600×1200 overlay: 160 vs 225 ms,
+# 3.19 vs 3.27 MB; a map: 3× smaller). Figures keep the default: text and lines need its matches.
+PNG_PHOTO_OPTIONS = {"compress_level": PNG_COMPRESS_LEVEL, "compress_type": zlib.Z_RLE}
 # pixels blended at a time: the block's scratch arrays (21 bytes a pixel) stay in the CPU's cache
 BLEND_PIXELS = 1 << 16
 
@@ -129,7 +134,7 @@ def save_overlay(path, photo, heatmap, cmap="jet", alpha=0.5, *, protect=(), for
     from PIL import Image
     path = check_target(path, OVERLAY_SUFFIXES, protect)
     image = Image.fromarray(overlay(photo, heatmap, cmap=cmap, alpha=alpha))
-    options = {"format": "PNG", "compress_level": PNG_COMPRESS_LEVEL} if path.suffix.lower() == ".png" \
+    options = {"format": "PNG", **PNG_PHOTO_OPTIONS} if path.suffix.lower() == ".png" \
         else {"format": "JPEG"}
     return write_atomically(path, lambda handle: image.save(handle, **options), force=force)
 
