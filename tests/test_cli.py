@@ -424,3 +424,35 @@ def test_a_rerun_replaces_its_own_outputs_but_never_a_file_clipviz_did_not_write
     assert as_json.returncode == 2 and "already exists" in json.loads(as_json.stdout)["error"]
     forced = run_cli(*command, "--force", cwd=work)
     assert forced.returncode == 0 and written[0].read_bytes() == contents[0]
+
+
+def test_a_folder_run_into_its_own_folder_explains_the_same_photos_when_run_again(work):
+    """--images d --out d twice: the second run lists only the photos (not the first run's overlays,
+    which clipviz recorded as its own), replaces its outputs and leaves the photos byte for byte.
+    An output the user changed is a photo again, and is never written over."""
+    folder = work / "inplace"
+    folder.mkdir()
+    for name in ("a.png", "b.jpg", "c.png"):
+        (folder / name).write_bytes((work / "photos" / name).read_bytes())
+    photos = {path.name: sha(path) for path in folder.iterdir()}
+    command = ["explain", "--images", folder, "--prompt", "a dog", "--model", "tiny.pt", "--out", folder, "--json"]
+    first = run_cli(*command, cwd=work)
+    assert first.returncode == 0, first.stderr
+    explained = [result["image"] for result in json.loads(first.stdout)["results"]]
+    assert sorted(Path(p).name for p in explained) == sorted(photos)
+    outputs_first = {path.name: sha(path) for path in folder.iterdir() if path.name not in photos}
+    assert len(outputs_first) == 3
+
+    second = run_cli(*command, cwd=work)
+    assert second.returncode == 0, second.stderr
+    assert [result["image"] for result in json.loads(second.stdout)["results"]] == explained
+    assert "left out 3 files" in second.stderr and "note:" in second.stderr
+    assert {path.name: sha(path) for path in folder.iterdir() if path.name in photos} == photos
+    assert {path.name: sha(path) for path in folder.iterdir() if path.name not in photos} == outputs_first
+
+    changed = folder / sorted(outputs_first)[0]  # the user draws on an overlay: now it is their photo
+    Image.fromarray(np.full((20, 30, 3), 7, np.uint8)).save(changed)
+    mine = sha(changed)
+    third = run_cli(*command[:-1], "--quiet", cwd=work)
+    assert_user_error(third, changed.name, "input")  # a.png's overlay would replace it: refused
+    assert sha(changed) == mine and {p.name: sha(p) for p in folder.iterdir() if p.name in photos} == photos

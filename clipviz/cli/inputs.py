@@ -73,11 +73,16 @@ def list_images(folder):
 
     Only regular files (or links to them) are listed, judged by stat, which never blocks: a FIFO,
     device, socket, folder or broken link with an image suffix is skipped and named on stderr
-    (folders inside are not searched).
+    (folders inside are not searched). clipviz's own outputs are left out (one note): files it
+    wrote into this folder and that are unchanged since (outputs.own_outputs, by the sha256 it
+    recorded), so ``--images d --out d`` run twice explains the same photos; any other file, a
+    changed output included, is an input, and inputs are never written over.
     """
     import stat
 
     from ..files import kind_of
+    from ..outputs import own_outputs
+    from .policy import Note
 
     path = Path(folder)
     if not path.is_dir():
@@ -103,6 +108,11 @@ def list_images(folder):
     if skipped:
         warnings.warn(f"skipping {len(skipped)} entries of {folder} that are not regular files: "  # --quiet hides it
                       f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}", stacklevel=2)
+    own = own_outputs(path, [Path(p).name for p in found])
+    if own:
+        found = [p for p in found if Path(p).name not in own]
+        warnings.warn(f"left out {len(own)} files of {folder} that clipviz wrote there earlier (its own outputs, "
+                      "unchanged since; a changed one is read as a photo)", Note, stacklevel=2)
     if not found:
         raise ClipvizError(f"--images {folder}: no image files in it (looked for {', '.join(IMAGE_SUFFIXES[:5])} ...)")
     return found

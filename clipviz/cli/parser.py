@@ -36,7 +36,8 @@ file or ends in an image suffix (.jpg .jpeg .png .gif .bmp .webp .tif .tiff ...)
 else is a PROMPT. So "a photo of a cat.jpg" would be taken for a (missing) image: pass such
 prompts with --prompt. --image PATH, --images DIR and --image-list FILE add images explicitly.
 Files named on the command line must exist (checked before the model loads); a folder's image
-files (by suffix, not recursive) and a list's are read by worker processes, and one that cannot
+files (by suffix, not recursive; clipviz's own unchanged outputs left out, so --out may be that
+folder) and a list's are read by worker processes, and one that cannot
 be read is listed at the end (exit 1) while the others are still explained. A single image that
 cannot be read is an error (exit 2).
 
