@@ -385,6 +385,31 @@ def test_slug_and_split_rule(tmp_path):
     assert len(set(plan.image_labels(["x/a.png", "y/a.png"]))) == 2
 
 
+
+def test_a_folder_named_twice_under_other_spellings_is_listed_once_with_one_note(work, monkeypatch):
+    """--images photos --images photos/ --images ./photos --images <link to it>: one folder, its
+    three photos once each (the folder's own listing, in order), one short note and no per-image
+    warning (once_each had one for every photo of every repeat)."""
+    import warnings
+
+    monkeypatch.chdir(work)
+    link = work / "photos-link"
+    if not link.exists():
+        link.symlink_to("photos")
+    expected = sorted(str(Path("photos") / name) for name in ("a.png", "b.jpg", "c.png"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        images, prompts = plan.once_each(*inputs.split_inputs(
+            [], folders=["photos", "photos/", "./photos", "photos-link"], prompts=["a dog"]), clip_tokens=True)
+    assert images == expected and prompts == ["a dog"]
+    assert len(caught) == 1 and issubclass(caught[0].category, policy.Note), [str(w.message) for w in caught]
+    assert "'photos/' (= 'photos'), './photos' (= 'photos'), 'photos-link' (= 'photos')" in str(caught[0].message)
+    (work / "list.txt").write_text("photos/a.png\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        images, _ = inputs.split_inputs([], lists=["list.txt", "./list.txt"], prompts=["a dog"])
+    assert images == ["photos/a.png"] and len(caught) == 1  # read once: a pipe could not be read twice
+
 def test_one_progress_bar_counts_and_keeps_notes_whole():
     """clipviz.progress: tqdm counts the images on its stream; notes go to stdout whole, drawn or not."""
     stream, notes = io.StringIO(), io.StringIO()

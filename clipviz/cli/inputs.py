@@ -37,7 +37,8 @@ def split_inputs(positionals, images=(), folders=(), prompts=(), lists=()):
         elif not os.path.isfile(path):
             raise ClipvizError(f"no image file at '{path}': check the path (a prompt that ends in an "
                                "image suffix must be given with --prompt)")
-    listed = [p for folder in folders for p in list_images(folder)] + [p for f in lists for p in read_image_list(f)]
+    listed = [p for folder in _once(folders, "--images", "folder") for p in list_images(folder)] + \
+        [p for f in _once(lists, "--image-list", "list") for p in read_image_list(f)]
     all_images = named + listed
     if not all_images:
         folders_given = [t for t in texts if os.path.isdir(t)]
@@ -54,6 +55,29 @@ def split_inputs(positionals, images=(), folders=(), prompts=(), lists=()):
               f"for an image because a file of that name exists here; to use it as a prompt, pass --prompt "
               f"{taken[0]!r}", file=sys.stderr)
     return all_images, [t.strip() for t in texts]  # as explain() strips them
+
+
+def _once(paths, flag, what):
+    """``paths`` with a folder or list given again under another spelling (``d``, ``d/``, ``./d``, a
+    link to it: the same file on disk; "-" twice) dropped, order kept, with one note naming the
+    repeats: each is listed once, instead of a warning for every image in it. Paths that cannot
+    be stat'ed are kept as given (their own checks name them)."""
+    from .policy import Note
+
+    kept, seen, repeats = [], {}, []
+    for path in paths:
+        try:
+            key = "-" if path == "-" else (os.stat(path).st_dev, os.stat(path).st_ino)
+        except OSError:
+            key = None
+        if key is not None and key in seen:
+            repeats.append(f"{path!r} (= {seen[key]!r})")
+            continue
+        seen.setdefault(key, path)
+        kept.append(path)
+    if repeats:
+        warnings.warn(f"{flag} {', '.join(repeats)}: the same {what} given again; read once", Note, stacklevel=3)
+    return kept
 
 
 def _check_regular(path, taken):
