@@ -143,8 +143,10 @@ def list_images(folder):
 
 
 def read_image_list(file):
-    """Image paths from a text file, one per line ("-": standard input); blank lines and lines
-    starting with '#' are skipped; paths are taken as written (relative to the current folder).
+    """Image paths from a text file, one per line ("-": standard input; a pipe such as the shell's
+    ``<(find ...)`` is read too, once); blank lines and lines starting with '#' are skipped; paths
+    are taken as written: relative ones to the current folder, as the shell's would be (a pipe
+    or stdin has no folder of its own, so a file's list is read the same way).
     A UTF-8 byte order mark (Notepad's) is not part of the first path; a line with a NUL byte or
     longer than any path can be is refused, naming the file and the line."""
     from ..files import open_regular
@@ -154,7 +156,7 @@ def read_image_list(file):
         if file == "-":
             text = sys.stdin.read()
         else:
-            with open_regular(file, "image list") as handle:
+            with open_regular(file, "image list", pipes=True) as handle:
                 text = handle.read().decode("utf-8")
     except UnicodeDecodeError:
         raise ClipvizError(f"--image-list {file}: not UTF-8 text; write one image path per line") from None

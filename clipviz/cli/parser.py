@@ -183,7 +183,8 @@ def _add_output_flags(sub):
 def _add_run_flags(sub):
     """Options of runs over many images (clipviz.folder, clipviz.manifest, clipviz.distributed)."""
     sub.add_argument("--image-list", action="append", default=[], metavar="FILE", help="image paths from a "
-                     "text file, one per line ('-': stdin); a listed file that cannot be read fails alone")
+                     "text file or a pipe, one per line ('-': stdin); relative paths are the current folder's; "
+                     "a listed file that cannot be read fails alone")
     sub.add_argument("--workers", type=int, metavar="N", help="processes decoding images (default: the CPUs "
                      "this process may use, shared among torchrun's processes on the machine; 0: none)")
     # --batch-size (images or frames per forward pass) is shared with videos: cli/video.py
