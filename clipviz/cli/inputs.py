@@ -200,11 +200,14 @@ def clip_tokenizer(name):
 
 
 def check_prompts(prompts, name=None):
-    """Over-long prompts fail before the model loads, in one ClipvizError naming the prompt and its
-    length, for models with CLIP's tokenizer (77 tokens; clip_tokenizer(name)). Other models'
-    prompts are measured once loaded, by their own tokenizer (load_model)."""
-    from ..tokenizer import tokenize
+    """Prompts with nothing visible (tokenizer.check_visible) and, for models with CLIP's tokenizer
+    (77 tokens; clip_tokenizer(name)), over-long ones fail before the model loads, in one
+    ClipvizError naming the prompt. Other models' prompts are measured once loaded, by their own
+    tokenizer (load_model)."""
+    from ..tokenizer import check_visible, tokenize
 
+    for prompt in prompts:
+        check_visible(prompt)
     if clip_tokenizer(name):
         tokenize(prompts)
 
