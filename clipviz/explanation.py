@@ -307,8 +307,9 @@ def explanations_from(recording, output, method, options):
     if output.text_relevance is not None:
         from .tokenizer import token_strings
         text_tokens = [token_strings(p) for p in prompts]
-        eot = recording.records.eot.tolist()
-        text_relevance = [[output.text_relevance[b, t, 1:eot[t]].numpy() for t in range(len(prompts))]
+        records = recording.records  # the words are 1 … end − 1 (end: EOT, also when another token is pooled)
+        end = (records.eot if records.text_end is None else records.text_end).tolist()
+        text_relevance = [[output.text_relevance[b, t, 1:end[t]].numpy() for t in range(len(prompts))]
                           for b in range(batch)]
     explanations = []
     for b, (photo, box) in enumerate(zip(recording.photos, recording.boxes)):
