@@ -29,7 +29,7 @@ from .pipeline import run_method
 from .prompts import encode_prompts
 from .model import check_finite
 from .pixels import image_list, model_inputs, notice_unseen_photos
-from .tokenizer import clean_text, prompts_from_tokens
+from .tokenizer import check_visible, prompts_from_tokens
 
 # One photo's maps, float32 [P, H, W], may take at most this much memory; above it explain()
 # refuses before the forward pass and says how many prompts fit. 2 GiB is 8 prompts on a
@@ -307,8 +307,9 @@ def explanations_from(recording, output, method, options):
     if output.text_relevance is not None:
         from .tokenizer import token_strings
         text_tokens = [token_strings(p) for p in prompts]
-        eot = recording.records.eot.tolist()
-        text_relevance = [[output.text_relevance[b, t, 1:eot[t]].numpy() for t in range(len(prompts))]
+        records = recording.records  # the words are 1 … end − 1 (end: EOT, also when another token is pooled)
+        end = (records.eot if records.text_end is None else records.text_end).tolist()
+        text_relevance = [[output.text_relevance[b, t, 1:end[t]].numpy() for t in range(len(prompts))]
                           for b in range(batch)]
     explanations = []
     for b, (photo, box) in enumerate(zip(recording.photos, recording.boxes)):
@@ -387,9 +388,7 @@ def clean_prompts(prompts):
     for item in items:
         if not isinstance(item, str):
             raise ClipvizError(f"prompts must be strings, got {type(item).__name__}: {item!r}")
-        if not item.strip() or not clean_text(item):  # "\x00\x1b" tokenizes like "": nothing to explain
-            raise ClipvizError(f"a prompt is empty{' once control characters are dropped' if item.strip() else ''}"
-                               f" ({item!r:.40}): write what to look for, e.g. \"a photo of a dog\"")
+        check_visible(item)
         # a lone surrogate (e.g. from undecodable argv bytes) cannot be drawn, printed or saved;
         # tokenizing already reads it as U+FFFD, so the prompt says so too
         cleaned.append("".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in item.strip()))

@@ -1,4 +1,5 @@
-"""Opening input files: only regular files are read (images, checkpoints, vocabularies).
+"""Opening input files: only regular files are read (images, checkpoints, vocabularies); an image
+list may also be a pipe (``open_regular(..., pipes=True)``).
 
     with open_regular(path, "image") as f:     # binary file object, or ClipvizError
         data = f.read()
@@ -27,17 +28,19 @@ def kind_of(mode):
     return next((words for test, words in _KINDS if test(mode)), "not a regular file")
 
 
-def not_regular(path, what, mode):
-    """ClipvizError for ``path`` (a ``what``: "image", "checkpoint", ...) that is not a regular file."""
+def not_regular(path, what, mode, pipes=False):
+    """ClipvizError for ``path`` (a ``what``: "image", "checkpoint", ...) that is not a regular file
+    (pipes: nor a pipe, which such input may also be)."""
     hint = f"pass the {what} file inside it" if stat.S_ISDIR(mode) else f"save the {what} as a file and pass that"
     return ClipvizError(f"{what} '{path}' is {kind_of(mode)}, not a regular file; clipviz reads {what}s "
-                        f"only from regular files: {hint}")
+                        f"only from regular files{' or pipes' if pipes else ''}: {hint}")
 
 
-def check_regular(path, what):
+def check_regular(path, what, pipes=False):
     """Raise ClipvizError unless ``path`` is (a link to) a regular file; returns its os.stat_result.
 
-    Only stats, never opens, so it cannot block. Missing paths raise ClipvizError too.
+    Only stats, never opens, so it cannot block. Missing paths raise ClipvizError too. pipes: the
+    message says pipes are read too (open_regular's pipes=True).
     """
     try:
         info = os.stat(path)
@@ -47,17 +50,22 @@ def check_regular(path, what):
     except OSError as error:
         raise ClipvizError(f"cannot read {what} '{path}': {error.strerror or error}") from None
     if not stat.S_ISREG(info.st_mode):
-        raise not_regular(path, what, info.st_mode)
+        raise not_regular(path, what, info.st_mode, pipes)
     return info
 
 
-def open_regular(path, what):
+def open_regular(path, what, pipes=False):
     """Open ``path`` for binary reading if it is a regular file, else raise ClipvizError saying what it is.
 
     what: the kind of input in words ("image", "checkpoint", "vocabulary"), used in messages.
+    pipes: a pipe is read too (a named pipe, or the shell's ``<(...)``, /dev/fd/N), for input
+    that is read once from start to end (an image list): opened blocking, so it waits for its
+    writer as ``cat`` does. Devices and folders are still refused.
     Returns a buffered binary file object (close it, e.g. with ``with``).
     """
-    check_regular(path, what)  # a clear "does not exist" before any open
+    if pipes and _is_pipe(path):
+        return _open_pipe(path, what)
+    check_regular(path, what, pipes)  # a clear "does not exist" before any open
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except OSError as error:
@@ -65,8 +73,29 @@ def open_regular(path, what):
     try:
         mode = os.fstat(fd).st_mode  # the file actually opened, whatever the path points at now
         if not stat.S_ISREG(mode):
-            raise not_regular(path, what, mode)
+            raise not_regular(path, what, mode, pipes)
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
+
+
+def _is_pipe(path):
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False  # check_regular names the problem
+
+
+def _open_pipe(path, what):
+    """A pipe opened for blocking binary reading (a named pipe waits here for a writer); anything
+    else found there once opened (swapped since the check) is refused as open_regular refuses it."""
+    try:
+        handle = open(path, "rb")
+    except OSError as error:
+        raise ClipvizError(f"cannot open {what} '{path}': {error.strerror or error}") from None
+    mode = os.fstat(handle.fileno()).st_mode
+    if not (stat.S_ISFIFO(mode) or stat.S_ISREG(mode)):
+        handle.close()
+        raise not_regular(path, what, mode, pipes=True)
+    return handle

@@ -194,11 +194,11 @@ def _one_by_one(adapter, items, query, method, options, write, pool, error):
 
 def _record_items(adapter, items, query, method, options):
     """The model's part for a batch of loaded items → a Recording whose tensors are on the host and
-    whose records (on the device, large) are let go: only their EOT positions are kept."""
+    whose records (on the device, large) are let go: only their EOT and text-end positions are kept."""
     recording = record_pixels(adapter, [_photo(i) for i in items], torch.from_numpy(np.stack([i["pixels"] for i in items])), [i["box"] for i in items],
                               [i["path"] for i in items], query, method, options)
     on_host = {f.name: _host(getattr(recording.output, f.name)) for f in fields(recording.output)}
-    return replace(recording, records=SimpleNamespace(eot=recording.records.eot), cosine=recording.cosine.cpu(),
+    return replace(recording, records=SimpleNamespace(eot=recording.records.eot, text_end=recording.records.text_end), cosine=recording.cosine.cpu(),
                    logits=recording.logits.cpu(), output=replace(recording.output, **on_host))
 
 

@@ -97,15 +97,28 @@ def verified(record):
     return True
 
 
-def _check_settings(path, record, settings):
+def _check_settings(path, record, settings, defaulted=()):
     """Refuse to resume manifest ``path`` if ``record`` was written with other settings than
     ``settings`` (JSON-normalised): its image would be skipped with the answer to another question.
-    Records without settings are not compared."""
+    Records without settings are not compared.
+
+    The method is compared as the method run: a record whose settings leave it open (the model's
+    default, for a model known only once loaded) is taken at the method it records having run;
+    a resuming run that leaves it open (None) is compared once it has loaded the model and knows
+    it. defaulted: the keys the resuming run did not give (the message says the value is a default)."""
     theirs = record.get("settings")
     if theirs is None or theirs == settings:
         return
+    open_keys = set()
+    if theirs.get("method") is None:  # the default, resolved when that run loaded the model
+        theirs = {**theirs, "method": record.get("method")}  # None for a failed image: not known
+    if settings.get("method") is None or theirs.get("method") is None:
+        open_keys.add("method")
     changed = [f"{_flag(key)} {_shown(theirs.get(key))} → {_shown(settings.get(key))}"
-               for key in sorted(set(theirs) | set(settings)) if theirs.get(key) != settings.get(key)]
+               f"{f' (the default: {_flag(key)} not given)' if key in defaulted else ''}"
+               for key in sorted(set(theirs) | set(settings)) if key not in open_keys and theirs.get(key) != settings.get(key)]
+    if not changed:
+        return
     raise ClipvizError(f"--resume: the manifest {path} records a run with other settings ({'; '.join(changed)}): "
                        "repeat that run's command to continue it, or start a new --manifest (or --force without "
                        "--resume to redo everything)")
@@ -120,19 +133,20 @@ def _shown(value):
     return "(not given)" if value is None or value is False else repr(value)
 
 
-def done_images(path, settings=None, outputs=None):
+def done_images(path, settings=None, outputs=None, defaulted=()):
     """Paths of the images that manifest ``path`` (with its parts) records as done and verified.
 
     settings: the resuming run's (a JSON-ready dict: model, method, prompts, outputs ...); a record
-    written with other settings raises a ClipvizError naming what changed. outputs: a set that
-    receives every output path the records list (the run's own files, which a resume may replace
-    when they no longer match). One read of the file."""
+    written with other settings raises a ClipvizError naming what changed (_check_settings;
+    defaulted: the keys the run left to their defaults). outputs: a set that receives every
+    output path the records list (the run's own files, which a resume may replace when they no
+    longer match). One read of the file."""
     if settings is not None:
         settings = json.loads(json.dumps(settings))  # tuples become lists, as in the file
     last = {}
     for record in read(path):
         if settings is not None:
-            _check_settings(path, record, settings)
+            _check_settings(path, record, settings, defaulted)
         last[record["image"]] = record
         listed = record.get("outputs")
         if outputs is not None and isinstance(listed, list):

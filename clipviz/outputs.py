@@ -214,6 +214,15 @@ def is_own_output(path, record=None):
     return recorded is not None and recorded == _sha256(path)
 
 
+def own_outputs(folder, names):
+    """The ``names`` (files directly in ``folder``) that are clipviz's own unchanged outputs
+    (is_own_output): a listing of the folder's photos leaves them out, so a command whose --out
+    is its input folder explains the same photos when run again. The folder's record is read
+    once; only recorded names are hashed."""
+    record = _record(Path(folder))
+    return {name for name in names if name in record and is_own_output(Path(folder) / name, record)}
+
+
 def refuse_existing(paths, force, hint=FORCE_HINT):
     """ClipvizError naming the paths that exist (links too) unless ``force``; clipviz's own
     unchanged outputs (is_own_output) are not in the way. Each folder's record is read once.

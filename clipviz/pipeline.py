@@ -75,7 +75,8 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, nee
     batch, targets = pixels.shape[0], target_weights.shape[0]
     records = Records(num_layers=adapter.num_layers, patch_grid=adapter.patch_grid, batch=batch,
                       targets=targets, text_layers=adapter.text_layers, pooling=adapter.pooling,
-                      eot=adapter.eot_positions(ids)[target_prompt], target_prompt=target_prompt)
+                      eot=adapter.eot_positions(ids)[target_prompt],
+                      text_end=adapter.text_end_positions(ids)[target_prompt], target_prompt=target_prompt)
     wants_gradient = needs.wants_gradient
     if adapter.text_encoder is None and (wants_gradient or needs.text is not None):
         raise text_tower_needed(method.name)

@@ -80,6 +80,24 @@ def clean_text(text):
     return WHITESPACE.sub(" ", text).strip().lower()
 
 
+# what no one can see: whitespace, controls, format characters (zero-width space U+200B, joiners,
+# soft hyphen, BOM, tag characters) and Unicode's other default-ignorable code points (variation
+# selectors, Hangul fillers, U+034F ...), which render as nothing (Unicode §5.21)
+INVISIBLE = regex.compile(r"[\s\p{Cc}\p{Cf}\p{Default_Ignorable_Code_Point}]*")
+
+
+def check_visible(prompt):
+    """Raise ClipvizError for a prompt with nothing to explain: empty, or nothing left once CLIP's
+    cleaning drops control characters (clean_text), or made only of invisible characters (a
+    zero-width space pasted alone tokenizes to a real token, so the model would be asked about it).
+    The message names the prompt (repr) and what to do."""
+    if not prompt.strip():
+        raise ClipvizError("a prompt is empty: write what to look for, e.g. \"a photo of a dog\"")
+    if INVISIBLE.fullmatch(prompt) or not clean_text(prompt):  # "\x00\x1b" tokenizes like ""
+        raise ClipvizError(f"a prompt is empty to the eye: {ascii(prompt):.60} has only zero-width, control or other "
+                           "invisible characters; write what to look for, e.g. \"a photo of a dog\"")
+
+
 class Tokenizer:
     """CLIP's BPE over bytes. Build it with ``get_tokenizer()`` (cached); ``merges`` are BPE pairs in rank order."""
 

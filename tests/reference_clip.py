@@ -73,17 +73,18 @@ def vit_image(sd, image, tokens_hook=None):
     return emb, probs, inputs
 
 
-def text(sd, ids):
-    """Returns (embedding [P, E], probs per block [P, H, L, L])."""
+def text(sd, ids, pool="argmax", causal=True):
+    """Returns (embedding [P, E], probs per block [P, H, L, L]). pool: the token read, "argmax"
+    (CLIP's EOT) or "first"; causal=False: every token attends to every token (no mask)."""
     width = sd["ln_final.weight"].shape[0]
     length = ids.shape[1]
     x = sd["token_embedding.weight"][ids] + sd["positional_embedding"]  # [P, L, D]
     x = x.permute(1, 0, 2)
-    mask = torch.triu(torch.full((length, length), float("-inf")), diagonal=1)
+    mask = torch.triu(torch.full((length, length), float("-inf")), diagonal=1) if causal else None
     x, probs, _ = residual_stack(x, sd, "transformer", count_layers(sd, "transformer"), width // 64, mask)
     x = layer_norm(x, sd, "ln_final").permute(1, 0, 2)
-    eot = ids.argmax(dim=-1)
-    return x[torch.arange(ids.shape[0]), eot] @ sd["text_projection"], probs
+    read = ids.argmax(dim=-1) if pool == "argmax" else torch.zeros(ids.shape[0], dtype=torch.long)
+    return x[torch.arange(ids.shape[0]), read] @ sd["text_projection"], probs
 
 
 def batch_norm(x, sd, prefix):

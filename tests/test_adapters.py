@@ -45,8 +45,9 @@ def libraries():
 
 # --- converters ---------------------------------------------------------------------------------
 
-def to_openclip(model, config=CONFIG):
-    """clipviz → open_clip: the parameter names are OpenAI's in both; only the config is spelled out."""
+def to_openclip(model, config=CONFIG, **text_options):
+    """clipviz → open_clip: the parameter names are OpenAI's in both; only the config is spelled out.
+    text_options: more CLIPTextCfg fields (pool_type, no_causal_mask)."""
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
     vision = CLIPVisionCfg(layers=config["vision_layers"], width=config["vision_width"], head_width=64,
@@ -55,7 +56,7 @@ def to_openclip(model, config=CONFIG):
         vision.patch_size = None
     text = CLIPTextCfg(context_length=config["context_length"], vocab_size=config["vocab_size"],
                        width=config["transformer_width"], heads=config["transformer_heads"],
-                       layers=config["transformer_layers"])
+                       layers=config["transformer_layers"], **text_options)
     converted = CLIP(config["embed_dim"], vision, text, quick_gelu=True)
     converted.load_state_dict(model.state_dict(), strict=True)
     return converted.eval()
@@ -165,6 +166,56 @@ def test_hf_newer_eos_rule_pools_the_same_token(models):
     exp = clipviz.explain(newer, photo(), PROMPTS, method="relevance")
     assert rel_err(exp.scores, explained(models, "clipviz", "relevance").scores) <= 1e-5
 
+
+
+# --- open_clip text towers pooled at their first token ----------------------------------------------
+
+def plain_text_relevance(model, image, prompts, pool, causal):
+    """Per prompt, Chefer's rule (test_explain.plain_relevance) on the last text block of the plain
+    fp64 re-computation (reference_clip), read at the pooled row, over the words 1 … EOT − 1."""
+    import reference_clip as ref
+    from clipviz.preprocess import preprocess_image
+    from test_explain import double_state_dict, plain_relevance
+
+    sd = double_state_dict(model)
+    ids = clipviz.tokenize(prompts)
+    image_emb = ref.vit_image(sd, preprocess_image(image, CONFIG["image_resolution"])[0][None].double())[0]
+    text_emb, text_probs = ref.text(sd, ids, pool=pool, causal=causal)
+    scores = sd["logit_scale"].exp() * (torch.nn.functional.normalize(image_emb, dim=-1)
+                                        @ torch.nn.functional.normalize(text_emb, dim=-1).t())[0]
+    rows = [0 if pool == "first" else int(i.argmax()) for i in ids]
+    return scores, [plain_relevance(scores, p, text_probs, len(text_probs) - 1, row=p)[rows[p], 1:int(ids[p].argmax())]
+                    .detach().numpy() for p in range(len(prompts))]
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+def test_a_text_tower_pooled_at_its_first_token_gives_one_relevance_per_word(models, monkeypatch, causal):
+    """open_clip's text_pool_type="first": text_relevance has one value per word, as at EOT (it was
+    empty). Under a causal mask the first token sees only itself, so the embedding does not depend
+    on the words: every prompt scores the same and every word's relevance is exactly 0. Without
+    the mask, Chefer's rule at row 0 of the plain fp64 re-computation, on the fast and the general path."""
+    import functools
+
+    import clipviz.explanation as explanation
+    import clipviz.pipeline as pipeline
+
+    model = to_openclip(models["clipviz"], pool_type="first", no_causal_mask=not causal)
+    assert adapt(model).text_pool == "first"
+    fast = clipviz.explain(model, photo(), PROMPTS, method="relevance")
+    with monkeypatch.context() as patch:
+        patch.setattr(explanation, "run_method", functools.partial(pipeline.run_method, fast=False))
+        general = clipviz.explain(model, photo(), PROMPTS, method="relevance")
+    scores, expected = plain_text_relevance(models["clipviz"], photo(), PROMPTS, "first", causal)
+    np.testing.assert_allclose(fast.scores, scores.detach().numpy() / model.logit_scale.exp().item(), rtol=1e-5)
+    for exp in (fast, general):
+        assert [len(r) for r in exp.text_relevance] == [len(t) for t in exp.text_tokens] == [5, 3, 3]
+        for ours, theirs in zip(exp.text_relevance, expected):
+            if causal:
+                assert np.all(ours == 0) and np.all(theirs == 0)
+            else:
+                assert np.abs(theirs).max() > 0 and rel_err(ours, theirs) <= 1e-5
+    if causal:
+        assert np.ptp(fast.scores) <= 1e-6 * np.abs(fast.scores).max()  # one embedding for every prompt
 
 # --- Hugging Face attention implementation: eager while recording, restored after ----------------
 

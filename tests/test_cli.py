@@ -385,6 +385,31 @@ def test_slug_and_split_rule(tmp_path):
     assert len(set(plan.image_labels(["x/a.png", "y/a.png"]))) == 2
 
 
+
+def test_a_folder_named_twice_under_other_spellings_is_listed_once_with_one_note(work, monkeypatch):
+    """--images photos --images photos/ --images ./photos --images <link to it>: one folder, its
+    three photos once each (the folder's own listing, in order), one short note and no per-image
+    warning (once_each had one for every photo of every repeat)."""
+    import warnings
+
+    monkeypatch.chdir(work)
+    link = work / "photos-link"
+    if not link.exists():
+        link.symlink_to("photos")
+    expected = sorted(str(Path("photos") / name) for name in ("a.png", "b.jpg", "c.png"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        images, prompts = plan.once_each(*inputs.split_inputs(
+            [], folders=["photos", "photos/", "./photos", "photos-link"], prompts=["a dog"]), clip_tokens=True)
+    assert images == expected and prompts == ["a dog"]
+    assert len(caught) == 1 and issubclass(caught[0].category, policy.Note), [str(w.message) for w in caught]
+    assert "'photos/' (= 'photos'), './photos' (= 'photos'), 'photos-link' (= 'photos')" in str(caught[0].message)
+    (work / "list.txt").write_text("photos/a.png\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        images, _ = inputs.split_inputs([], lists=["list.txt", "./list.txt"], prompts=["a dog"])
+    assert images == ["photos/a.png"] and len(caught) == 1  # read once: a pipe could not be read twice
+
 def test_one_progress_bar_counts_and_keeps_notes_whole():
     """clipviz.progress: tqdm counts the images on its stream; notes go to stdout whole, drawn or not."""
     stream, notes = io.StringIO(), io.StringIO()
@@ -424,3 +449,35 @@ def test_a_rerun_replaces_its_own_outputs_but_never_a_file_clipviz_did_not_write
     assert as_json.returncode == 2 and "already exists" in json.loads(as_json.stdout)["error"]
     forced = run_cli(*command, "--force", cwd=work)
     assert forced.returncode == 0 and written[0].read_bytes() == contents[0]
+
+
+def test_a_folder_run_into_its_own_folder_explains_the_same_photos_when_run_again(work):
+    """--images d --out d twice: the second run lists only the photos (not the first run's overlays,
+    which clipviz recorded as its own), replaces its outputs and leaves the photos byte for byte.
+    An output the user changed is a photo again, and is never written over."""
+    folder = work / "inplace"
+    folder.mkdir()
+    for name in ("a.png", "b.jpg", "c.png"):
+        (folder / name).write_bytes((work / "photos" / name).read_bytes())
+    photos = {path.name: sha(path) for path in folder.iterdir()}
+    command = ["explain", "--images", folder, "--prompt", "a dog", "--model", "tiny.pt", "--out", folder, "--json"]
+    first = run_cli(*command, cwd=work)
+    assert first.returncode == 0, first.stderr
+    explained = [result["image"] for result in json.loads(first.stdout)["results"]]
+    assert sorted(Path(p).name for p in explained) == sorted(photos)
+    outputs_first = {path.name: sha(path) for path in folder.iterdir() if path.name not in photos}
+    assert len(outputs_first) == 3
+
+    second = run_cli(*command, cwd=work)
+    assert second.returncode == 0, second.stderr
+    assert [result["image"] for result in json.loads(second.stdout)["results"]] == explained
+    assert "left out 3 files" in second.stderr and "note:" in second.stderr
+    assert {path.name: sha(path) for path in folder.iterdir() if path.name in photos} == photos
+    assert {path.name: sha(path) for path in folder.iterdir() if path.name not in photos} == outputs_first
+
+    changed = folder / sorted(outputs_first)[0]  # the user draws on an overlay: now it is their photo
+    Image.fromarray(np.full((20, 30, 3), 7, np.uint8)).save(changed)
+    mine = sha(changed)
+    third = run_cli(*command[:-1], "--quiet", cwd=work)
+    assert_user_error(third, changed.name, "input")  # a.png's overlay would replace it: refused
+    assert sha(changed) == mine and {p.name: sha(p) for p in folder.iterdir() if p.name in photos} == photos

@@ -224,6 +224,39 @@ def test_resume_refuses_a_manifest_written_with_other_settings(work):
 
 
 
+def test_resume_compares_the_method_run_when_the_first_or_the_second_run_left_it_out(work):
+    """Left out, --method is the model's default (relevance for a ViT, README), for a checkpoint file
+    known only once loaded: resuming with --method relevance is the same question and goes on;
+    another method, given on either side, is refused in one line naming both methods, as any
+    other changed setting is (nothing appended)."""
+    folder = work / "two"
+    folder.mkdir()
+    for name in good_photos(work)[:2]:
+        (folder / Path(name).name).write_bytes((work / name).read_bytes())
+    base = ["explain", "--images", "two", "a dog", "--model", "tiny.pt", "--out", "out-m", "--workers", "0",
+            "--maps", "npz", "--no-overlays"]
+    default = base + ["--manifest", "m.jsonl"]
+    assert run_cli(*default, cwd=work).returncode == 0
+    records = manifest.read(work / "m.jsonl")
+    assert [r["settings"]["method"] for r in records] == ["relevance", "relevance"]  # recorded as run
+    same = run_cli(*default, "--method", "relevance", "--resume", cwd=work)
+    assert same.returncode == 0 and "2 images already done" in same.stderr, same.stderr
+    other = run_cli(*default, "--method", "rollout", "--resume", cwd=work)
+    assert other.returncode == 2 and len(other.stderr.splitlines()) == 1, other.stderr
+    assert "--method 'relevance' → 'rollout'" in other.stderr
+    assert manifest.read(work / "m.jsonl") == records
+
+    chosen = base + ["--manifest", "n.jsonl", "--method", "rollout", "--force"]
+    assert run_cli(*chosen, cwd=work).returncode == 0
+    records = manifest.read(work / "n.jsonl")
+    left_out = run_cli(*base, "--manifest", "n.jsonl", "--force", "--resume", cwd=work)
+    assert left_out.returncode == 2 and len(left_out.stderr.splitlines()) == 1, left_out.stderr
+    assert "--method 'rollout' → 'relevance' (the default: --method not given)" in left_out.stderr
+    assert manifest.read(work / "n.jsonl") == records
+    again = run_cli(*chosen, "--resume", cwd=work)
+    assert again.returncode == 0 and "2 images already done" in again.stderr, again.stderr
+
+
 def noise_photos(folder, prefix, seed, count=40, size=(96, 128)):
     """``count`` random PNGs of ``size`` (height, width) named ``{prefix}00.png`` ... in a new ``folder``."""
     folder.mkdir()

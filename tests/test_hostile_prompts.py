@@ -81,14 +81,42 @@ EMPTY = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(EMPTY))
-def test_prompts_with_no_text_tokenize_empty_and_explain_refuses(name, tiny_vit):
-    prompt = EMPTY[name]
+# Characters Unicode marks as rendering as nothing (Cf format characters and other
+# Default_Ignorable_Code_Points, Unicode §5.21): ftfy keeps them, and CLIP's BPE gives them tokens
+INVISIBLE = {
+    "zero-width space": "\u200b",
+    "zero-width only (explained as three tokens before)": "\u200b\u200c\u200d",
+    "zero-width (non-)joiners and word joiner": "\u200b\u200c\u200d\u2060",
+    "soft hyphen": "\u00ad",
+    "spaces around an invisible times": " \u2062 ",
+    "Hangul filler": "\u3164",
+    "combining grapheme joiner and a variation selector": "\u034f\ufe0f",
+    "tag characters": "\U000e0041\U000e007f",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EMPTY) + sorted(INVISIBLE))
+def test_prompts_with_nothing_visible_are_refused_by_explain_and_classify(name, tiny_vit):
+    """Empty after cleaning (the tokenizer gives SOT, EOT), or only invisible characters (which it
+    gives real tokens: the model would be asked about a prompt nobody can see): one ClipvizError
+    saying what to write, an invisible prompt shown as escapes (it would print as nothing)."""
+    prompt = EMPTY.get(name, INVISIBLE.get(name))
     with CASES.case():
-        assert ids_of(prompt) == [SOT_ID, EOT_ID]  # as openai/CLIP's tokenize("")
-        with pytest.raises(ClipvizError, match="prompt is empty") as error:
-            clipviz.explain(tiny_vit, PHOTO, ["a dog", prompt])
-        assert "a photo of a dog" in str(error.value)  # says what to write instead
+        if name in EMPTY:
+            assert ids_of(prompt) == [SOT_ID, EOT_ID]  # as openai/CLIP's tokenize("")
+        else:
+            assert len(ids_of(prompt)) > 2
+        for call in (clipviz.explain, clipviz.classify):
+            with pytest.raises(ClipvizError, match="prompt is empty") as error:
+                call(tiny_vit, PHOTO, ["a dog", prompt])
+            assert "a photo of a dog" in str(error.value)  # says what to write instead
+            assert name in EMPTY or ascii(prompt.strip())[1:-1] in str(error.value)
+
+
+def test_invisible_characters_inside_a_visible_prompt_are_kept(tiny_vit):
+    with CASES.case():
+        exp = clipviz.explain(tiny_vit, PHOTO, ["a\u200bdog", "a dog"])
+        assert exp.prompts == ["a\u200bdog", "a dog"] and exp.scores[0] != exp.scores[1]
 
 
 @pytest.mark.parametrize("prompts, words", [
@@ -105,7 +133,6 @@ UNUSUAL = {
     "right-to-left override": "\u202edog\u202c on a sofa",
     "Hebrew and Arabic": "\u05db\u05dc\u05d1 dog \u0643\u0644\u0628",
     "zero-width inside a word": "d\u200bo\u200bg",
-    "zero-width only": "\u200b\u200c\u200d",
     "bidi isolates": "\u2066dog\u2069",
     "emoji only": "\U0001f436\U0001f431",
     "emoji ZWJ family": "\U0001f469\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466",

@@ -4,6 +4,7 @@ gets a ClipvizError that says what it is, at once; `--images DIR` skips such ent
 Every call runs under a watchdog thread: a call that blocks fails the test instead of hanging it.
 """
 
+import json
 import os
 import socket
 import threading
@@ -14,7 +15,7 @@ import torch
 from PIL import Image
 
 from clipviz.checkpoints import read_checkpoint
-from clipviz.cli.inputs import list_images
+from clipviz.cli.inputs import list_images, read_image_list
 from clipviz.errors import ClipvizError
 from clipviz.preprocess import load_image
 from clipviz.tokenizer import parse_merges, read_vocab
@@ -114,8 +115,8 @@ def test_a_path_swapped_for_a_fifo_after_the_check_cannot_block(tmp_path, monkey
     Image.new("RGB", (4, 4)).save(path)
     real_check = files.check_regular
 
-    def check_then_swap(target, what):
-        result = real_check(target, what)
+    def check_then_swap(target, what, *pipes):
+        result = real_check(target, what, *pipes)
         os.remove(target)
         os.mkfifo(target)
         return result
@@ -147,3 +148,51 @@ def test_folder_of_only_special_files_has_no_images(tmp_path, capsys):
     with CASES.case():
         with pytest.raises(ClipvizError, match="no image files"), pytest.warns(UserWarning, match=r"only\.png \(a FIFO"):
             within(10, list_images, str(tmp_path))
+
+
+def test_an_image_list_may_be_a_pipe_read_once_with_paths_from_the_current_folder(tmp_path, monkeypatch):
+    """--image-list <(find ...), a named pipe or '-': read once to its end like a file; relative
+    paths are the current folder's (a pipe has no folder of its own), as a file list's are. A
+    named pipe waits for its writer as cat does; devices are still refused."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import tiny_cli_folder
+
+    root = tiny_cli_folder(tmp_path)
+    (root / "photos").mkdir()
+    (root / "photo.png").rename(root / "photos" / "p.png")
+    Image.fromarray(np.full((30, 40, 3), 200, np.uint8)).save(root / "photos" / "q.png")
+    monkeypatch.chdir(root)
+    fifo = root / "list.fifo"
+    os.mkfifo(fifo)
+
+    def write_late():
+        time.sleep(0.5)  # the reader is waiting by then: it must not see an empty list
+        with open(fifo, "w") as handle:
+            handle.write("# photos\nphotos/p.png\n\nphotos/q.png\n")
+
+    with CASES.case():
+        writer = threading.Thread(target=write_late, daemon=True)
+        writer.start()
+        assert within(10, read_image_list, str(fifo)) == ["photos/p.png", "photos/q.png"]
+        writer.join()
+    with CASES.case():
+        with pytest.raises(ClipvizError, match="is a character device.*regular files or pipes"):
+            within(10, read_image_list, "/dev/zero")
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    command = f"{sys.executable} -m clipviz explain --prompt 'a dog' --model tiny.pt --json --out o"
+    runs = {"file": f"printf 'photos/p.png\\nphotos/q.png\\n' > list.txt; {command}1 --image-list list.txt",
+            "<(...)": f"{command}2 --image-list <(printf 'photos/p.png\\nphotos/q.png\\n')",
+            "stdin": f"printf 'photos/p.png\\nphotos/q.png\\n' | {command}3 --image-list -"}
+    results = {}
+    for name, line in runs.items():
+        with CASES.case():
+            done = subprocess.run(["bash", "-c", line], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, (name, done.stderr)
+            results[name] = json.loads(done.stdout)["results"]
+    assert [r["image"] for r in results["<(...)"]] == ["photos/p.png", "photos/q.png"]
+    for name in ("<(...)", "stdin"):  # the same images explained, the same numbers
+        assert [(r["image"], r["scores"]) for r in results[name]] == [(r["image"], r["scores"]) for r in results["file"]]

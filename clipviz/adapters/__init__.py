@@ -109,8 +109,14 @@ class ClipAdapter:
         return tokenize(prompts, context_length=self.context_length)
 
     def eot_positions(self, ids):
-        """Index of the EOT token of each row of ``ids`` [P, Lt] → [P]."""
+        """Index of the token the text embedding is read at, each row of ``ids`` [P, Lt] → [P]:
+        CLIP's EOT (the highest id)."""
         return ids.argmax(dim=-1)
+
+    def text_end_positions(self, ids):
+        """Index of each prompt's end-of-text token [P]: its word tokens are 1 … end − 1. The
+        pooled token (eot_positions) unless a tower reads another one (open_clip's "first")."""
+        return self.eot_positions(ids)
 
     def encode_image(self, pixels):
         """[B, 3, S, S] → [B, E]."""

@@ -169,6 +169,15 @@ class OpenClipAdapter(ClipAdapter):
             return torch.zeros(ids.shape[:1], dtype=torch.long, device=ids.device)
         return ids.argmax(dim=-1)
 
+    def text_end_positions(self, ids):
+        """Each prompt's end-of-text token [P]; a tower pooled at its first token still has its words
+        up to there: CLIP's EOT (the highest id) with CLIP's BPE, else the first eos id."""
+        if self.text_pool != "first":
+            return self.eot_positions(ids)
+        if self.vocab_size == 49408 or self.eos_id is None:
+            return ids.argmax(dim=-1)
+        return (ids == self.eos_id).int().argmax(dim=-1)
+
     def encode_image(self, pixels):
         """[B, 3, S, S] normalised with CLIP's mean/std → [B, E]; re-normalised first if the
         checkpoint was trained with other statistics (an exact affine map of the same pixels)."""

@@ -53,8 +53,9 @@ def run(args):
     check_run_options(args, plan, images)
     check_against(prompts, args.against, clip_tokenizer(args.model))
     settings = run_settings(args, prompts, name)
+    defaulted = ("method",) if args.method is None else ()
     recorded = set()  # the outputs the manifest records: redone ones are replaced without --force (plan.owns)
-    done_before = manifest.done_images(args.manifest, settings, recorded) if args.resume else set()
+    done_before = manifest.done_images(args.manifest, settings, recorded, defaulted) if args.resume else set()
     plan.recorded, plan.resumed = {os.path.abspath(path) for path in recorded}, args.resume
     todo = [i for i in ranks.shard(len(images)) if images[i] not in done_before]
     queries = prompts + ([args.against] if args.against else [])
@@ -80,6 +81,10 @@ def run(args):
             from ..methods import default_method
             args.method = default_method(model)
             method, options = method_and_options(args)
+        if settings["method"] is None:  # the default of a model known only now: recorded and compared as run
+            settings["method"] = args.method
+            if args.resume:
+                manifest.done_images(args.manifest, settings, defaulted=defaulted)
         code = _explain_all(args, name, model, images, prompts, method, options, plan, todo, ranks, len(done_before),
                             settings)
         group.barrier()  # every part complete before rank 0 merges them
@@ -97,7 +102,9 @@ SETTING_FLAGS = ("activation", "method", "start_layer", "against", "format", "fi
 
 def run_settings(args, prompts, model):
     """{flag: value} of SETTING_FLAGS, the model's name (the default resolved), the output folder
-    (normalised: ``r`` and ``./r/`` are one) and the prompts, as the manifest records them."""
+    (normalised: ``r`` and ``./r/`` are one) and the prompts, as the manifest records them. The
+    method left out is the model's default: resolved here from a registered name, else None until
+    the model loads (run sets it then, and a --resume compares it then)."""
     settings = {flag: getattr(args, flag, None) for flag in SETTING_FLAGS}
     if settings["method"] is None:  # "--method relevance" and no --method are one question on a ViT
         settings["method"] = registered_default_method(model)

@@ -37,7 +37,8 @@ def split_inputs(positionals, images=(), folders=(), prompts=(), lists=()):
         elif not os.path.isfile(path):
             raise ClipvizError(f"no image file at '{path}': check the path (a prompt that ends in an "
                                "image suffix must be given with --prompt)")
-    listed = [p for folder in folders for p in list_images(folder)] + [p for f in lists for p in read_image_list(f)]
+    listed = [p for folder in _once(folders, "--images", "folder") for p in list_images(folder)] + \
+        [p for f in _once(lists, "--image-list", "list") for p in read_image_list(f)]
     all_images = named + listed
     if not all_images:
         folders_given = [t for t in texts if os.path.isdir(t)]
@@ -54,6 +55,29 @@ def split_inputs(positionals, images=(), folders=(), prompts=(), lists=()):
               f"for an image because a file of that name exists here; to use it as a prompt, pass --prompt "
               f"{taken[0]!r}", file=sys.stderr)
     return all_images, [t.strip() for t in texts]  # as explain() strips them
+
+
+def _once(paths, flag, what):
+    """``paths`` with a folder or list given again under another spelling (``d``, ``d/``, ``./d``, a
+    link to it: the same file on disk; "-" twice) dropped, order kept, with one note naming the
+    repeats: each is listed once, instead of a warning for every image in it. Paths that cannot
+    be stat'ed are kept as given (their own checks name them)."""
+    from .policy import Note
+
+    kept, seen, repeats = [], {}, []
+    for path in paths:
+        try:
+            key = "-" if path == "-" else (os.stat(path).st_dev, os.stat(path).st_ino)
+        except OSError:
+            key = None
+        if key is not None and key in seen:
+            repeats.append(f"{path!r} (= {seen[key]!r})")
+            continue
+        seen.setdefault(key, path)
+        kept.append(path)
+    if repeats:
+        warnings.warn(f"{flag} {', '.join(repeats)}: the same {what} given again; read once", Note, stacklevel=3)
+    return kept
 
 
 def _check_regular(path, taken):
@@ -73,11 +97,16 @@ def list_images(folder):
 
     Only regular files (or links to them) are listed, judged by stat, which never blocks: a FIFO,
     device, socket, folder or broken link with an image suffix is skipped and named on stderr
-    (folders inside are not searched).
+    (folders inside are not searched). clipviz's own outputs are left out (one note): files it
+    wrote into this folder and that are unchanged since (outputs.own_outputs, by the sha256 it
+    recorded), so ``--images d --out d`` run twice explains the same photos; any other file, a
+    changed output included, is an input, and inputs are never written over.
     """
     import stat
 
     from ..files import kind_of
+    from ..outputs import own_outputs
+    from .policy import Note
 
     path = Path(folder)
     if not path.is_dir():
@@ -103,14 +132,21 @@ def list_images(folder):
     if skipped:
         warnings.warn(f"skipping {len(skipped)} entries of {folder} that are not regular files: "  # --quiet hides it
                       f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}", stacklevel=2)
+    own = own_outputs(path, [Path(p).name for p in found])
+    if own:
+        found = [p for p in found if Path(p).name not in own]
+        warnings.warn(f"left out {len(own)} files of {folder} that clipviz wrote there earlier (its own outputs, "
+                      "unchanged since; a changed one is read as a photo)", Note, stacklevel=2)
     if not found:
         raise ClipvizError(f"--images {folder}: no image files in it (looked for {', '.join(IMAGE_SUFFIXES[:5])} ...)")
     return found
 
 
 def read_image_list(file):
-    """Image paths from a text file, one per line ("-": standard input); blank lines and lines
-    starting with '#' are skipped; paths are taken as written (relative to the current folder).
+    """Image paths from a text file, one per line ("-": standard input; a pipe such as the shell's
+    ``<(find ...)`` is read too, once); blank lines and lines starting with '#' are skipped; paths
+    are taken as written: relative ones to the current folder, as the shell's would be (a pipe
+    or stdin has no folder of its own, so a file's list is read the same way).
     A UTF-8 byte order mark (Notepad's) is not part of the first path; a line with a NUL byte or
     longer than any path can be is refused, naming the file and the line."""
     from ..files import open_regular
@@ -120,7 +156,7 @@ def read_image_list(file):
         if file == "-":
             text = sys.stdin.read()
         else:
-            with open_regular(file, "image list") as handle:
+            with open_regular(file, "image list", pipes=True) as handle:
                 text = handle.read().decode("utf-8")
     except UnicodeDecodeError:
         raise ClipvizError(f"--image-list {file}: not UTF-8 text; write one image path per line") from None
@@ -164,11 +200,14 @@ def clip_tokenizer(name):
 
 
 def check_prompts(prompts, name=None):
-    """Over-long prompts fail before the model loads, in one ClipvizError naming the prompt and its
-    length, for models with CLIP's tokenizer (77 tokens; clip_tokenizer(name)). Other models'
-    prompts are measured once loaded, by their own tokenizer (load_model)."""
-    from ..tokenizer import tokenize
+    """Prompts with nothing visible (tokenizer.check_visible) and, for models with CLIP's tokenizer
+    (77 tokens; clip_tokenizer(name)), over-long ones fail before the model loads, in one
+    ClipvizError naming the prompt. Other models' prompts are measured once loaded, by their own
+    tokenizer (load_model)."""
+    from ..tokenizer import check_visible, tokenize
 
+    for prompt in prompts:
+        check_visible(prompt)
     if clip_tokenizer(name):
         tokenize(prompts)
 

@@ -36,7 +36,8 @@ file or ends in an image suffix (.jpg .jpeg .png .gif .bmp .webp .tif .tiff ...)
 else is a PROMPT. So "a photo of a cat.jpg" would be taken for a (missing) image: pass such
 prompts with --prompt. --image PATH, --images DIR and --image-list FILE add images explicitly.
 Files named on the command line must exist (checked before the model loads); a folder's image
-files (by suffix, not recursive) and a list's are read by worker processes, and one that cannot
+files (by suffix, not recursive; clipviz's own unchanged outputs left out, so --out may be that
+folder) and a list's are read by worker processes, and one that cannot
 be read is listed at the end (exit 1) while the others are still explained. A single image that
 cannot be read is an error (exit 2).
 
@@ -182,7 +183,8 @@ def _add_output_flags(sub):
 def _add_run_flags(sub):
     """Options of runs over many images (clipviz.folder, clipviz.manifest, clipviz.distributed)."""
     sub.add_argument("--image-list", action="append", default=[], metavar="FILE", help="image paths from a "
-                     "text file, one per line ('-': stdin); a listed file that cannot be read fails alone")
+                     "text file or a pipe, one per line ('-': stdin); relative paths are the current folder's; "
+                     "a listed file that cannot be read fails alone")
     sub.add_argument("--workers", type=int, metavar="N", help="processes decoding images (default: the CPUs "
                      "this process may use, shared among torchrun's processes on the machine; 0: none)")
     # --batch-size (images or frames per forward pass) is shared with videos: cli/video.py

@@ -30,9 +30,16 @@ def error_line(message):
     print(f"clipviz: error: {one_line(message)}", file=sys.stderr)
 
 
+class Note(UserWarning):
+    """What the command did on its own that the user may want to know (not a problem): shown as
+    ``clipviz: note: ...``, hidden by --quiet like every warning."""
+
+
 def warning_line(message, category, filename, lineno, file=None, line=None):
-    """Warnings as one ``clipviz: warning: ...`` line, without Python's file and line."""
-    print(f"clipviz: warning: {one_line(message)}", file=sys.stderr)
+    """Warnings as one ``clipviz: warning: ...`` line (a Note: ``clipviz: note: ...``), without
+    Python's file and line."""
+    kind = "note" if issubclass(category, Note) else "warning"
+    print(f"clipviz: {kind}: {one_line(message)}", file=sys.stderr)
 
 
 class StdoutFailed(Exception):

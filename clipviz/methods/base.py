@@ -58,7 +58,9 @@ class Records:
     pooling:      "cls", or "probe" for an attention-pooled tower: then block num_layers - 1 is
                   the pool and every record is laid out with the probe as token 0
                   (clipviz.adapters.probe)
-    eot:          [T] position of each target's EOT token in its prompt
+    eot:          [T] position of the token each target's text embedding is read at (CLIP: its EOT)
+    text_end:     [T] position of each target's end-of-text token: its words are 1 … text_end − 1
+                  (= eot unless the tower pools another token, e.g. open_clip's text_pool_type "first")
     target_prompt:[T] index of each target's prompt in the encoded prompts
     """
 
@@ -78,6 +80,7 @@ class Records:
     text_probs: dict = field(default_factory=dict)
     text_grads: dict = field(default_factory=dict)
     eot: torch.Tensor = None
+    text_end: torch.Tensor = None
     target_prompt: torch.Tensor = None
 
 

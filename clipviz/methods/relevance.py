@@ -88,9 +88,13 @@ def compute(records, start_layer=-1, text_start_layer=-1, text=True):
 
 
 def text_relevance(records, text_start_layer=-1):
-    """R_text[EOT, 1:EOT] per (image, target): [B, T, Lt], zero outside the prompt's word tokens.
+    """R_text[pooled, 1:EOT] per (image, target): [B, T, Lt], zero outside the prompt's word tokens.
 
-    Every (image, target) pair is propagated at once, as a batch of B·T matrices."""
+    The row is the token the text embedding is read at (records.eot: CLIP's EOT). A tower pooled
+    at its first token (open_clip's "first") reads row 0: under a causal mask that token sees only
+    itself, so every word's relevance is 0 (the embedding does not depend on the words); without
+    one the relevance spreads over the words as at EOT. Every (image, target) pair is propagated
+    at once, as a batch of B·T matrices."""
     layers = blocks_from(text_start_layer, records.text_layers, "text_start_layer")
     first = records.text_grads[layers[0]]["mean"]  # [B·P, Lt, Lt], pair (b, p) at b·P + p
     device, prompts = first.device, first.shape[0] // records.batch
@@ -99,7 +103,8 @@ def text_relevance(records, text_start_layer=-1):
     relevance, _ = propagate([records.text_grads[l]["mean"][pairs] for l in layers])  # [B·T, Lt, Lt]
     eot = records.eot.to(device).repeat(records.batch)  # [B·T]
     eot_rows = relevance[torch.arange(len(pairs), device=device), eot]  # [B·T, Lt]
+    end = (records.eot if records.text_end is None else records.text_end).to(device).repeat(records.batch)
     positions = torch.arange(eot_rows.shape[-1], device=device)
-    words = (positions >= 1) & (positions < eot[:, None])  # SOT and EOT excluded
+    words = (positions >= 1) & (positions < end[:, None])  # SOT and EOT excluded
     out = torch.where(words, eot_rows, torch.zeros_like(eot_rows))
     return out.float().cpu().reshape(records.batch, records.targets, -1)
