@@ -166,3 +166,54 @@ def test_an_image_tower_that_runs_one_block_twice_is_explained_or_named(tiny, me
         assert any(word in str(error) for word in ("shared", "twice", "more than once", "same module")), str(error)
     else:
         np.testing.assert_allclose(exp.scores, plain_scores(shared, photo, prompts), atol=1e-5, rtol=0)
+
+
+# --- the record of clipviz's own outputs: one line per file -------------------------------------------
+
+@pytest.mark.parametrize("name", ["a\nb.png", "a\u2028b.png", "a\x85b.png", "a\rb.png"],
+                         ids=["newline", "line-separator", "next-line", "carriage-return"])
+def test_an_output_whose_name_holds_a_line_break_is_still_clipvizs_own(tiny, tmp_path, monkeypatch, name):
+    """Linux file names may hold any character but '/' and NUL. The record of what clipviz wrote
+    ("<sha256>  <name>" lines, read with str.splitlines, which also breaks at \\r, \\x85, U+2028 ...)
+    loses such a name: the same save() again was refused ("already exists; pass overwrite=True"),
+    though README says clipviz's own unchanged output is replaced, and an --images listing of the
+    folder would explain the figure as a photo. Expected: the file is its own (is_own_output,
+    own_outputs), and saving again succeeds."""
+    from clipviz.outputs import is_own_output, own_outputs
+
+    monkeypatch.setenv("CLIPVIZ_CACHE", str(tmp_path / "cache"))
+    exp = clipviz.explain(tiny, np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8), "a dog")
+    path = tmp_path / "out" / name
+    path.parent.mkdir()
+    exp.save(path)
+    assert is_own_output(path)
+    assert own_outputs(path.parent, [name]) == {name}
+    exp.save(path)  # the same figure again: clipviz's own unchanged file
+
+
+LATIN1_NAME = os.fsdecode(b"caf\xe9.png")  # "café.png" written by a Latin-1 system: not UTF-8, fine on Linux
+
+
+def test_an_output_named_in_latin_1_is_written_and_recorded_without_a_crash(tiny, tmp_path, monkeypatch):
+    """A file name that is not UTF-8 (an old archive, a FAT stick) reaches Python as surrogate
+    escapes. save() wrote the file, then recording it ("<sha256>  <name>", opened as UTF-8) raised
+    UnicodeEncodeError — no ClipvizError, and the file stayed unrecorded, so saving again was
+    refused. Expected: the figure written, clipviz's own, and saved again without overwrite=True."""
+    from clipviz.outputs import is_own_output
+
+    monkeypatch.setenv("CLIPVIZ_CACHE", str(tmp_path / "cache"))
+    exp = clipviz.explain(tiny, np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8), "a dog")
+    path = tmp_path / LATIN1_NAME
+    exp.save(path)
+    assert is_own_output(path)
+    exp.save(path)
+
+
+def test_the_cli_writes_a_figure_named_in_latin_1(tmp_path):
+    """`clipviz explain photo.png --prompt dog --out caf\\xe9.png` (one figure, its name in Latin-1
+    bytes): the figure was written, then the run ended in "unexpected error: UnicodeEncodeError ...
+    This is a bug in clipviz" (exit 1). Expected: exit 0 and the figure at that name, once."""
+    save_photos(tmp_path / "photos", ("a.png",))
+    result = run_cli("photos/a.png", "--prompt", "dog", "--out", LATIN1_NAME, cwd=tmp_path, cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr
+    assert Image.open(tmp_path / LATIN1_NAME).format == "PNG"
