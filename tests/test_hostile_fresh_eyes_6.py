@@ -217,3 +217,55 @@ def test_the_cli_writes_a_figure_named_in_latin_1(tmp_path):
     result = run_cli("photos/a.png", "--prompt", "dog", "--out", LATIN1_NAME, cwd=tmp_path, cache=tmp_path / "cache")
     assert result.returncode == 0, result.stderr
     assert Image.open(tmp_path / LATIN1_NAME).format == "PNG"
+
+
+# --- --resume: the same question asked in other words -------------------------------------------------
+
+@pytest.fixture()
+def first_run(tmp_path):
+    """photos/ (two photos), explained into out/ with --manifest run.jsonl and nothing else given."""
+    save_photos(tmp_path / "photos")
+    result = run_cli("--images", "photos", "--prompt", "dog", "--out", "out", "--manifest", "run.jsonl",
+                     cwd=tmp_path, cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr
+    return tmp_path
+
+
+def resumed(work, *args):
+    """The resumed run's result, with the manifest's line count and out/'s bytes before and after."""
+    lines, files = (work / "run.jsonl").read_text().count("\n"), file_bytes(work / "out")
+    result = run_cli("--prompt", "dog", "--manifest", "run.jsonl", "--resume", *args, cwd=work, cache=work / "cache")
+    return result, (lines, files), ((work / "run.jsonl").read_text().count("\n"), file_bytes(work / "out"))
+
+
+@pytest.mark.parametrize("default", [("--format", "png"), ("--start-layer", "-1")], ids=["format", "start-layer"])
+def test_resume_with_a_default_spelled_out_continues_the_run(first_run, tiny, default):
+    """Today --resume compares the method run, so `--method relevance` continues a run that left it
+    out. The same holds for the other defaults: --format png is the default format and relevance's
+    start layer is -1 (the maps are equal: checked here on the API), yet `--resume --format png` or
+    `--resume --start-layer -1` was refused ("other settings (--format (not given) → 'png')"). Expected:
+    exit 0, every image already done, no line appended, no file rewritten."""
+    photo = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(clipviz.explain(tiny, photo, "a dog").maps,
+                                  clipviz.explain(tiny, photo, "a dog", start_layer=-1).maps)
+    result, before, after = resumed(first_run, "--images", "photos", "--out", "out", *default)
+    assert result.returncode == 0, result.stderr
+    assert after == before
+
+
+def test_resume_with_the_folders_spelled_absolute_continues_the_run(first_run):
+    """`--images photos --out out` resumed as `--images /abs/photos --out /abs/out` names the same
+    folders (as `./photos/` does, which is accepted): --out was refused as another setting ("--out
+    'out' → '/…/out'"), and --images under its absolute name redid both photos, appending
+    records. Expected: exit 0, nothing redone, the manifest unchanged."""
+    result, before, after = resumed(first_run, "--images", first_run / "photos", "--out", first_run / "out")
+    assert result.returncode == 0, result.stderr
+    assert after == before
+
+
+def test_resume_with_the_photo_folder_spelled_absolute_redoes_nothing(first_run):
+    """The same with only --images absolute (--out as before): both photos were explained again
+    and two records appended, though each is done, unchanged, with its outputs intact."""
+    result, before, after = resumed(first_run, "--images", first_run / "photos", "--out", "out")
+    assert result.returncode == 0, result.stderr
+    assert after == before
