@@ -334,3 +334,56 @@ def test_a_last_block_whose_forward_is_patched_on_the_instance_is_explained_as_p
     first, second = (clipviz.explain(m, photo, prompts, method=method) for m in (patched, hooked))
     np.testing.assert_allclose(first.scores, second.scores, atol=1e-6, rtol=0)
     np.testing.assert_allclose(first.maps, second.maps, atol=1e-5, rtol=0)
+
+
+# --- image lists from pipes under torchrun -------------------------------------------------------------
+
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "clipviz",
+            "explain")
+
+
+@pytest.mark.parametrize("pipe", ["stdin", "process-substitution", "named-fifo"])
+def test_an_image_list_pipe_under_torchrun_is_read_or_refused_in_one_line(tmp_path, pipe):
+    """README: --image-list reads a pipe (`<(find ...)`, a named pipe, `-`), and a folder run may
+    be launched with torchrun. Together: torchrun's workers inherit neither the shell's stdin nor
+    its /dev/fd/63, and only one worker can read a named pipe's one stream. Seen: `-` failed with
+    "--image-list -: no image paths in it", `<(...)` with "image list '/dev/fd/63' does not exist"
+    (neither names the cause), and a named pipe hung (one worker waits on it for ever). Expected:
+    within two minutes, both photos explained (the manifest has two done records), or exit 2 with
+    one error that names torchrun."""
+    import contextlib
+    import shlex
+    import signal
+
+    save_photos(tmp_path / "photos")
+    listing = "photos/a.png\nphotos/c.png\n"
+    command = " ".join(map(shlex.quote, (*TORCHRUN, "--prompt", "dog", "--out", "out", "--manifest", "run.jsonl",
+                                         "--workers", "0", "--device", "cpu", "--quiet", "--image-list")))
+    if pipe == "stdin":
+        shell = f"printf {shlex.quote(listing)} | {command} -"
+    elif pipe == "process-substitution":
+        shell = f"{command} <(printf {shlex.quote(listing)})"
+    else:
+        os.mkfifo(tmp_path / "list.fifo")
+        shell = f"(printf {shlex.quote(listing)} > list.fifo &); {command} list.fifo"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), CLIPVIZ_CACHE=str(tmp_path / "cache"))
+    env.pop("CLIPVIZ_DEBUG", None)
+    with open(tmp_path / "stderr.txt", "w") as err_file:  # a file, not a pipe: a stuck worker cannot hold it
+        process = subprocess.Popen(["bash", "-c", shell], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=err_file, start_new_session=True)
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # bash and torchrun (its workers run in their own sessions)
+            process.wait()
+            if pipe == "named-fifo":  # the worker still waiting on the pipe: give it an end, so it exits
+                with contextlib.suppress(OSError):
+                    os.close(os.open(tmp_path / "list.fifo", os.O_WRONLY | os.O_NONBLOCK))
+            pytest.fail(f"--image-list from a {pipe} under torchrun still running after 120 s")
+    err = (tmp_path / "stderr.txt").read_text()
+    if process.returncode == 0:
+        records = [json.loads(line) for line in (tmp_path / "run.jsonl").read_text().splitlines()]
+        assert sorted(r["image"] for r in records if r["status"] == "done") == ["photos/a.png", "photos/c.png"]
+    else:
+        errors = [line for line in err.splitlines() if line.startswith("clipviz: error:")]
+        assert errors and all("torchrun" in line for line in errors), "\n".join(errors) or err[-2000:]
