@@ -154,7 +154,7 @@ def test_an_image_tower_that_runs_one_block_twice_is_explained_or_named(tiny, me
     """Weight tying across depth (blocks 0 and 1 of the image tower one module, as in ALBERT-style
     sharing): submodules() and find_blocks list the module once while the forward runs it twice
     (and block 2 once). Either clipviz explains the model as it runs — its scores the plain forward's
-    (≤ 1e-5) — or it says the block is shared. It said "layer 1 does not exist: this encoder has
+    (≤ 1e-5) — or it says the block is shared. It said "layer 2 does not exist: this encoder has
     2 blocks", about a layer the user never named."""
     shared = make_model(TINY_VIT, seed=6).eval()
     shared.visual.transformer.resblocks[1] = shared.visual.transformer.resblocks[0]
