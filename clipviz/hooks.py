@@ -113,19 +113,33 @@ def register_layout(layout):
         _LAYOUTS.append(layout)
 
 
-def find_blocks(encoder):
+def find_blocks(encoder, modules=None):
     """The attention blocks of an encoder, in forward order.
 
     A block is any module whose class is named ``ResidualAttentionBlock`` (OpenAI's, open_clip's
     and ours) and whose ``attn`` is an ``nn.MultiheadAttention``, or a block of a registered
-    AttentionLayout (see ``attention_of``).
+    AttentionLayout (see ``attention_of``). modules: ``clipviz.forms.submodules(encoder)`` when the
+    caller has it already. A block placed at two places (weights shared across depth) is refused:
+    the forward runs it more than once, and the recorder keeps one call per block.
     """
-    blocks = [m for m in submodules(encoder) if attention_of(m) is not None]
+    modules = submodules(encoder) if modules is None else modules
+    blocks = [m for m in modules if attention_of(m) is not None]
     if not blocks:
         raise ClipvizError(
             f"found no ResidualAttentionBlock with nn.MultiheadAttention in {type(encoder).__name__}; "
             "clipviz explains OpenAI-style CLIP ViTs (clipviz, OpenAI, open_clip) and Hugging Face CLIPModel "
             "(through clipviz.adapters.adapt)")
+    placed = {}  # how many places each block is a child at (submodules lists a shared module once)
+    for module in modules:
+        for child in module._modules.values():
+            if child is not None:
+                placed[id(child)] = placed.get(id(child), 0) + 1
+    shared = [i for i, block in enumerate(blocks) if placed.get(id(block), 0) > 1]
+    if shared:
+        raise ClipvizError(
+            f"block {shared[0]} of {type(encoder).__name__} is the same module at more than one place (weights shared "
+            "across depth), so the forward runs it more than once and its attention cannot be told apart per call; "
+            "explain a copy whose blocks are separate modules (copy.deepcopy of each repeated block)")
     return blocks
 
 

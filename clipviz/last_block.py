@@ -59,19 +59,20 @@ class BlockParts:
     row_attention: object = None
 
 
-def block_parts(block, head_modules=()):
+def block_parts(block, head_modules=(), tower_modules=None):
     """The pieces of a recognised pre-norm attention block, or None (then use the general path).
 
     The closed form re-implements the block's tail and the tower's head (``head_modules``: the
     modules the adapter's image_head / text_head call), so it also gives None where that would not
-    be the model: an attention class other than the stock one or a forward patched on the instance,
-    or a hook on the block, any module inside it or a head module (a hook may change what the
-    module returns, and the closed form would skip it or run it on other tensors)."""
-    if _hooked([*submodules(block), *head_modules]):
+    be the model: an attention class other than the stock one, or a hook or a forward patched on
+    the instance of any module of the tower (``tower_modules``: clipviz.forms.submodules of the
+    encoder holding the block; the block's own modules when None) or of the head. A hook may
+    change what its module returns, also on a module around the blocks, whose output the head
+    reads: the closed form would skip it or run it on other tensors."""
+    if _altered([*(submodules(block) if tower_modules is None else tower_modules), *head_modules]):
         return None
     attention = getattr(block, "attn", None)
-    if type(block).__name__ == "ResidualAttentionBlock" and type(attention) is nn.MultiheadAttention \
-            and "forward" not in vars(attention):
+    if type(block).__name__ == "ResidualAttentionBlock" and type(attention) is nn.MultiheadAttention:
         if any(not isinstance(getattr(block, name, nn.Identity()), nn.Identity) for name in ("ln_attn", "ln_1_kv")):
             return None  # open_clip's variants with extra norms: not the formula above
         identity = nn.Identity()
@@ -82,8 +83,7 @@ def block_parts(block, head_modules=()):
                           ls_2=getattr(block, "ls_2", identity), heads=attention.num_heads,
                           row_attention=(lambda h, rows: _mha_row_attention(attention, h, rows)) if plain else None)
     attention = getattr(block, "self_attn", None)
-    if type(block).__name__ == "CLIPEncoderLayer" and type(attention).__name__ in _HF_ATTENTION \
-            and "forward" not in vars(attention):
+    if type(block).__name__ == "CLIPEncoderLayer" and type(attention).__name__ in _HF_ATTENTION:
         identity = nn.Identity()
         return BlockParts(ln_1=block.layer_norm1, values=attention.v_proj, out_proj=attention.out_proj,
                           ls_1=identity, ln_2=block.layer_norm2, mlp=block.mlp, ls_2=identity,
@@ -97,15 +97,16 @@ def block_parts(block, head_modules=()):
 _HF_ATTENTION = ("CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention2")  # one formula, other kernels
 
 
-def _hooked(modules):
-    """True when any of ``modules`` has a forward, pre-forward or backward hook, or a global module
-    hook is registered (torch.nn.modules.module.register_module_forward_hook and kin)."""
+def _altered(modules):
+    """True when any of ``modules`` has a forward, pre-forward or backward hook or a forward set on
+    the instance (``module.forward = ...``), or a global module hook is registered
+    (torch.nn.modules.module.register_module_forward_hook and kin)."""
     from torch.nn.modules import module as base
     if any(getattr(base, name, None) for name in ("_global_forward_hooks", "_global_forward_pre_hooks",
                                                    "_global_backward_hooks", "_global_backward_pre_hooks")):
         return True
     return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or getattr(m, "_backward_pre_hooks", None)
-               for m in modules)
+               or "forward" in vars(m) for m in modules)
 
 
 def _mha_row_attention(attention, h, rows):

@@ -151,8 +151,9 @@ def _closed_form_block(adapter, needs):
             or adapter.text_encoder is None \
             or tuple(needs.layers or ()) != (adapter.num_layers - 1,):
         return None, None
-    blocks = find_blocks(adapter.image_encoder)
-    parts = block_parts(blocks[-1], adapter.image_head_modules())
+    modules = submodules(adapter.image_encoder)
+    blocks = find_blocks(adapter.image_encoder, modules)
+    parts = block_parts(blocks[-1], adapter.image_head_modules(), modules)
     return (None, None) if parts is None else (parts, blocks)
 
 

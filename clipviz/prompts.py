@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .forms import explaining
+from .forms import explaining, submodules
 from .hooks import AttentionRecorder, CausalPrefix, find_blocks
 from .last_block import block_parts, eot_row_jacobian, pooled_row
 
@@ -95,5 +95,6 @@ def _closed_form_text_block(adapter, needs):
     if needs.text is None or tuple(needs.text) != (last,) or needs.gradient is None or needs.readout is not None \
             or not getattr(adapter, "text_reads_one_token", False):
         return None, None
-    parts = block_parts(find_blocks(adapter.text_encoder)[last], adapter.text_head_modules())
+    modules = submodules(adapter.text_encoder)
+    parts = block_parts(find_blocks(adapter.text_encoder, modules)[last], adapter.text_head_modules(), modules)
     return (last, parts) if parts is not None else (None, None)
