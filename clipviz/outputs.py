@@ -351,8 +351,10 @@ def record_path(folder):
 def _record(folder):
     """{file name: sha256} from ``folder``'s record (empty when there is none or it is unreadable)."""
     try:
-        lines = record_path(folder).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
+        # surrogateescape: a name that is not UTF-8 (Latin-1 bytes, as Python gives it surrogate
+        # escapes) is written and read back as its own bytes
+        lines = record_path(folder).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+    except OSError:
         return {}
     entries = (line.split("  ", 1) for line in lines)
     return {name: digest for digest, name in (e for e in entries if len(e) == 2)}
@@ -364,7 +366,7 @@ def _remember(path, digest):
     record = record_path(path.parent)
     with contextlib.suppress(OSError):
         record.parent.mkdir(parents=True, exist_ok=True)
-        with open(record, "a", encoding="utf-8") as handle:
+        with open(record, "a", encoding="utf-8", errors="surrogateescape") as handle:
             handle.write(f"{digest}  {path.name}\n")
 
 
