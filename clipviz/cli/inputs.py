@@ -59,17 +59,18 @@ def split_inputs(positionals, images=(), folders=(), prompts=(), lists=()):
 
 def _once(paths, flag, what):
     """``paths`` with a folder or list given again under another spelling (``d``, ``d/``, ``./d``, a
-    link to it: the same file on disk; "-" twice) dropped, order kept, with one note naming the
+    link to it: the same file on disk; "-" and /dev/stdin) dropped, order kept, with one note naming the
     repeats: each is listed once, instead of a warning for every image in it. Paths that cannot
     be stat'ed are kept as given (their own checks name them)."""
     from .policy import Note
 
     kept, seen, repeats = [], {}, []
     for path in paths:
-        try:
-            key = "-" if path == "-" else (os.stat(path).st_dev, os.stat(path).st_ino)
-        except OSError:
-            key = None
+        try:  # "-" is standard input, the file /dev/stdin names too: keyed alike, by the file it is
+            info = os.fstat(sys.stdin.fileno()) if path == "-" else os.stat(path)
+            key = (info.st_dev, info.st_ino)
+        except (OSError, ValueError, AttributeError):  # stdin closed or not a file (a notebook)
+            key = "-" if path == "-" else None
         if key is not None and key in seen:
             repeats.append(f"{path!r} (= {seen[key]!r})")
             continue
