@@ -81,6 +81,31 @@ def _once(paths, flag, what):
     return kept
 
 
+def refuse_pipes_under_torchrun(lists):
+    """ClipvizError for an --image-list that is a pipe (``-``, ``<(find ...)``, a named pipe, a
+    device) when clipviz runs under torchrun (clipviz.distributed.from_environment), before any is
+    opened: every process reads the list, while a pipe's one stream reaches one reader at most
+    (torchrun's processes inherit neither the shell's stdin nor its /dev/fd/63; a second reader of
+    a named pipe waits for ever). Judged by stat, which never blocks."""
+    import stat
+
+    from ..distributed import from_environment
+
+    if not lists or not from_environment().distributed:
+        return
+    for path in lists:
+        try:
+            mode = None if path == "-" else os.stat(path).st_mode
+        except OSError:  # the shell's <(...) is not passed on: /dev/fd/63 is missing in each process
+            if not path.startswith(("/dev/fd/", "/proc/self/fd/")):
+                continue  # a missing file: read_image_list names it
+            mode = None
+        if mode is None or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise ClipvizError(f"--image-list {path}: under torchrun every process reads the image list, and a "
+                               "pipe or standard input can be read only once (torchrun does not pass it on); "
+                               "write the list to a file first (find ... > list.txt) and pass --image-list list.txt")
+
+
 def _check_regular(path, taken):
     """A named image must be a regular file (or a link to one); a FIFO, device or socket is named
     for what it is, before anything would block on it (clipviz.files)."""
