@@ -37,8 +37,10 @@ def split_inputs(positionals, images=(), folders=(), prompts=(), lists=()):
         elif not os.path.isfile(path):
             raise ClipvizError(f"no image file at '{path}': check the path (a prompt that ends in an "
                                "image suffix must be given with --prompt)")
-    listed = [p for folder in _once(folders, "--images", "folder") for p in list_images(folder)] + \
-        [p for f in _once(lists, "--image-list", "list") for p in read_image_list(f)]
+    from_lists = [p for f in _once(lists, "--image-list", "list") for p in read_image_list(f)]
+    # a shell glob or `find` into an --out folder names clipviz's outputs too: left out, as a folder's are
+    named, from_lists = without_own_outputs([named, from_lists], "of the images named or listed")
+    listed = [p for folder in _once(folders, "--images", "folder") for p in list_images(folder)] + from_lists
     all_images = named + listed
     if not all_images:
         folders_given = [t for t in texts if os.path.isdir(t)]
@@ -131,8 +133,6 @@ def list_images(folder):
     import stat
 
     from ..files import kind_of
-    from ..outputs import own_outputs
-    from .policy import Note
 
     path = Path(folder)
     if not path.is_dir():
@@ -158,14 +158,31 @@ def list_images(folder):
     if skipped:
         warnings.warn(f"skipping {len(skipped)} entries of {folder} that are not regular files: "  # --quiet hides it
                       f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}", stacklevel=2)
-    own = own_outputs(path, [Path(p).name for p in found])
-    if own:
-        found = [p for p in found if Path(p).name not in own]
-        warnings.warn(f"left out {len(own)} files of {folder} that clipviz wrote there earlier (its own outputs, "
-                      "unchanged since; a changed one is read as a photo)", Note, stacklevel=2)
+    found, = without_own_outputs([found], f"of {folder}")
     if not found:
         raise ClipvizError(f"--images {folder}: no image files in it (looked for {', '.join(IMAGE_SUFFIXES[:5])} ...)")
     return found
+
+
+def without_own_outputs(groups, where):
+    """Each list of image paths in ``groups`` without clipviz's own outputs (outputs.own_outputs:
+    files it wrote and that are unchanged since), order kept, with one note saying how many were
+    left out (``where``: "of photos", ...). So a command whose --out is its input folder, given
+    as --images, a listing (``find``) or a shell glob, explains the same photos when run again;
+    any other file, a changed output included, stays an input. Each folder's record is read once."""
+    from ..outputs import own_outputs
+    from .policy import Note
+
+    by_folder = {}
+    for path in (p for group in groups for p in group):
+        by_folder.setdefault(os.path.dirname(path), set()).add(os.path.basename(path))
+    own = {(folder, name) for folder, names in by_folder.items() for name in own_outputs(folder or ".", names)}
+    if not own:
+        return groups
+    left = [[p for p in group if (os.path.dirname(p), os.path.basename(p)) not in own] for group in groups]
+    warnings.warn(f"left out {len(own)} files {where} that clipviz wrote there earlier (its own outputs, unchanged "
+                  "since; a changed one is read as a photo)", Note, stacklevel=3)
+    return left
 
 
 def read_image_list(file):
