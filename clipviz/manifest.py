@@ -133,8 +133,11 @@ def _resolved(settings, method):
     """``settings`` with the defaults of flags left out (None) filled in as the run resolves them
     (clipviz.cli.plan, clipviz.cli.explain.method_and_options): --format the figure file's suffix
     (--out x.pdf) or png; --start-layer ``method``'s own default (relevance -1, rollout 0 ...),
-    0 with --layers, for a method known and taking one."""
+    0 with --layers, for a method known and taking one. --out is made absolute (against the
+    current folder, as the run takes it)."""
     resolved = dict(settings)
+    if isinstance(resolved.get("out"), str):  # `out` and `/home/me/out` are one folder
+        resolved["out"] = os.path.abspath(resolved["out"])
     if resolved.get("format") is None:
         suffix = os.path.splitext(resolved.get("out") or "")[1].lower()
         resolved["format"] = suffix.lstrip(".") if suffix in FIGURE_SUFFIXES else "png"
@@ -157,7 +160,9 @@ def _shown(value):
 
 
 def done_images(path, settings=None, outputs=None, defaulted=()):
-    """Paths of the images that manifest ``path`` (with its parts) records as done and verified.
+    """Absolute paths of the images that manifest ``path`` (with its parts) records as done and
+    verified: ``photos/a.png`` and ``/home/me/photos/a.png`` are one image (relative paths are
+    taken against the current folder, as the run takes them).
 
     settings: the resuming run's (a JSON-ready dict: model, method, prompts, outputs ...); a record
     written with other settings raises a ClipvizError naming what changed (_check_settings;
@@ -170,7 +175,7 @@ def done_images(path, settings=None, outputs=None, defaulted=()):
     for record in read(path):
         if settings is not None:
             _check_settings(path, record, settings, defaulted)
-        last[record["image"]] = record
+        last[os.path.abspath(record["image"])] = record
         listed = record.get("outputs")
         if outputs is not None and isinstance(listed, list):
             outputs.update(o["path"] for o in listed if isinstance(o, dict) and isinstance(o.get("path"), str))

@@ -58,7 +58,7 @@ def run(args):
     recorded = set()  # the outputs the manifest records: redone ones are replaced without --force (plan.owns)
     done_before = manifest.done_images(args.manifest, settings, recorded, defaulted) if args.resume else set()
     plan.recorded, plan.resumed = {os.path.abspath(path) for path in recorded}, args.resume
-    todo = [i for i in ranks.shard(len(images)) if images[i] not in done_before]
+    todo = [i for i in ranks.shard(len(images)) if os.path.abspath(images[i]) not in done_before]
     queries = prompts + ([args.against] if args.against else [])
     check_prompts(queries, args.model)
     if plan.overlays or plan.figure or plan.layers or plan.heads:  # colours drawn: matplotlib needed
