@@ -26,6 +26,7 @@ from pathlib import Path
 from .errors import ClipvizError
 from .files import kind_of
 from .outputs import disk_full, output_sha256
+from .suffixes import FIGURE_SUFFIXES
 
 
 def part_path(path, rank):
@@ -105,7 +106,9 @@ def _check_settings(path, record, settings, defaulted=()):
     The method is compared as the method run: a record whose settings leave it open (the model's
     default, for a model known only once loaded) is taken at the method it records having run;
     a resuming run that leaves it open (None) is compared once it has loaded the model and knows
-    it. defaulted: the keys the resuming run did not give (the message says the value is a default)."""
+    it. defaulted: the keys the resuming run did not give (the message says the value is a default).
+    A flag left out equals its default spelled out (_resolved): ``--format png`` continues a run
+    that left --format out."""
     theirs = record.get("settings")
     if theirs is None or theirs == settings:
         return
@@ -114,6 +117,8 @@ def _check_settings(path, record, settings, defaulted=()):
         theirs = {**theirs, "method": record.get("method")}  # None for a failed image: not known
     if settings.get("method") is None or theirs.get("method") is None:
         open_keys.add("method")
+    method = settings.get("method") or theirs.get("method")  # an open one is taken as the other's
+    theirs, settings = _resolved(theirs, method), _resolved(settings, method)
     changed = [f"{_flag(key)} {_shown(theirs.get(key))} → {_shown(settings.get(key))}"
                f"{f' (the default: {_flag(key)} not given)' if key in defaulted else ''}"
                for key in sorted(set(theirs) | set(settings)) if key not in open_keys and theirs.get(key) != settings.get(key)]
@@ -122,6 +127,27 @@ def _check_settings(path, record, settings, defaulted=()):
     raise ClipvizError(f"--resume: the manifest {path} records a run with other settings ({'; '.join(changed)}): "
                        "repeat that run's command to continue it, or start a new --manifest (or --force without "
                        "--resume to redo everything)")
+
+
+def _resolved(settings, method):
+    """``settings`` with the defaults of flags left out (None) filled in as the run resolves them
+    (clipviz.cli.plan, clipviz.cli.explain.method_and_options): --format the figure file's suffix
+    (--out x.pdf) or png; --start-layer ``method``'s own default (relevance -1, rollout 0 ...),
+    0 with --layers, for a method known and taking one. --out is made absolute (against the
+    current folder, as the run takes it)."""
+    resolved = dict(settings)
+    if isinstance(resolved.get("out"), str):  # `out` and `/home/me/out` are one folder
+        resolved["out"] = os.path.abspath(resolved["out"])
+    if resolved.get("format") is None:
+        suffix = os.path.splitext(resolved.get("out") or "")[1].lower()
+        resolved["format"] = suffix.lstrip(".") if suffix in FIGURE_SUFFIXES else "png"
+    if resolved.get("start_layer") is None and isinstance(method, str):
+        from .methods import get_method
+        with contextlib.suppress(ClipvizError):  # an unknown method: compared as recorded
+            options = get_method(method).options
+            if "start_layer" in options:
+                resolved["start_layer"] = 0 if resolved.get("layers") else options["start_layer"]
+    return resolved
 
 
 def _flag(key):
@@ -134,7 +160,9 @@ def _shown(value):
 
 
 def done_images(path, settings=None, outputs=None, defaulted=()):
-    """Paths of the images that manifest ``path`` (with its parts) records as done and verified.
+    """Absolute paths of the images that manifest ``path`` (with its parts) records as done and
+    verified: ``photos/a.png`` and ``/home/me/photos/a.png`` are one image (relative paths are
+    taken against the current folder, as the run takes them).
 
     settings: the resuming run's (a JSON-ready dict: model, method, prompts, outputs ...); a record
     written with other settings raises a ClipvizError naming what changed (_check_settings;
@@ -147,7 +175,7 @@ def done_images(path, settings=None, outputs=None, defaulted=()):
     for record in read(path):
         if settings is not None:
             _check_settings(path, record, settings, defaulted)
-        last[record["image"]] = record
+        last[os.path.abspath(record["image"])] = record
         listed = record.get("outputs")
         if outputs is not None and isinstance(listed, list):
             outputs.update(o["path"] for o in listed if isinstance(o, dict) and isinstance(o.get("path"), str))

@@ -18,6 +18,7 @@ never what it points to.
 import contextlib
 import errno
 import hashlib
+import json
 import mimetypes
 import os
 import re
@@ -35,8 +36,9 @@ OVERWRITE_HINT = "pass overwrite=True to replace it, or choose another path"  # 
 SLUG_LENGTH = 60  # characters of readable text in a file name made from a prompt
 # clipviz remembers the files it wrote, one record per output folder kept in its cache
 # (<cache>/outputs/<sha1 of the folder's real path>), so output folders hold only the outputs:
-# lines "<sha256>  <name>", appended, the last line for a name wins. A file is clipviz's own while
-# its bytes still match its record.
+# lines "<sha256>  <name>", appended, the last line for a name wins (a name holding "\n", or
+# starting with '"', is written as a JSON string). A file is clipviz's own while its bytes still
+# match its record.
 OUTPUT_RECORDS = "outputs"
 
 
@@ -351,21 +353,37 @@ def record_path(folder):
 def _record(folder):
     """{file name: sha256} from ``folder``'s record (empty when there is none or it is unreadable)."""
     try:
-        lines = record_path(folder).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
+        # surrogateescape: a name that is not UTF-8 (Latin-1 bytes, as Python gives it surrogate
+        # escapes) is read back as its own bytes; newline="": a line ends at "\n" only (a name may
+        # hold "\r", U+0085, U+2028, which str.splitlines and universal newlines break at)
+        with open(record_path(folder), encoding="utf-8", errors="surrogateescape", newline="") as handle:
+            lines = handle.read().split("\n")
+    except OSError:
         return {}
     entries = (line.split("  ", 1) for line in lines)
-    return {name: digest for digest, name in (e for e in entries if len(e) == 2)}
+    return {_record_name(name): digest for digest, name in (e for e in entries if len(e) == 2)}
+
+
+def _record_name(text):
+    """A name as _remember wrote it: as it is, or JSON-quoted (see _remember)."""
+    if text.startswith('"'):
+        with contextlib.suppress(ValueError):
+            name = json.loads(text)
+            if isinstance(name, str):
+                return name
+    return text
 
 
 def _remember(path, digest):
-    """Append "<sha256>  <name>" to the folder's record; a failure here only costs the re-run
-    convenience, never the output just written."""
+    """Append "<sha256>  <name>" to the folder's record, one line whatever the name holds: a name
+    with a "\n" (or starting with '"', so that it cannot be read as one) is written as a JSON
+    string. A failure here only costs the re-run convenience, never the output just written."""
     record = record_path(path.parent)
     with contextlib.suppress(OSError):
         record.parent.mkdir(parents=True, exist_ok=True)
-        with open(record, "a", encoding="utf-8") as handle:
-            handle.write(f"{digest}  {path.name}\n")
+        with open(record, "a", encoding="utf-8", errors="surrogateescape") as handle:
+            name = json.dumps(path.name) if "\n" in path.name or path.name.startswith('"') else path.name
+            handle.write(f"{digest}  {name}\n")
 
 
 def _link_new(temporary, path, hint):

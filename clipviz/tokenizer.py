@@ -82,8 +82,10 @@ def clean_text(text):
 
 # what no one can see: whitespace, controls, format characters (zero-width space U+200B, joiners,
 # soft hyphen, BOM, tag characters) and Unicode's other default-ignorable code points (variation
-# selectors, Hangul fillers, U+034F ...), which render as nothing (Unicode §5.21)
-INVISIBLE = regex.compile(r"[\s\p{Cc}\p{Cf}\p{Default_Ignorable_Code_Point}]*")
+# selectors, Hangul fillers U+3164 and U+FFA0, U+034F ...), which render as nothing (Unicode
+# §5.21); and U+2800 BRAILLE PATTERN BLANK, a visible character to Unicode (an empty braille
+# cell) that draws nothing: what "invisible character" generators paste
+INVISIBLE = regex.compile(r"[\s\p{Cc}\p{Cf}\p{Default_Ignorable_Code_Point}\u2800]*")
 
 
 def check_visible(prompt):

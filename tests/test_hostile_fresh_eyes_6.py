@@ -77,23 +77,31 @@ def test_an_image_list_from_find_into_its_own_folder_runs_again_on_the_same_phot
     assert file_bytes(photos) == after_first
 
 
-def test_a_folder_run_into_itself_after_the_cache_is_cleared_does_not_take_its_overlays_for_photos(tmp_path):
+def test_a_folder_run_into_itself_after_the_cache_is_cleared_refuses_and_says_why(tmp_path):
     """The record of what clipviz wrote lives in its cache; `rm -rf ~/.cache` (or another user, a
-    container, CLIPVIZ_CACHE set elsewhere) loses it. The overlays are still clipviz's outputs —
-    "outputs must never be explained as photos" — yet the second `--images photos --out photos`
-    takes a--dog-e49512.png for a photo and then refuses to write a.png's overlay over "one of the
-    input images" (exit 2). Expected: the same two photos explained, the same files. (Design: the
-    outputs carry no mark of their own, e.g. a PNG text chunk, that would survive the cache.)"""
+    container, CLIPVIZ_CACHE set elsewhere) loses it. The second `--images photos --out photos`
+    then takes a--dog-e49512.png for a photo and refuses to write a.png's overlay over it.
+    Design (the lead's decision): without the record an output cannot be told from a user's
+    photo (the outputs carry no mark of their own), and skipping or replacing it could lose a
+    user's edit, so the refusal stays: exit 2, nothing written over. It was a bare "it is one of
+    the input images"; the message must name the file, say what happened (no record: the cache
+    was cleared) and what to do (another --out, or move the old outputs away)."""
     photos = tmp_path / "photos"
     save_photos(photos)
-    first = explained_sources(run_cli("--json", "--images", photos, "--prompt", "dog", "--out", photos, cwd=tmp_path,
-                                      cache=tmp_path / "cache"))
+    explained_sources(run_cli("--json", "--images", photos, "--prompt", "dog", "--out", photos, cwd=tmp_path,
+                              cache=tmp_path / "cache"))
     after_first = file_bytes(photos)
-    second = run_cli("--json", "--images", photos, "--prompt", "dog", "--out", photos, cwd=tmp_path,
+    overlays = sorted(set(after_first) - {"a.png", "c.png"})
+    assert len(overlays) == 2
+    second = run_cli("--images", photos, "--prompt", "dog", "--out", photos, cwd=tmp_path,
                      cache=tmp_path / "another-cache")
-    assert second.returncode == 0, second.stderr
-    assert explained_sources(second) == first
-    assert file_bytes(photos) == after_first
+    assert second.returncode == 2, second.stderr
+    assert file_bytes(photos) == after_first  # nothing overwritten, nothing new
+    errors = [line for line in second.stderr.splitlines() if line.startswith("clipviz: error:")]
+    assert len(errors) == 1, second.stderr
+    assert any(name in errors[0] for name in overlays), errors[0]  # the file, by name
+    assert "no record" in errors[0] and "cache" in errors[0]  # what happened
+    assert "--out" in errors[0] and "move" in errors[0]  # what to do
 
 
 # --- a list given twice ------------------------------------------------------------------------------

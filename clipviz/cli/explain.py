@@ -20,7 +20,7 @@ from ..maps import peak_xy
 from ..outputs import NoSpace, refuse_existing
 from ..suffixes import is_video
 from ..threads import passive_openmp_waits, usable_cpus
-from .inputs import check_prompts, clip_tokenizer, load_model, model_name, split_inputs
+from .inputs import check_prompts, clip_tokenizer, load_model, model_name, refuse_pipes_under_torchrun, split_inputs
 from .plan import OutputPlan, once_each
 from .policy import failure_text, keep_failure, one_line, report_failures
 
@@ -28,6 +28,7 @@ from .policy import failure_text, keep_failure, one_line, report_failures
 def run(args):
     """Explain every image, write its files, print its table; failures listed at the end."""
     passive_openmp_waits()  # the model shares the cores with decoding workers and writer threads
+    refuse_pipes_under_torchrun(args.image_list)
     images, prompts = once_each(*split_inputs(args.inputs, args.image, args.images, args.prompt, args.image_list),
                                 clip_tokens=clip_tokenizer(args.model))
     videos = [path for path in images if is_video(path)]
@@ -57,7 +58,7 @@ def run(args):
     recorded = set()  # the outputs the manifest records: redone ones are replaced without --force (plan.owns)
     done_before = manifest.done_images(args.manifest, settings, recorded, defaulted) if args.resume else set()
     plan.recorded, plan.resumed = {os.path.abspath(path) for path in recorded}, args.resume
-    todo = [i for i in ranks.shard(len(images)) if images[i] not in done_before]
+    todo = [i for i in ranks.shard(len(images)) if os.path.abspath(images[i]) not in done_before]
     queries = prompts + ([args.against] if args.against else [])
     check_prompts(queries, args.model)
     if plan.overlays or plan.figure or plan.layers or plan.heads:  # colours drawn: matplotlib needed

@@ -37,8 +37,10 @@ def split_inputs(positionals, images=(), folders=(), prompts=(), lists=()):
         elif not os.path.isfile(path):
             raise ClipvizError(f"no image file at '{path}': check the path (a prompt that ends in an "
                                "image suffix must be given with --prompt)")
-    listed = [p for folder in _once(folders, "--images", "folder") for p in list_images(folder)] + \
-        [p for f in _once(lists, "--image-list", "list") for p in read_image_list(f)]
+    from_lists = [p for f in _once(lists, "--image-list", "list") for p in read_image_list(f)]
+    # a shell glob or `find` into an --out folder names clipviz's outputs too: left out, as a folder's are
+    named, from_lists = without_own_outputs([named, from_lists], "of the images named or listed")
+    listed = [p for folder in _once(folders, "--images", "folder") for p in list_images(folder)] + from_lists
     all_images = named + listed
     if not all_images:
         folders_given = [t for t in texts if os.path.isdir(t)]
@@ -59,17 +61,18 @@ def split_inputs(positionals, images=(), folders=(), prompts=(), lists=()):
 
 def _once(paths, flag, what):
     """``paths`` with a folder or list given again under another spelling (``d``, ``d/``, ``./d``, a
-    link to it: the same file on disk; "-" twice) dropped, order kept, with one note naming the
+    link to it: the same file on disk; "-" and /dev/stdin) dropped, order kept, with one note naming the
     repeats: each is listed once, instead of a warning for every image in it. Paths that cannot
     be stat'ed are kept as given (their own checks name them)."""
     from .policy import Note
 
     kept, seen, repeats = [], {}, []
     for path in paths:
-        try:
-            key = "-" if path == "-" else (os.stat(path).st_dev, os.stat(path).st_ino)
-        except OSError:
-            key = None
+        try:  # "-" is standard input, the file /dev/stdin names too: keyed alike, by the file it is
+            info = os.fstat(sys.stdin.fileno()) if path == "-" else os.stat(path)
+            key = (info.st_dev, info.st_ino)
+        except (OSError, ValueError, AttributeError):  # stdin closed or not a file (a notebook)
+            key = "-" if path == "-" else None
         if key is not None and key in seen:
             repeats.append(f"{path!r} (= {seen[key]!r})")
             continue
@@ -78,6 +81,31 @@ def _once(paths, flag, what):
     if repeats:
         warnings.warn(f"{flag} {', '.join(repeats)}: the same {what} given again; read once", Note, stacklevel=3)
     return kept
+
+
+def refuse_pipes_under_torchrun(lists):
+    """ClipvizError for an --image-list that is a pipe (``-``, ``<(find ...)``, a named pipe, a
+    device) when clipviz runs under torchrun (clipviz.distributed.from_environment), before any is
+    opened: every process reads the list, while a pipe's one stream reaches one reader at most
+    (torchrun's processes inherit neither the shell's stdin nor its /dev/fd/63; a second reader of
+    a named pipe waits for ever). Judged by stat, which never blocks."""
+    import stat
+
+    from ..distributed import from_environment
+
+    if not lists or not from_environment().distributed:
+        return
+    for path in lists:
+        try:
+            mode = None if path == "-" else os.stat(path).st_mode
+        except OSError:  # the shell's <(...) is not passed on: /dev/fd/63 is missing in each process
+            if not path.startswith(("/dev/fd/", "/proc/self/fd/")):
+                continue  # a missing file: read_image_list names it
+            mode = None
+        if mode is None or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise ClipvizError(f"--image-list {path}: under torchrun every process reads the image list, and a "
+                               "pipe or standard input can be read only once (torchrun does not pass it on); "
+                               "write the list to a file first (find ... > list.txt) and pass --image-list list.txt")
 
 
 def _check_regular(path, taken):
@@ -105,8 +133,6 @@ def list_images(folder):
     import stat
 
     from ..files import kind_of
-    from ..outputs import own_outputs
-    from .policy import Note
 
     path = Path(folder)
     if not path.is_dir():
@@ -132,14 +158,31 @@ def list_images(folder):
     if skipped:
         warnings.warn(f"skipping {len(skipped)} entries of {folder} that are not regular files: "  # --quiet hides it
                       f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}", stacklevel=2)
-    own = own_outputs(path, [Path(p).name for p in found])
-    if own:
-        found = [p for p in found if Path(p).name not in own]
-        warnings.warn(f"left out {len(own)} files of {folder} that clipviz wrote there earlier (its own outputs, "
-                      "unchanged since; a changed one is read as a photo)", Note, stacklevel=2)
+    found, = without_own_outputs([found], f"of {folder}")
     if not found:
         raise ClipvizError(f"--images {folder}: no image files in it (looked for {', '.join(IMAGE_SUFFIXES[:5])} ...)")
     return found
+
+
+def without_own_outputs(groups, where):
+    """Each list of image paths in ``groups`` without clipviz's own outputs (outputs.own_outputs:
+    files it wrote and that are unchanged since), order kept, with one note saying how many were
+    left out (``where``: "of photos", ...). So a command whose --out is its input folder, given
+    as --images, a listing (``find``) or a shell glob, explains the same photos when run again;
+    any other file, a changed output included, stays an input. Each folder's record is read once."""
+    from ..outputs import own_outputs
+    from .policy import Note
+
+    by_folder = {}
+    for path in (p for group in groups for p in group):
+        by_folder.setdefault(os.path.dirname(path), set()).add(os.path.basename(path))
+    own = {(folder, name) for folder, names in by_folder.items() for name in own_outputs(folder or ".", names)}
+    if not own:
+        return groups
+    left = [[p for p in group if (os.path.dirname(p), os.path.basename(p)) not in own] for group in groups]
+    warnings.warn(f"left out {len(own)} files {where} that clipviz wrote there earlier (its own outputs, unchanged "
+                  "since; a changed one is read as a photo)", Note, stacklevel=3)
+    return left
 
 
 def read_image_list(file):

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import ClipvizError
-from ..outputs import (Protected, check_folder, check_unique, distinct_names, refuse_existing, refuse_inputs,
+from ..outputs import (Protected, check_folder, check_unique, distinct_names, refuse_existing,
                        remove_stale_temporaries, slug)
 from ..suffixes import looks_like_image
 from .parser import DEFAULT_OUT, FIGURE_FORMATS
@@ -122,6 +122,22 @@ class OutputPlan:
                 planned += [(kind, t, self.folder / f"{base}--{s}--{kind}.{fmt}") for t, s in enumerate(self.prompt_slugs)]
         return planned
 
+    def _refuse_inputs(self, planned):
+        """ClipvizError for a planned (kind, path) that is one of the input images. A name of the
+        run's own kinds ("<image>--<prompt>-<hash>.png" ...) met among the inputs is an earlier
+        clipviz output that clipviz has no record of (a record would have left it out of the
+        inputs: inputs.without_own_outputs): without the record it cannot be told from a photo
+        of the user's, so it is never written over; the message says so and what to do."""
+        for kind, path in planned:
+            if self.inputs.input_at(path) is None:
+                continue
+            if kind == "figure":  # "<image>.png": the name of a photo, nothing of clipviz's
+                raise ClipvizError(f"refusing to write {path}: it is one of the input images; choose another --out")
+            raise ClipvizError(f"refusing to write {path}: that file is an input image (it is named like an earlier "
+                               "clipviz output, but clipviz has no record of writing it: its cache was cleared, or "
+                               "the folder copied); write into another folder with --out, or move the old outputs "
+                               "away")
+
     def owns(self, path):
         """True if ``path`` is one of the run's own recorded outputs (``recorded``, from the manifest
         a --resume continues) and a regular file, not a link: it may be replaced without --force
@@ -135,9 +151,10 @@ class OutputPlan:
         one that exists without --force (unless the run owns it). Creates nothing: the folder
         appears with the first file written (outputs.write_atomically)."""
         check_folder(self.folder)
-        planned = [path for index in range(count) for _, _, path in self.files(index)]
+        kinds = [(kind, path) for index in range(count) for kind, _, path in self.files(index)]
+        planned = [path for _, path in kinds]
         check_unique(planned)
-        refuse_inputs(planned, self.inputs)
+        self._refuse_inputs(kinds)
         mine = planned if mine is None else [p for i in mine for _, _, p in self.files(i)]
         refuse_existing([p for p in mine if not self.owns(p)], self.force)
         if self.resumed:  # a kill -9 of the run it continues may have left half-written files

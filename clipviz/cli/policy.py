@@ -58,6 +58,10 @@ class _GuardedStdout:
         if self._stream is None:  # started with stdout closed (`clipviz ... >&-`)
             raise StdoutFailed("standard output is closed, so the results cannot be printed; the run stopped "
                                "there (send them to /dev/null instead)")
+        if not text.isascii():  # a file name that is not UTF-8 (surrogate escapes) is shown as \udce9, as
+            # stderr shows it, so stdout stays valid text for its reader (--json escapes it already)
+            encoding = getattr(self._stream, "encoding", None) or "utf-8"
+            text = text.encode(encoding, "backslashreplace").decode(encoding)
         return self._guard("write", text)
 
     def flush(self):
