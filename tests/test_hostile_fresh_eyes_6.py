@@ -77,6 +77,21 @@ def test_an_image_list_from_find_into_its_own_folder_runs_again_on_the_same_phot
     assert file_bytes(photos) == after_first
 
 
+def test_naming_only_clipvizs_own_output_says_so_instead_of_no_image_given(tmp_path):
+    """An own, unchanged overlay named on the command line is left out like a listed one (the
+    note); when nothing else was given the error says why and what to do, not "no image given"."""
+    photos, cache = tmp_path / "photos", tmp_path / "cache"
+    save_photos(photos, ("a.png",))
+    first = run_cli("--json", "--images", photos, "--prompt", "dog", "--out", photos, cwd=tmp_path, cache=cache)
+    overlay, = [p for p in photos.iterdir() if p.name != "a.png"]
+    before = file_bytes(photos)
+    again = run_cli(overlay, "a cat", "--out", tmp_path / "elsewhere", cwd=tmp_path, cache=cache)
+    assert first.returncode == 0 and again.returncode == 2
+    assert "own outputs" in again.stderr and "copy it under another name" in again.stderr
+    assert "no image given" not in again.stderr
+    assert file_bytes(photos) == before and not (tmp_path / "elsewhere").exists()
+
+
 def test_a_folder_run_into_itself_after_the_cache_is_cleared_refuses_and_says_why(tmp_path):
     """The record of what clipviz wrote lives in its cache; `rm -rf ~/.cache` (or another user, a
     container, CLIPVIZ_CACHE set elsewhere) loses it. The second `--images photos --out photos`

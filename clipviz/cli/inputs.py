@@ -39,9 +39,14 @@ def split_inputs(positionals, images=(), folders=(), prompts=(), lists=()):
                                "image suffix must be given with --prompt)")
     from_lists = [p for f in _once(lists, "--image-list", "list") for p in read_image_list(f)]
     # a shell glob or `find` into an --out folder names clipviz's outputs too: left out, as a folder's are
+    given = named + from_lists
     named, from_lists = without_own_outputs([named, from_lists], "of the images named or listed")
     listed = [p for folder in _once(folders, "--images", "folder") for p in list_images(folder)] + from_lists
     all_images = named + listed
+    if given and not all_images:
+        raise ClipvizError(f"every image given is one of clipviz's own outputs ({given[0]!r}{' ...' if len(given) > 1 else ''}), "
+                           "which are left out so that a run into its own folder does not explain them again: "
+                           "to explain one, copy it under another name first")
     if not all_images:
         folders_given = [t for t in texts if os.path.isdir(t)]
         hint = f" ('{folders_given[0]}' is a folder: use --images {folders_given[0]})" if folders_given else ""
