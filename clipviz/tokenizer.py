@@ -163,10 +163,9 @@ class Tokenizer:
         """Prompt -> list of token ids, without SOT/EOT."""
         return [self.encoder[token] for token in self.bpe_tokens(text)]
 
-    def token_text(self, token):
-        """A token string (byte stand-ins) -> readable text; bytes of a split character show as U+FFFD."""
-        raw = bytes(self.char_to_byte[c] for c in token.removesuffix("</w>"))
-        return raw.decode("utf-8", errors="replace")
+    def token_bytes(self, token):
+        """A token string (byte stand-ins, maybe ending in "</w>") -> the UTF-8 bytes it stands for."""
+        return bytes(self.char_to_byte[c] for c in token.removesuffix("</w>"))
 
     def decode(self, ids):
         """Ids (ints in range) -> text, words (BPE's "</w>" ends) joined by one space."""
@@ -353,10 +352,28 @@ def token_strings(text):
     """Readable text of each BPE token of one prompt, in order, without SOT/EOT: list[str] of length T.
 
     "a photo of a cat" -> ['a', 'photo', 'of', 'a', 'cat']. Token i is id ``tokenize(text)[0, i + 1]``.
-    The end-of-word mark is dropped; a token holding only part of a multi-byte character shows U+FFFD.
+    The end-of-word mark is dropped. CLIP's BPE works on bytes, so a character of several bytes
+    (CJK, Hebrew, some emoji) may be split over tokens: each of them shows that character
+    ("東京" -> ['東', '京', '京']), so every label is readable and says which character its
+    relevance belongs to.
     """
     tokenizer = get_tokenizer()
-    return [tokenizer.token_text(token) for token in tokenizer.bpe_tokens(_check_prompt(text))]
+    pieces = [tokenizer.token_bytes(token) for token in tokenizer.bpe_tokens(_check_prompt(text))]
+    try:
+        characters = b"".join(pieces).decode("utf-8")  # whole words, so whole characters
+    except UnicodeDecodeError:  # not expected of cleaned text; readable anyway
+        return [piece.decode("utf-8", errors="replace") for piece in pieces]
+    spans, start = [], 0  # (first byte, end byte, character)
+    for character in characters:
+        end = start + len(character.encode("utf-8"))
+        spans.append((start, end, character))
+        start = end
+    labels, start = [], 0
+    for piece in pieces:  # the characters whose bytes overlap this token's
+        end = start + len(piece)
+        labels.append("".join(c for first, last, c in spans if first < end and last > start))
+        start = end
+    return labels
 
 
 def count_tokens(text):

@@ -216,8 +216,14 @@ def test_decode_inverts_encode_for_words(words):
 def test_token_strings():
     assert token_strings(CAT_PROMPT) == ["a", "photo", "of", "a", "cat"]
     assert token_strings("Woman dribbling!") == ["woman", "dri", "b", "bling", "!"]
-    # 京 is split over two byte-level tokens: each shows U+FFFD; whole characters and emoji read normally
-    assert token_strings("東京 😀") == ["東", "\ufffd", "\ufffd", "😀"]
+    # 京 is split over two byte-level tokens: both show it; whole characters and emoji read normally
+    assert token_strings("東京 😀") == ["東", "京", "京", "😀"]
+    # every label is text of the prompt, and the labels in order spell each word (a split
+    # character once per token it spans)
+    for prompt in ("שלום עולם", "猫と犬", "naïve café", "👍🏽 ok"):
+        labels = token_strings(prompt)
+        assert labels and all(labels) and "\ufffd" not in "".join(labels)
+        assert set("".join(labels)) <= set(prompt)
     assert token_strings("") == []
     for prompt in REFERENCE:
         assert len(token_strings(prompt)) == count_tokens(prompt) - 2
