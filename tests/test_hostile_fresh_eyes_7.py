@@ -7,6 +7,9 @@ guideline states, the first run's files). A finding's test fails until it is fix
 that passed are listed in the report (the lead's notes), not here.
 """
 
+import json
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -61,3 +64,27 @@ def test_resume_from_a_subfolder_naming_the_same_folders_continues_the_run(tmp_p
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "run.jsonl").read_text() == lines
     assert file_bytes(tmp_path / "out") == files
+
+
+# --- photos named in non-UTF-8 bytes -----------------------------------------------------------------
+
+def test_an_image_list_from_find_naming_a_latin1_photo_explains_it_as_images_does(tmp_path):
+    """4e2ee17 made outputs of photos named in non-UTF-8 bytes (a Latin-1 'café.png', as old
+    cameras and Windows shares write them) recorded and printed: `--images photos` explains such a
+    folder, 'caf\\udce9.png' included, and leaves the same files when run again. The README's
+    other way in, `--image-list <(find photos -name '*.png')`, gets that name from find as its raw
+    bytes, and the whole list is refused: "--image-list ...: not UTF-8 text; write one image path
+    per line" — though each line is one path, exactly as the file system spells it. Expected: the
+    list explains the same photos, in the same order, as --images on the folder (paths decoded as
+    Python decodes file names, os.fsdecode)."""
+    photos, cache = tmp_path / "photos", tmp_path / "cache"
+    save_photos(photos, names=("a.png", os.fsdecode(b"caf\xe9.png")))
+    by_folder = run_cli("--json", "--images", "photos", "--prompt", "dog", "--out", "out", cwd=tmp_path, cache=cache)
+    assert by_folder.returncode == 0, by_folder.stderr
+    expected = [r["source"] for r in json.loads(by_folder.stdout)["results"]]
+    assert expected == ["photos/a.png", "photos/" + os.fsdecode(b"caf\xe9.png")]
+    listing = tmp_path / "list.txt"  # what `find photos -name '*.png' | sort` prints, byte for byte
+    listing.write_bytes(b"".join(b"photos/" + os.fsencode(p.name) + b"\n" for p in sorted(photos.iterdir())))
+    by_list = run_cli("--json", "--image-list", listing, "--prompt", "dog", "--out", "out2", cwd=tmp_path, cache=cache)
+    assert by_list.returncode == 0, by_list.stderr
+    assert [r["source"] for r in json.loads(by_list.stdout)["results"]] == expected
