@@ -113,14 +113,15 @@ def register_layout(layout):
         _LAYOUTS.append(layout)
 
 
-def find_blocks(encoder, modules=None):
+def find_blocks(encoder, modules=None, tower=None):
     """The attention blocks of an encoder, in forward order.
 
     A block is any module whose class is named ``ResidualAttentionBlock`` (OpenAI's, open_clip's
     and ours) and whose ``attn`` is an ``nn.MultiheadAttention``, or a block of a registered
     AttentionLayout (see ``attention_of``). modules: ``clipviz.forms.submodules(encoder)`` when the
     caller has it already. A block placed at two places (weights shared across depth) is refused:
-    the forward runs it more than once, and the recorder keeps one call per block.
+    the forward runs it more than once, and the recorder keeps one call per block. tower: "image"
+    or "text" when the caller knows which tower ``encoder`` is (named in that error).
     """
     modules = submodules(encoder) if modules is None else modules
     blocks = [m for m in modules if attention_of(m) is not None]
@@ -136,10 +137,13 @@ def find_blocks(encoder, modules=None):
                 placed[id(child)] = placed.get(id(child), 0) + 1
     shared = [i for i, block in enumerate(blocks) if placed.get(id(block), 0) > 1]
     if shared:
+        where = f"the {tower} tower ({type(encoder).__name__})" if tower else type(encoder).__name__
+        way_out = "; or leave text-token relevance out (text=False): the image's maps do not read the text blocks" \
+            if tower == "text" else ""
         raise ClipvizError(
-            f"block {shared[0]} of {type(encoder).__name__} is the same module at more than one place (weights shared "
-            "across depth), so the forward runs it more than once and its attention cannot be told apart per call; "
-            "explain a copy whose blocks are separate modules (copy.deepcopy of each repeated block)")
+            f"block {shared[0]} of {where} is the same module at more than one place (weights shared across depth), "
+            "so the forward runs it more than once and its attention cannot be told apart per call: explain a copy "
+            f"whose blocks are separate modules (copy.deepcopy of each repeated block){way_out}")
     return blocks
 
 

@@ -152,7 +152,7 @@ def _closed_form_block(adapter, needs):
             or tuple(needs.layers or ()) != (adapter.num_layers - 1,):
         return None, None
     modules = submodules(adapter.image_encoder)
-    blocks = find_blocks(adapter.image_encoder, modules)
+    blocks = find_blocks(adapter.image_encoder, modules, "image")
     parts = block_parts(blocks[-1], adapter.image_head_modules(), modules)
     return (None, None) if parts is None else (parts, blocks)
 

@@ -96,5 +96,5 @@ def _closed_form_text_block(adapter, needs):
             or not getattr(adapter, "text_reads_one_token", False):
         return None, None
     modules = submodules(adapter.text_encoder)
-    parts = block_parts(find_blocks(adapter.text_encoder, modules)[last], adapter.text_head_modules(), modules)
+    parts = block_parts(find_blocks(adapter.text_encoder, modules, "text")[last], adapter.text_head_modules(), modules)
     return (last, parts) if parts is not None else (None, None)

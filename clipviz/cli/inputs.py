@@ -200,14 +200,14 @@ def read_image_list(file):
     from ..files import open_regular
     from .policy import shorten
 
-    try:
-        if file == "-":
-            text = sys.stdin.read()
-        else:
-            with open_regular(file, "image list", pipes=True) as handle:
-                text = handle.read().decode("utf-8")
-    except UnicodeDecodeError:
-        raise ClipvizError(f"--image-list {file}: not UTF-8 text; write one image path per line") from None
+    # file names are bytes on POSIX: one that is not UTF-8 (a Latin-1 name, as `find` prints it)
+    # is kept as the same bytes (surrogateescape, as os.fsdecode does), so it opens as listed
+    if file == "-":
+        stdin = getattr(sys.stdin, "buffer", None)
+        text = stdin.read().decode("utf-8", errors="surrogateescape") if stdin is not None else sys.stdin.read()
+    else:
+        with open_regular(file, "image list", pipes=True) as handle:
+            text = handle.read().decode("utf-8", errors="surrogateescape")
     lines = [line.strip() for line in text.removeprefix("\ufeff").splitlines()]
     for number, line in enumerate(lines, 1):
         problem = "holds a NUL byte, which no file name can" if "\0" in line else \
