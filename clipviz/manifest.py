@@ -81,17 +81,26 @@ def record(done, error_text=None, settings=None):
             "error": None}
 
 
+def recorded_path(record, path):
+    """A path ``record`` lists (its image, an output) as this process can open it: a relative one
+    is taken against the folder the recording run worked in (its settings' ``cwd``; records
+    without one: the current folder), so a run resumed from another folder finds the same files."""
+    folder = (record.get("settings") or {}).get("cwd")
+    return os.path.join(folder, path) if isinstance(folder, str) and not os.path.isabs(path) else path
+
+
 def verified(record):
     """True if ``record`` says done, its input is unchanged (size, mtime) and every output it lists
     still exists with the same size and sha256."""
     if record.get("status") != "done":
         return False
-    now = input_identity(record["image"])
+    now = input_identity(recorded_path(record, record["image"]))
     if now["size"] is None or (now["size"], now["mtime_ns"]) != (record.get("size"), record.get("mtime_ns")):
         return False
     for output in record.get("outputs") or []:
         try:
-            if os.path.getsize(output["path"]) != output["bytes"] or output_entry(output["path"])["sha256"] != output["sha256"]:
+            path = recorded_path(record, output["path"])
+            if os.path.getsize(path) != output["bytes"] or output_entry(path)["sha256"] != output["sha256"]:
                 return False
         except (OSError, KeyError, TypeError):
             return False
@@ -112,7 +121,7 @@ def _check_settings(path, record, settings, defaulted=()):
     theirs = record.get("settings")
     if theirs is None or theirs == settings:
         return
-    open_keys = set()
+    open_keys = {"cwd"}  # where a run worked: relative paths are compared as the files they name
     if theirs.get("method") is None:  # the default, resolved when that run loaded the model
         theirs = {**theirs, "method": record.get("method")}  # None for a failed image: not known
     if settings.get("method") is None or theirs.get("method") is None:
@@ -136,8 +145,9 @@ def _resolved(settings, method):
     0 with --layers, for a method known and taking one. --out is made absolute (against the
     current folder, as the run takes it)."""
     resolved = dict(settings)
-    if isinstance(resolved.get("out"), str):  # `out` and `/home/me/out` are one folder
-        resolved["out"] = os.path.abspath(resolved["out"])
+    if isinstance(resolved.get("out"), str):  # `out` and `/home/me/out` are one folder, also from another folder
+        folder = resolved.get("cwd") if isinstance(resolved.get("cwd"), str) else os.getcwd()
+        resolved["out"] = os.path.normpath(os.path.join(folder, resolved["out"]))
     if resolved.get("format") is None:
         suffix = os.path.splitext(resolved.get("out") or "")[1].lower()
         resolved["format"] = suffix.lstrip(".") if suffix in FIGURE_SUFFIXES else "png"
@@ -162,7 +172,7 @@ def _shown(value):
 def done_images(path, settings=None, outputs=None, defaulted=()):
     """Absolute paths of the images that manifest ``path`` (with its parts) records as done and
     verified: ``photos/a.png`` and ``/home/me/photos/a.png`` are one image (relative paths are
-    taken against the current folder, as the run takes them).
+    taken against the folder the recording run worked in, recorded_path).
 
     settings: the resuming run's (a JSON-ready dict: model, method, prompts, outputs ...); a record
     written with other settings raises a ClipvizError naming what changed (_check_settings;
@@ -175,10 +185,11 @@ def done_images(path, settings=None, outputs=None, defaulted=()):
     for record in read(path):
         if settings is not None:
             _check_settings(path, record, settings, defaulted)
-        last[os.path.abspath(record["image"])] = record
+        last[os.path.abspath(recorded_path(record, record["image"]))] = record
         listed = record.get("outputs")
         if outputs is not None and isinstance(listed, list):
-            outputs.update(o["path"] for o in listed if isinstance(o, dict) and isinstance(o.get("path"), str))
+            outputs.update(recorded_path(record, o["path"]) for o in listed
+                           if isinstance(o, dict) and isinstance(o.get("path"), str))
     return {image for image, record in last.items() if verified(record)}
 
 

@@ -88,35 +88,3 @@ def test_an_image_list_from_find_naming_a_latin1_photo_explains_it_as_images_doe
     by_list = run_cli("--json", "--image-list", listing, "--prompt", "dog", "--out", "out2", cwd=tmp_path, cache=cache)
     assert by_list.returncode == 0, by_list.stderr
     assert [r["source"] for r in json.loads(by_list.stdout)["results"]] == expected
-
-
-# --- a block tied across the two towers ----------------------------------------------------------------
-
-def test_general_path_explains_a_block_tied_across_the_towers_as_the_fast_path_does(monkeypatch):
-    """find_blocks now refuses a block placed twice *in one tower*; a block shared by the image and
-    the text tower (equal widths, weights tied across towers) is placed once in each and passes.
-    explain() then gives exactly the maps of a copy whose towers hold separate modules (probed for
-    every method). The general path that the closed forms are checked against
-    (clipviz.pipeline.run_method(fast=False), "the same maps, slower") encodes the prompts while
-    the image recorder's hooks are on the tied block, so the text forward trips them: "block 1
-    returned no per-head attention probabilities (a fused attention path?)". Expected: the general
-    path's maps equal the fast path's (≤1e-5), as on every untied model."""
-    import copy
-    import functools
-
-    import clipviz.explanation as explanation
-    import clipviz.pipeline as pipeline
-    from conftest import TINY_VIT, make_model
-
-    tied = make_model(dict(TINY_VIT, transformer_width=128, transformer_heads=2), seed=3).eval()
-    tied.transformer.resblocks[-1] = tied.visual.transformer.resblocks[-1]
-    separate = copy.deepcopy(tied)
-    separate.transformer.resblocks[-1] = copy.deepcopy(separate.visual.transformer.resblocks[-1])
-    photo = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    prompts = ["a dog", "a red car"]
-    fast = clipviz.explain(tied, photo, prompts, method="relevance")
-    np.testing.assert_array_equal(fast.token_maps, clipviz.explain(separate, photo, prompts).token_maps)
-    monkeypatch.setattr(explanation, "run_method", functools.partial(pipeline.run_method, fast=False))
-    slow = clipviz.explain(tied, photo, prompts, method="relevance")
-    scale = np.abs(slow.token_maps).max()
-    assert np.abs(fast.token_maps - slow.token_maps).max() <= 1e-5 * scale

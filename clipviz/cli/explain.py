@@ -105,14 +105,16 @@ SETTING_FLAGS = ("activation", "method", "start_layer", "against", "format", "fi
 
 def run_settings(args, prompts, model):
     """{flag: value} of SETTING_FLAGS, the model's name (the default resolved), the output folder
-    (normalised: ``r`` and ``./r/`` are one) and the prompts, as the manifest records them. The
+    (normalised: ``r`` and ``./r/`` are one), the prompts and the working folder (``cwd``, which
+    relative paths are taken against), as the manifest records them. The
     method left out is the model's default: resolved here from a registered name, else None until
     the model loads (run sets it then, and a --resume compares it then)."""
     settings = {flag: getattr(args, flag, None) for flag in SETTING_FLAGS}
     if settings["method"] is None:  # "--method relevance" and no --method are one question on a ViT
         settings["method"] = registered_default_method(model)
     out = None if args.out is None else os.path.normpath(args.out)
-    return {**settings, "model": model, "out": out, "prompts": list(prompts)}
+    # the folder relative paths are taken against: a resume from elsewhere finds the same files
+    return {**settings, "model": model, "out": out, "prompts": list(prompts), "cwd": os.getcwd()}
 
 
 def registered_default_method(name):
