@@ -581,7 +581,7 @@ class CausalPrefix:
 
     def __init__(self, encoder, length):
         self.encoder, self.length, self._handles, self._mask = encoder, length, [], None
-        blocks = [m for m in encoder.modules() if type(m).__name__ == "ResidualAttentionBlock"]
+        blocks = [m for m in submodules(encoder) if type(m).__name__ == "ResidualAttentionBlock"]
         self.blocks = blocks if getattr(encoder, "batch_first", False) and blocks and all(
             isinstance(getattr(b, "attn", None), nn.MultiheadAttention) and _is_causal(getattr(b, "attn_mask", None))
             for b in blocks) else []

@@ -143,7 +143,7 @@ def _resolved(settings, method):
     (clipviz.cli.plan, clipviz.cli.explain.method_and_options): --format the figure file's suffix
     (--out x.pdf) or png; --start-layer ``method``'s own default (relevance -1, rollout 0 ...),
     0 with --layers, for a method known and taking one. --out is made absolute (against the
-    current folder, as the run takes it)."""
+    folder the run worked in, its ``cwd``; settings without one: the current folder)."""
     resolved = dict(settings)
     if isinstance(resolved.get("out"), str):  # `out` and `/home/me/out` are one folder, also from another folder
         folder = resolved.get("cwd") if isinstance(resolved.get("cwd"), str) else os.getcwd()
@@ -191,6 +191,20 @@ def done_images(path, settings=None, outputs=None, defaulted=()):
             outputs.update(recorded_path(record, o["path"]) for o in listed
                            if isinstance(o, dict) and isinstance(o.get("path"), str))
     return {image for image, record in last.items() if verified(record)}
+
+
+def check_settings(path, settings, defaulted=()):
+    """done_images' settings check alone, without verifying any record's files: for a resume whose
+    method became known only once the model loaded (clipviz.cli.explain), after done_images has
+    read and verified the manifest once. The file's damaged lines were reported by that first read."""
+    import warnings
+
+    settings = json.loads(json.dumps(settings))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        records = read(path)
+    for record in records:
+        _check_settings(path, record, settings, defaulted)
 
 
 class Writer:

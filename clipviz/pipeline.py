@@ -73,9 +73,10 @@ def run_method(adapter, pixels, ids, target_weights, target_prompt, method, opti
 def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, needs, options, fast=True, prompts=None,
                 recompute=True):
     batch, targets = pixels.shape[0], target_weights.shape[0]
+    eot = adapter.eot_positions(ids)  # [P]
     records = Records(num_layers=adapter.num_layers, patch_grid=adapter.patch_grid, batch=batch,
                       targets=targets, text_layers=adapter.text_layers, pooling=adapter.pooling,
-                      eot=adapter.eot_positions(ids)[target_prompt],
+                      eot=eot[target_prompt],
                       text_end=adapter.text_end_positions(ids)[target_prompt], target_prompt=target_prompt)
     wants_gradient = needs.wants_gradient
     if adapter.text_encoder is None and (wants_gradient or needs.text is not None):
@@ -99,7 +100,7 @@ def _run_method(adapter, pixels, ids, target_weights, target_prompt, method, nee
         if encode_here and needs.text is not None else _NoRecorder()
     per_image_text = encode_here and needs.gradient is not None and needs.text is not None and needs.readout is None
     # the text feature is read at EOT under a causal mask: positions after the last EOT never matter
-    short_text = CausalPrefix(adapter.text_encoder, int(adapter.eot_positions(ids).max()) + 1) \
+    short_text = CausalPrefix(adapter.text_encoder, int(eot.max()) + 1) \
         if encode_here else _NoRecorder()
     with torch.set_grad_enabled(wants_gradient), adapter.running(), image_recorder, text_recorder, short_text:
         with torch.set_grad_enabled(wants_gradient and last is None):

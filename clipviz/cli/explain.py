@@ -84,10 +84,8 @@ def run(args):
             method, options = method_and_options(args)
         if settings["method"] is None:  # the default of a model known only now: recorded and compared as run
             settings["method"] = args.method
-            if args.resume:  # the records against the method run; what is wrong in the file was told above
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    manifest.done_images(args.manifest, settings, defaulted=defaulted)
+            if args.resume:  # the records against the method run
+                manifest.check_settings(args.manifest, settings, defaulted)
         code = _explain_all(args, name, model, images, prompts, method, options, plan, todo, ranks, len(done_before),
                             settings)
         group.barrier()  # every part complete before rank 0 merges them
